@@ -1,0 +1,36 @@
+"""The Flask application factory: settings, blueprints, error handlers, start-up checks."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from infra.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, prepare_stores: bool = True) -> Flask:
+    """Build the app; `prepare_stores` creates indexes and the bucket (skipped when unreachable)."""
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024  # form overhead
+    app.json.sort_keys = False
+
+    from api import batches, errors, files
+    errors.register(app)
+    app.register_blueprint(batches.bp)
+    if settings.embedded:
+        app.register_blueprint(files.bp)
+
+    if prepare_stores:
+        from infra import db, storage
+        try:
+            db.ensure_indexes()
+        except Exception as error:  # noqa: BLE001 - readiness reports it; the app still starts
+            log.warning("could not create MongoDB indexes at start-up: %s", error)
+        try:
+            storage.ensure_bucket()
+        except Exception as error:  # noqa: BLE001
+            log.warning("could not prepare the S3 bucket at start-up: %s", error)
+    return app

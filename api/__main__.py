@@ -1,0 +1,38 @@
+"""`make run`: the API and a worker in one process, on in-memory stand-ins unless services are set."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from werkzeug.serving import make_server
+
+
+def main() -> None:
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.embedded:
+        from infra import embedded
+        embedded.start(settings.port)
+    else:
+        print(f"Using REDIS_URL={settings.redis_url!r}, MONGO_URL set: {bool(settings.mongo_url)}, "
+              f"S3_ENDPOINT_URL={settings.s3_endpoint_url!r}", flush=True)
+
+    from api import create_app
+    from worker.runner import run_worker
+
+    app = create_app(settings)
+    server = make_server("0.0.0.0", settings.port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    print(f"Batchpress is listening on http://localhost:{settings.port}  (Ctrl-C stops it)",
+          flush=True)
+    try:
+        run_worker(burst=False)  # the main thread works the queues until Ctrl-C
+    finally:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

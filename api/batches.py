@@ -1,0 +1,269 @@
+"""The /api/v1/batches endpoints: upload, read, page, and download results."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context, url_for
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+
+from api.errors import ApiError
+from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
+                        check_first_block, read_first_block)
+from infra import batch_store, product_store, storage
+from infra.settings import get_settings
+from schemas.batch import BatchStatus
+from schemas.csv_format import map_columns
+from worker import tasks
+
+log = logging.getLogger(__name__)
+bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+
+
+def owner() -> str | None:
+    return g.get("owner")
+
+
+def base_url() -> str:
+    return request.url_root.rstrip("/")
+
+
+def load_batch(batch_id: str) -> dict:
+    batch = batch_store.get(batch_id, owner())
+    if batch is None:
+        raise ApiError(404, "Not Found", f"no batch with id {batch_id!r}", kind="not-found")
+    return batch
+
+
+# --- upload -----------------------------------------------------------------------------------
+
+@bp.post("")
+def upload():
+    settings = get_settings()
+    stream, filename = _incoming_file()
+    webhook_url = _webhook_url(request.args.get("webhook_url")
+                               or (request.form.get("webhook_url")
+                                   if request.mimetype == "multipart/form-data" else None))
+    first = read_first_block(stream)
+    check_first_block(first, complete=len(first) < FIRST_BLOCK)
+    batch_id = batch_store.new_id()
+    key = f"{storage.UPLOAD_PREFIX}{batch_id}.csv"
+    reader = CappedHashingReader(first, stream, settings.max_upload_bytes)
+    try:
+        storage.upload_stream(key, reader, "text/csv; charset=utf-8")
+    except UploadTooLarge:
+        raise ApiError(413, "Upload too large",
+                       f"the file is larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)",
+                       kind="too-large") from None
+    except (BotoCoreError, ClientError) as error:
+        log.error("S3 upload failed: %s", error)
+        raise _unavailable("S3") from None
+    try:
+        batch = batch_store.create(batch_id=batch_id, owner=owner(), filename=filename,
+                                   csv_key=key, csv_sha256=reader.sha256.hexdigest(),
+                                   csv_bytes=reader.size, webhook_url=webhook_url)
+    except PyMongoError as error:
+        log.error("MongoDB insert failed: %s", error)
+        _forget_upload(key)
+        raise _unavailable("MongoDB") from None
+    try:
+        tasks.enqueue_parse(batch_id)
+    except RedisError as error:
+        log.error("enqueue failed: %s", error)
+        try:
+            batch_store.delete(batch_id)
+        except PyMongoError:
+            pass
+        _forget_upload(key)
+        raise _unavailable("Redis") from None
+    response = jsonify(batch_store.to_json(batch, base_url()))
+    response.status_code = 202
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
+    return response
+
+
+def _incoming_file():
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise ApiError(400, "Missing file",
+                           "the multipart form has no 'file' field", kind="missing-file")
+        return upload.stream, upload.filename or None
+    if mimetype in CSV_TYPES:
+        return request.stream, request.args.get("filename")
+    raise ApiError(415, "Unsupported Media Type",
+                   f"send multipart/form-data with a 'file' field, or a text/csv body; "
+                   f"got {mimetype or 'no Content-Type'}", kind="unsupported-media-type")
+
+
+def _webhook_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(value) > 2048:
+        raise ApiError(422, "Invalid webhook_url",
+                       f"webhook_url must be an absolute http(s) URL, got {value[:100]!r}",
+                       kind="invalid-webhook-url")
+    return value
+
+
+def _unavailable(service: str) -> ApiError:
+    return ApiError(503, "Service Unavailable",
+                    f"{service} is not reachable right now; nothing was stored, try again",
+                    kind="dependency-unavailable", headers={"Retry-After": "30"}, service=service)
+
+
+def _forget_upload(key: str) -> None:
+    try:
+        storage.delete(key)
+    except (BotoCoreError, ClientError):
+        log.warning("could not delete orphaned upload %s", key)
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+@bp.get("/<batch_id>")
+def get_batch(batch_id: str):
+    return jsonify(batch_store.to_json(load_batch(batch_id), base_url()))
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "Invalid parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}",
+                       kind="invalid-parameter", parameter="limit")
+    return int(raw)
+
+
+def _time_param(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "Invalid parameter", f"{name} must be an ISO 8601 time, got {raw!r}",
+                       kind="invalid-parameter", parameter=name) from None
+    if value.tzinfo is None:
+        raise ApiError(400, "Invalid parameter", f"{name} needs a time zone (e.g. Z)",
+                       kind="invalid-parameter", parameter=name)
+    return value
+
+
+@bp.get("")
+def list_batches():
+    status = request.args.get("status")
+    if status and status not in {s.value for s in BatchStatus}:
+        raise ApiError(400, "Invalid parameter",
+                       f"status must be one of {', '.join(s.value for s in BatchStatus)}",
+                       kind="invalid-parameter", parameter="status")
+    try:
+        docs, cursor = batch_store.list_page(
+            owner(), limit=_limit(), cursor=request.args.get("cursor"), status=status,
+            created_after=_time_param("created_after"), created_before=_time_param("created_before"))
+    except ValueError as error:
+        raise ApiError(400, "Invalid parameter", str(error), kind="invalid-parameter",
+                       parameter="cursor") from None
+    return jsonify({"items": [batch_store.to_json(d, base_url()) for d in docs],
+                    "next_cursor": cursor})
+
+
+@bp.get("/<batch_id>/products")
+def list_products(batch_id: str):
+    load_batch(batch_id)
+    after = 0
+    if request.args.get("cursor"):
+        try:
+            after = int(batch_store.decode_cursor(request.args["cursor"])["l"])
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(400, "Invalid parameter", "cursor is not one this API returned",
+                           kind="invalid-parameter", parameter="cursor") from None
+    page, last = product_store.page_products(batch_id, after_line=after, limit=_limit())
+    return jsonify({"items": [_product_json(row, images) for row, images in page],
+                    "next_cursor": batch_store.encode_cursor({"l": last}) if last else None})
+
+
+def _product_json(row: dict, images: dict[str, dict]) -> dict:
+    items = []
+    for url, digest in zip(row["input_image_urls"], row["image_hashes"]):
+        image = images.get(digest, {})
+        items.append({"input_url": url, "output_url": image.get("output_url"),
+                      "status": image.get("status", product_store.PENDING),
+                      "error": image.get("error"), "bytes_in": image.get("bytes_in"),
+                      "bytes_out": image.get("bytes_out")})
+    states = {i["status"] for i in items}
+    if product_store.PENDING in states:
+        status = "processing"
+    elif states == {product_store.PROCESSED}:
+        status = "completed"
+    elif states == {product_store.FAILED}:
+        status = "failed"
+    else:
+        status = "completed_with_errors"
+    return {"serial_no": row["serial_no"], "product_name": row["product_name"],
+            "line": row["line"], "input_image_urls": row["input_image_urls"],
+            "output_image_urls": [i["output_url"] for i in items], "status": status,
+            "images": items}
+
+
+def _csv_line(cells: list) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    return out.getvalue()
+
+
+def _csv_response(batch: dict, suffix: str, lines) -> Response:
+    name = (batch.get("filename") or batch["_id"]).rsplit(".", 1)[0] + suffix
+    return Response(stream_with_context(lines), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@bp.get("/<batch_id>/output.csv")
+def output_csv(batch_id: str):
+    batch = load_batch(batch_id)
+    if not batch.get("header"):
+        raise ApiError(409, "Not ready", "the batch's file has not been read yet; try again "
+                       "when its status is no longer queued", kind="not-ready")
+    columns = map_columns(batch["header"])
+
+    def lines():
+        yield _csv_line(columns.output_header())
+        for row, images in product_store.iter_rows(batch_id):
+            cells = list(row["cells"])
+            while len(cells) <= columns.urls:
+                cells.append("")
+            outputs = [(images.get(h) or {}).get("output_url") or ""
+                       for h in row.get("image_hashes", [])]
+            cells.insert(columns.urls + 1, ",".join(outputs))
+            yield _csv_line(cells)
+
+    return _csv_response(batch, "-output.csv", lines())
+
+
+@bp.get("/<batch_id>/errors.csv")
+def errors_csv(batch_id: str):
+    batch = load_batch(batch_id)
+
+    def lines():
+        yield _csv_line(["Line", "S. No.", "Input Image Url", "Error"])
+        if batch.get("status") == BatchStatus.FAILED.value and not batch.get("header"):
+            yield _csv_line(["", "", "", batch.get("error") or "the file could not be read"])
+        for row, images in product_store.iter_rows(batch_id):
+            if row["status"] == product_store.REJECTED:
+                yield _csv_line([row["line"], row.get("serial_raw", ""), "", row["error"]])
+                continue
+            for url, digest in zip(row["input_image_urls"], row["image_hashes"]):
+                image = images.get(digest)
+                if image and image["status"] == product_store.FAILED:
+                    yield _csv_line([row["line"], row["serial_no"], url, image["error"]])
+
+    return _csv_response(batch, "-errors.csv", lines())

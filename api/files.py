@@ -1,0 +1,24 @@
+"""Serving output images from the API itself, for the embedded default (no public S3 there)."""
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+from flask import Blueprint, Response
+
+from api.errors import ApiError
+from infra import storage
+
+bp = Blueprint("files", __name__, url_prefix="/files")
+
+
+@bp.get("/<path:key>")
+def get_file(key: str):
+    if not key.startswith(storage.OUTPUT_PREFIX):
+        raise ApiError(404, "Not Found", "no such file", kind="not-found")
+    try:
+        obj = storage.get_object(key)
+    except ClientError:
+        raise ApiError(404, "Not Found", "no such file", kind="not-found") from None
+    body = obj["Body"]
+    return Response(body.iter_chunks(64 * 1024), mimetype=obj.get("ContentType"),
+                    headers={"Content-Length": str(obj["ContentLength"]),
+                             "Cache-Control": "public, max-age=31536000, immutable"})

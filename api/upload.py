@@ -1,0 +1,101 @@
+"""Checking an uploaded CSV's first block at once, and streaming the whole file to S3 under a cap."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+
+from api.errors import ApiError
+from schemas.csv_format import HeaderError, detect_delimiter, map_columns
+from worker.csv_reader import decoder_check
+
+FIRST_BLOCK = 64 * 1024
+CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"}
+
+
+def read_first_block(stream) -> bytes:
+    """Up to FIRST_BLOCK bytes, reading until the block is full or the stream ends."""
+    parts, size = [], 0
+    while size < FIRST_BLOCK:
+        piece = stream.read(FIRST_BLOCK - size)
+        if not piece:
+            break
+        parts.append(piece)
+        size += len(piece)
+    return b"".join(parts)
+
+
+def check_first_block(block: bytes, complete: bool) -> None:
+    """Refuse at once a file that is empty, binary, not UTF-8, or lacks the required header."""
+    if not block.strip():
+        raise ApiError(400, "Empty file", "the uploaded file is empty", kind="empty-file")
+    nul = block.find(b"\x00")
+    if nul >= 0:
+        raise ApiError(415, "Not a CSV file",
+                       f"the file looks binary (a NUL byte at offset {nul}); "
+                       "upload a UTF-8 CSV text file", kind="binary-file")
+    try:
+        text = decoder_check(block, final=complete)
+    except UnicodeDecodeError as error:
+        raise ApiError(415, "Not UTF-8",
+                       f"the file is not UTF-8 text: invalid byte 0x{block[error.start]:02x} at "
+                       f"offset {error.start}; save it as 'CSV UTF-8'", kind="not-utf8") from None
+    first_line, newline, rest = text.partition("\n")
+    if not newline and not complete:
+        raise ApiError(422, "No header", f"no header line ends in the first {FIRST_BLOCK} bytes",
+                       kind="no-header")
+    header_text = first_line.rstrip("\r")
+    if not header_text.strip():
+        raise ApiError(422, "No header", "the first line is blank; it must be the header row",
+                       kind="no-header")
+    delimiter = detect_delimiter(header_text)
+    header = [cell.strip() for cell in next(csv.reader([header_text], delimiter=delimiter), [])]
+    try:
+        map_columns(header)
+    except HeaderError as error:
+        raise ApiError(422, "Missing column" if error.missing else "Bad header", str(error),
+                       kind="missing-column" if error.missing else "bad-header",
+                       missing_columns=error.missing or None, header=header) from None
+    if complete and not rest.strip():
+        raise ApiError(422, "No data rows", "the file has a header but no data rows",
+                       kind="no-rows")
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+class CappedHashingReader(io.RawIOBase):
+    """Reads `first` then `stream`, hashing as it goes and stopping past `limit` bytes."""
+
+    def __init__(self, first: bytes, stream, limit: int):
+        self._first = memoryview(first)
+        self._stream = stream
+        self._limit = limit
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._first:
+            n = min(len(buffer), len(self._first))
+            buffer[:n] = self._first[:n]
+            self._first = self._first[n:]
+        else:
+            data = self._stream.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        self.size += n
+        if self.size > self._limit:
+            raise UploadTooLarge()
+        self.sha256.update(buffer[:n])
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = 1024 * 1024
+        buffer = bytearray(size)
+        n = self.readinto(buffer)
+        return bytes(buffer[:n])

@@ -1,0 +1,1 @@
+"""Infrastructure shared by the API and the worker: settings, MongoDB, S3, Redis queues."""

@@ -1,0 +1,80 @@
+"""MongoDB access: one lazily created client per process, the collections, and their indexes."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pymongo
+from pymongo.database import Database
+
+from infra.settings import get_settings
+
+_lock = threading.Lock()
+_state: dict = {"client": None, "pid": None}
+
+
+def use_client(client) -> None:
+    """Install a client (a mongomock one for the embedded default and tests); None forgets it."""
+    with _lock:
+        _state["client"] = client
+        _state["pid"] = None  # an installed client is not re-created after a fork
+
+
+def get_client():
+    """The process's MongoDB client, created on first use (PyMongo is not fork-safe)."""
+    with _lock:
+        client = _state["client"]
+        if client is None or (_state["pid"] is not None and _state["pid"] != os.getpid()):
+            settings = get_settings()
+            client = pymongo.MongoClient(
+                settings.mongo_url or "mongodb://localhost:27017",
+                serverSelectionTimeoutMS=5000,
+                connectTimeoutMS=5000,
+                tz_aware=True,
+            )
+            _state["client"] = client
+            _state["pid"] = os.getpid()
+        return client
+
+
+def get_db() -> Database:
+    """The service's database."""
+    return get_client()[get_settings().mongo_db]
+
+
+def batches():
+    return get_db()["batches"]
+
+
+def products():
+    return get_db()["products"]
+
+
+def images():
+    return get_db()["images"]
+
+
+def deliveries():
+    return get_db()["deliveries"]
+
+
+def subscriptions():
+    return get_db()["subscriptions"]
+
+
+def idempotency_keys():
+    return get_db()["idempotency_keys"]
+
+
+def ensure_indexes() -> None:
+    """Create the index behind every query the service makes (idempotent)."""
+    batches().create_index([("owner", 1), ("created_at", -1), ("_id", -1)])
+    batches().create_index([("owner", 1), ("status", 1), ("created_at", -1), ("_id", -1)])
+    batches().create_index([("status", 1), ("updated_at", 1)])
+    products().create_index([("batch_id", 1), ("line", 1)], unique=True)
+    products().create_index([("batch_id", 1), ("status", 1), ("line", 1)])
+    images().create_index([("batch_id", 1), ("status", 1)])
+    images().create_index([("batch_id", 1), ("chunk", 1)])
+    deliveries().create_index([("batch_id", 1), ("created_at", 1)])
+    deliveries().create_index([("status", 1), ("next_attempt_at", 1)])
+    subscriptions().create_index([("owner", 1), ("created_at", 1)])

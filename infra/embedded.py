@@ -1,0 +1,38 @@
+"""In-memory stand-ins for Redis, MongoDB and S3, so the service runs with no outside services."""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+BANNER = """
+==========================================================================================
+  EMBEDDED MODE: Redis, MongoDB and S3 are in-memory stand-ins inside this one process
+  (fakeredis, mongomock, moto). Everything is lost when it stops. For the real services
+  set REDIS_URL, MONGO_URL and S3_ENDPOINT_URL (see README, "Running the real stack").
+==========================================================================================
+"""
+
+
+def start(port: int) -> None:
+    """Install the stand-ins and point settings at them; call before anything touches a store."""
+    import fakeredis
+    import mongomock
+    from moto.server import ThreadedMotoServer
+
+    from infra import db, queues, settings, storage
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, moto_port = moto.get_host_and_port()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "embedded")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "embedded")
+    current = settings.get_settings()
+    # Outputs are served by this process at /files/<key>; S3 itself listens on loopback only.
+    storage.use_endpoint(f"http://{host}:{moto_port}")
+    if not current.public_base_url:
+        current.public_base_url = f"http://localhost:{port}/files"
+    db.use_client(mongomock.MongoClient(tz_aware=True))
+    queues.use_connection(fakeredis.FakeStrictRedis())
+    print(BANNER, flush=True)

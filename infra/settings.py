@@ -1,0 +1,120 @@
+"""Service settings, read from the environment and a `.env` file and validated at start-up."""
+from __future__ import annotations
+
+import base64
+import functools
+import secrets
+import sys
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting named by the public contract, with its default."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Where the service listens and which outside services it uses.
+    port: int = Field(8000, ge=1, le=65535)
+    redis_url: str | None = None
+    mongo_url: str | None = None
+    mongo_db: str = "batchpress"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = Field("batchpress", min_length=3, max_length=63)
+    s3_region: str = "us-east-1"
+    public_base_url: str | None = None
+    public_api_url: str | None = None  # absolute base for links in webhook bodies
+
+    # Upload limits.
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)
+
+    # Image pipeline.
+    output_quality: int = Field(50, ge=1, le=100)
+    output_optimize: bool = False
+    webp_method: int = Field(4, ge=0, le=6)
+    max_download_bytes: int = Field(25_000_000, gt=0)
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    download_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_redirects: int = Field(3, ge=0, le=10)
+    image_concurrency: int = Field(4, ge=1, le=64)
+    chunk_size: int = Field(50, ge=1, le=5000)
+    allow_private_urls: bool = False
+
+    # Jobs.
+    job_timeout_s: int = Field(900, gt=0)
+    stall_timeout_s: int = Field(600, gt=0)
+
+    # Webhooks.
+    webhook_secret: str = Field(default_factory=lambda: "whsec_" + base64.b64encode(
+        secrets.token_bytes(32)).decode())
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_retry_schedule: str = "5,30,300,1800,7200,18000,36000"
+
+    # Operators.
+    api_keys: str | None = None
+    dashboard_user: str | None = None
+    dashboard_password: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if not value.startswith("whsec_"):
+            raise ValueError("must look like whsec_<base64 of 24-64 random bytes>")
+        try:
+            raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raise ValueError("the part after whsec_ must be base64") from None
+        if not 24 <= len(raw) <= 64:
+            raise ValueError("must hold 24 to 64 random bytes")
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            delays = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("must be comma-separated whole seconds, e.g. 5,30,300") from None
+        if not delays or any(d < 0 for d in delays):
+            raise ValueError("must list at least one non-negative delay in seconds")
+        return value
+
+    @property
+    def retry_delays(self) -> list[int]:
+        """Seconds to wait before each webhook retry, in order."""
+        return [int(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
+
+    @property
+    def embedded(self) -> bool:
+        """True when no outside service is configured: run on in-memory stand-ins."""
+        return not (self.redis_url or self.mongo_url or self.s3_endpoint_url)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One readable line per bad setting, naming the environment variable."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]).upper()
+        lines.append(f"  {name}={item.get('input')!r}: {item['msg']}")
+    return "Invalid settings:\n" + "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; exits with a clear message when a value is invalid."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        print(describe_error(error), file=sys.stderr)
+        raise SystemExit(2) from None

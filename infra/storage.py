@@ -1,0 +1,114 @@
+"""S3 access through boto3: the bucket, streamed uploads and downloads, and public object URLs."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import BinaryIO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from infra.settings import get_settings
+
+OUTPUT_PREFIX = "outputs/"
+UPLOAD_PREFIX = "uploads/"
+
+_lock = threading.Lock()
+_state: dict = {"client": None, "pid": None, "endpoint": None}
+
+
+def get_s3():
+    """The process's boto3 S3 client, created on first use (clients must not cross a fork)."""
+    with _lock:
+        if _state["client"] is None or _state["pid"] != os.getpid():
+            settings = get_settings()
+            _state["client"] = boto3.client(
+                "s3",
+                endpoint_url=_state["endpoint"] or settings.s3_endpoint_url,
+                region_name=settings.s3_region,
+                config=Config(
+                    connect_timeout=5,
+                    read_timeout=30,
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    max_pool_connections=max(10, settings.image_concurrency * 2),
+                    s3={"addressing_style": "path"},
+                ),
+            )
+            _state["pid"] = os.getpid()
+        return _state["client"]
+
+
+def use_endpoint(url: str | None) -> None:
+    """Talk to this S3 endpoint instead of S3_ENDPOINT_URL (the embedded default, tests)."""
+    with _lock:
+        _state.update(client=None, endpoint=url)
+
+
+def ensure_bucket() -> None:
+    """Create the bucket if missing and let anyone read the outputs (not the uploads)."""
+    s3 = get_s3()
+    bucket = get_settings().s3_bucket
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        s3.create_bucket(Bucket=bucket)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "PublicReadOutputs",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"arn:aws:s3:::{bucket}/{OUTPUT_PREFIX}*"],
+        }],
+    }
+    try:
+        s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    except ClientError:
+        # Some providers refuse bucket policies; PUBLIC_BASE_URL (a CDN) is then the way out.
+        pass
+
+
+def upload_stream(key: str, stream: BinaryIO, content_type: str) -> None:
+    """Stream a file-like object to S3 in parts; never holds it whole in memory."""
+    get_s3().upload_fileobj(
+        stream, get_settings().s3_bucket, key, ExtraArgs={"ContentType": content_type}
+    )
+
+
+def put_bytes(key: str, data: bytes, content_type: str, cache_control: str | None = None) -> None:
+    extra = {"CacheControl": cache_control} if cache_control else {}
+    get_s3().put_object(
+        Bucket=get_settings().s3_bucket, Key=key, Body=data, ContentType=content_type, **extra
+    )
+
+
+def open_stream(key: str):
+    """The object's body as a streaming file-like object (botocore StreamingBody)."""
+    return get_s3().get_object(Bucket=get_settings().s3_bucket, Key=key)["Body"]
+
+
+def get_object(key: str) -> dict:
+    """The whole get_object answer (body stream, content type, length), for proxying."""
+    return get_s3().get_object(Bucket=get_settings().s3_bucket, Key=key)
+
+
+def delete(key: str) -> None:
+    get_s3().delete_object(Bucket=get_settings().s3_bucket, Key=key)
+
+
+def public_url(key: str) -> str:
+    """A stable URL for the object: PUBLIC_BASE_URL + key, else the S3 endpoint's own URL."""
+    settings = get_settings()
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + "/" + key
+    if settings.s3_endpoint_url:
+        return f"{settings.s3_endpoint_url.rstrip('/')}/{settings.s3_bucket}/{key}"
+    return f"https://{settings.s3_bucket}.s3.{settings.s3_region}.amazonaws.com/{key}"
+
+
+def ping() -> None:
+    """Raise unless the bucket answers."""
+    get_s3().head_bucket(Bucket=get_settings().s3_bucket)

@@ -1,0 +1,67 @@
+"""One data row of the input CSV, validated by the contract's rules."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_NAME = 300
+MAX_URLS = 50
+MAX_URL_LENGTH = 2048
+
+
+class ProductRow(BaseModel):
+    """A valid product row: serial number, name, and its image URLs in order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    serial_no: int = Field(gt=0)
+    product_name: str = Field(min_length=1, max_length=MAX_NAME)
+    input_image_urls: list[str] = Field(min_length=1, max_length=MAX_URLS)
+
+    @field_validator("serial_no", mode="before")
+    @classmethod
+    def _serial(cls, value):
+        text = str(value).strip()
+        if not text.isdigit():
+            raise ValueError(f"S. No. must be a positive whole number, got {text!r}")
+        return int(text)
+
+    @field_validator("product_name", mode="before")
+    @classmethod
+    def _name(cls, value):
+        return str(value).strip()
+
+    @field_validator("input_image_urls", mode="before")
+    @classmethod
+    def _urls(cls, value):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+            value = [part for part in value if part]
+        for url in value:
+            if len(url) > MAX_URL_LENGTH:
+                raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters: {url[:60]}…")
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an absolute http(s) URL: {url!r}")
+        return value
+
+
+def row_error(error: ValidationError) -> str:
+    """A short, human reason from a pydantic error: which field and what is wrong."""
+    labels = {"serial_no": "S. No.", "product_name": "Product Name",
+              "input_image_urls": "Input Image Urls"}
+    reasons = []
+    for item in error.errors():
+        field = labels.get(str(item["loc"][0]), str(item["loc"][0])) if item["loc"] else "row"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_too_short":
+            message = "must not be empty"
+        elif item["type"] == "too_short":
+            message = "must hold at least one URL"
+        elif item["type"] == "too_long" and field == "Input Image Urls":
+            message = f"holds more than {MAX_URLS} URLs"
+        elif item["type"] == "string_too_long":
+            message = f"is longer than {MAX_NAME} characters"
+        reasons.append(f"{field}: {message}")
+    return "; ".join(reasons)

@@ -1,0 +1,91 @@
+"""Processing one chunk of a batch's images: download, re-encode, store, record, in a bounded pool."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from infra import batch_store, product_store, storage
+from infra.settings import Settings
+from schemas.batch import BatchStatus
+from worker.download import DownloadError, download, make_session
+from worker.encode import ImageError, compress
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_S = 1.0
+
+
+def output_key(batch_id: str, digest: str, extension: str) -> str:
+    """Deterministic: the same input URL in the same batch always lands on the same key."""
+    return f"{storage.OUTPUT_PREFIX}{batch_id}/{digest}.{extension}"
+
+
+class _CancelWatch:
+    """Reads the batch status at most once a second, shared by the pool's threads."""
+
+    def __init__(self, batch_id: str):
+        self.batch_id = batch_id
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._stop = False
+
+    def should_stop(self) -> bool:
+        with self._lock:
+            if not self._stop and time.monotonic() - self._checked > CANCEL_CHECK_S:
+                self._checked = time.monotonic()
+                self._stop = batch_store.status_of(self.batch_id) != BatchStatus.PROCESSING.value
+            return self._stop
+
+
+def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
+    """Process the chunk's pending images; returns how many this run finished."""
+    images = product_store.pending_images(batch_id, chunk)
+    if not images:
+        return 0
+    watch = _CancelWatch(batch_id)
+    session = make_session(settings, pool_size=settings.image_concurrency)
+    finished = 0
+    try:
+        with ThreadPoolExecutor(max_workers=settings.image_concurrency,
+                                thread_name_prefix=f"chunk{chunk}") as pool:
+            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch), images):
+                finished += done
+    finally:
+        session.close()
+    return finished
+
+
+def _one(image: dict, batch_id: str, session, settings: Settings, watch: _CancelWatch) -> int:
+    if watch.should_stop():
+        return 0
+    bytes_in = None
+    try:
+        data = download(session, image["url"], settings)
+        bytes_in = len(data)
+        encoded = compress(data, quality=settings.output_quality,
+                           max_pixels=settings.max_image_pixels,
+                           optimize=settings.output_optimize, webp_method=settings.webp_method)
+        del data
+        key = output_key(batch_id, image["hash"], encoded.extension)
+        storage.put_bytes(key, encoded.data, encoded.content_type,
+                          cache_control="public, max-age=31536000, immutable")
+    except (DownloadError, ImageError) as error:
+        return _record_failure(image, batch_id, str(error), bytes_in)
+    except Exception as error:  # noqa: BLE001 - one image must never take the chunk down
+        log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
+        return _record_failure(image, batch_id, f"internal error: {type(error).__name__}", bytes_in)
+    if product_store.mark_processed(image, key=key, output_url=storage.public_url(key),
+                                    bytes_in=bytes_in, bytes_out=len(encoded.data),
+                                    content_type=encoded.content_type):
+        batch_store.add_image_results(batch_id, processed=image["occurrences"])
+        return 1
+    return 0
+
+
+def _record_failure(image: dict, batch_id: str, error: str, bytes_in: int | None) -> int:
+    if product_store.mark_failed(image, error, bytes_in):
+        batch_store.add_image_results(batch_id, failed=image["occurrences"])
+        return 1
+    return 0

@@ -1,0 +1,97 @@
+"""Turning an uploaded CSV into product rows and unique image work, chunked for the workers."""
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from infra import product_store
+from infra.settings import Settings
+from schemas.csv_format import ColumnMap, HeaderError, map_columns
+from schemas.rows import ProductRow, row_error
+from worker.csv_reader import CsvFileError, read_csv
+
+FLUSH_ROWS = 1000
+
+
+class ParseResult:
+    def __init__(self):
+        self.rows_total = self.rows_valid = self.rows_invalid = 0
+        self.images: dict[str, dict] = {}  # url hash -> {url, hash, occurrences, chunk}
+        self.chunks = 0
+        self.header: list[str] = []
+
+    @property
+    def images_total(self) -> int:
+        return sum(im["occurrences"] for im in self.images.values())
+
+
+def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
+    """Validate every row, store rows in bulk, and assign each unique URL to a chunk.
+
+    Raises CsvFileError when the file as a whole is unreadable.
+    """
+    header, rows = read_csv(binary)
+    try:
+        columns = map_columns(header)
+    except HeaderError as error:
+        raise CsvFileError(str(error)) from None
+    result = ParseResult()
+    result.header = header
+    seen_serials: dict[int, int] = {}
+    buffer: list[dict] = []
+    for line, cells, clean in rows:
+        result.rows_total += 1
+        doc = _row_doc(batch_id, line, cells, clean, columns, seen_serials)
+        if doc["status"] == product_store.ACCEPTED:
+            result.rows_valid += 1
+            for url in doc["input_image_urls"]:
+                digest = product_store.url_hash(url)
+                image = result.images.get(digest)
+                if image is None:
+                    chunk = len(result.images) // settings.chunk_size
+                    image = result.images[digest] = {"url": url, "hash": digest,
+                                                      "occurrences": 0, "chunk": chunk}
+                image["occurrences"] += 1
+        else:
+            result.rows_invalid += 1
+        buffer.append(doc)
+        if len(buffer) >= FLUSH_ROWS:
+            product_store.write_rows(buffer)
+            buffer = []
+    product_store.write_rows(buffer)
+    product_store.write_images(batch_id, result.images.values())
+    result.chunks = (len(result.images) + settings.chunk_size - 1) // settings.chunk_size
+    return result
+
+
+def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: ColumnMap,
+             seen_serials: dict[int, int]) -> dict:
+    def cell(index: int) -> str:
+        return cells[index] if index < len(cells) else ""
+
+    doc = {"_id": product_store.product_id(batch_id, line), "batch_id": batch_id, "line": line,
+           "cells": cells, "serial_raw": cell(columns.serial).strip()}
+    error = None
+    if not clean:
+        error = "the row is not valid UTF-8"
+    elif len(cells) < len(columns.header) and max(columns.serial, columns.name,
+                                                  columns.urls) >= len(cells):
+        error = f"the row has {len(cells)} fields, the header {len(columns.header)}"
+    else:
+        try:
+            row = ProductRow(serial_no=cell(columns.serial), product_name=cell(columns.name),
+                             input_image_urls=cell(columns.urls))
+        except ValidationError as invalid:
+            error = row_error(invalid)
+        else:
+            first = seen_serials.setdefault(row.serial_no, line)
+            if first != line:
+                error = f"S. No.: {row.serial_no} is already used on line {first}"
+            else:
+                doc.update(status=product_store.ACCEPTED, serial_no=row.serial_no,
+                           product_name=row.product_name,
+                           input_image_urls=row.input_image_urls,
+                           image_hashes=[product_store.url_hash(u) for u in row.input_image_urls],
+                           error=None)
+                return doc
+    doc.update(status=product_store.REJECTED, error=error, serial_no=None, image_hashes=[])
+    return doc
