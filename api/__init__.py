@@ -17,9 +17,12 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024  # form overhead
     app.json.sort_keys = False
 
-    from api import batches, errors, files
+    from api import batches, control, errors, files, health, webhooks
     errors.register(app)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(control.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
     if settings.embedded:
         app.register_blueprint(files.bp)
 
