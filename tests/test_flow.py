@@ -16,6 +16,13 @@ def jpeg(width=40, height=30, quality=90, color=(200, 30, 30)) -> bytes:
     return out.getvalue()
 
 
+def reference_q50_tables() -> dict:
+    """The quantization tables Pillow writes at quality 50 (what every output must carry)."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "JPEG", quality=50)
+    return Image.open(out).quantization
+
+
 def upload(client, text: str, **kwargs):
     return client.post("/api/v1/batches", data={"file": (io.BytesIO(text.encode()), "products.csv"),
                                                 **kwargs}, content_type="multipart/form-data")
@@ -59,6 +66,7 @@ def test_whole_flow(client, http_server, work):
         assert fetched.status_code == 200
         image = Image.open(io.BytesIO(fetched.content))
         assert image.format == "JPEG" and image.size == size
+        assert image.quantization == reference_q50_tables()
 
     errors = read_csv(client.get(batch["links"]["errors_csv"]))
     assert errors[0] == ["Line", "S. No.", "Input Image Url", "Error"]

@@ -1,0 +1,101 @@
+"""Jobs are idempotent, pages are stable, and a failing store answers 503 leaving nothing behind."""
+from __future__ import annotations
+
+import pymongo
+import pytest
+
+from infra import db, queues, storage
+from tests.servers import Route, free_port
+from tests.test_flow import jpeg, upload
+from tests.test_upload import HEADER, assert_problem, post_raw
+from worker import tasks
+
+
+def test_chunk_and_parse_jobs_run_twice_change_nothing(client, http_server, work, s3, env):
+    for name in "abcde":
+        http_server.routes[f"/{name}.jpg"] = Route(jpeg(20, 10))
+    urls = [http_server.url(f"/{n}.jpg") for n in "abcde"]
+    rows = "".join(f'{i},P{i},"{urls[i % 5]},{urls[(i + 1) % 5]}"\n' for i in range(1, 7))
+    batch_id = upload(client, HEADER + rows).get_json()["id"]
+
+    tasks.parse_batch(batch_id)            # as if the parse job ran...
+    tasks.parse_batch(batch_id)            # ...and was retried
+    tasks.process_chunk(batch_id, 0)       # a chunk job that runs...
+    tasks.process_chunk(batch_id, 0)       # ...twice before the queue gets to it
+    work()                                 # the queued jobs (parse and chunks) run once more
+    tasks.process_chunk(batch_id, 1)       # and a late duplicate after the finish
+
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "completed"
+    assert batch["rows"] == {"total": 6, "valid": 6, "invalid": 0}
+    assert batch["images"] == {"total": 12, "processed": 12, "failed": 0}
+    assert db.products().count_documents({"batch_id": batch_id}) == 6
+    assert db.images().count_documents({"batch_id": batch_id}) == 5
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=env.s3_bucket,
+                                                  Prefix=f"outputs/{batch_id}/")["Contents"]]
+    assert len(keys) == 5
+    fetched = [r for r in http_server.requests if r["path"].endswith(".jpg")]
+    assert len(fetched) == 5  # each unique URL fetched once, duplicates and re-runs included
+    assert db.get_db()["batches"].find_one({"_id": batch_id})["finish_seq"] == 1
+
+
+def test_batches_list_is_newest_first_with_a_cursor_and_filters(client, work):
+    ids = [post_raw(client, (HEADER + f"{i},P,http://h/{i}.jpg\n").encode()).get_json()["id"]
+           for i in range(5)]
+    page1 = client.get("/api/v1/batches?limit=2").get_json()
+    page2 = client.get(f"/api/v1/batches?limit=2&cursor={page1['next_cursor']}").get_json()
+    page3 = client.get(f"/api/v1/batches?limit=2&cursor={page2['next_cursor']}").get_json()
+    seen = [b["id"] for b in page1["items"] + page2["items"] + page3["items"]]
+    assert seen == list(reversed(ids)) and page3["next_cursor"] is None
+    assert client.get("/api/v1/batches?status=queued").get_json()["items"].__len__() == 5
+    assert client.get("/api/v1/batches?status=completed").get_json()["items"] == []
+    assert_problem(client.get("/api/v1/batches?limit=501"), 400, "limit")
+    assert_problem(client.get("/api/v1/batches?cursor=garbage"), 400, "cursor")
+    assert_problem(client.get("/api/v1/batches?status=done"), 400, "status")
+    assert_problem(client.get("/api/v1/batches?created_after=yesterday"), 400, "created_after")
+
+
+def test_products_are_paginated_in_line_order(client, work):
+    rows = "".join(f"{i},P{i},http://h/{i}.jpg\n" for i in range(1, 8))
+    batch_id = post_raw(client, (HEADER + rows).encode()).get_json()["id"]
+    work()
+    serials, cursor = [], None
+    while True:
+        page = client.get(f"/api/v1/batches/{batch_id}/products?limit=3"
+                          + (f"&cursor={cursor}" if cursor else "")).get_json()
+        serials += [p["serial_no"] for p in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert serials == list(range(1, 8))
+
+
+def _dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.mark.parametrize("service", ["Redis", "S3", "MongoDB"])
+def test_a_store_that_is_down_answers_503_and_leaves_no_batch(client, env, s3, monkeypatch, service):
+    body = (HEADER + "1,P,http://h/a.jpg\n").encode()
+    mongo = db.get_client()
+    if service == "Redis":
+        import redis
+        queues.use_connection(redis.Redis.from_url(_dead_url().replace("http", "redis"),
+                                                   socket_connect_timeout=0.5))
+    elif service == "S3":
+        storage.use_endpoint(_dead_url())
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    else:
+        db.use_client(pymongo.MongoClient(_dead_url().replace("http", "mongodb"),
+                                          serverSelectionTimeoutMS=300))
+    try:
+        response = post_raw(client, body)
+    finally:
+        queues.use_connection(None)
+        storage.use_endpoint(None)
+        db.use_client(mongo)
+    problem = assert_problem(response, 503, service)
+    assert problem["service"] == service and response.headers["Retry-After"]
+    assert s3.list_objects_v2(Bucket=env.s3_bucket).get("KeyCount", 0) == 0
+    if service != "MongoDB":
+        assert db.batches().count_documents({}) == 0

@@ -1,0 +1,80 @@
+"""Row rules: each bad row is rejected alone, with its line number and a reason."""
+from __future__ import annotations
+
+from tests.test_flow import read_csv
+from tests.test_upload import HEADER, post_raw
+
+GOOD = "http://h/a.jpg"
+
+
+def errors_by_line(client, batch_id: str) -> dict[int, str]:
+    rows = read_csv(client.get(f"/api/v1/batches/{batch_id}/errors.csv"))
+    return {int(r[0]): r[3] for r in rows[1:] if r[2] == ""}
+
+
+def test_each_rule_rejects_its_row_alone(client, work):
+    many = ",".join(f"http://h/{i}.jpg" for i in range(51))
+    long_url = "http://h/" + "a" * 2050
+    lines = [
+        f"1,Good,{GOOD}",                  # line 2: fine
+        f"x1,Bad serial,{GOOD}",           # 3
+        f"0,Zero serial,{GOOD}",           # 4
+        f"-4,Negative,{GOOD}",             # 5
+        f"1,Duplicate serial,{GOOD}",      # 6
+        f"7,   ,{GOOD}",                   # 7 blank name
+        f"8,{'n' * 301},{GOOD}",           # 8 long name
+        "9,No urls,",                      # 9
+        f'10,Too many,"{many}"',           # 10
+        f"11,Long url,{long_url}",         # 11
+        "12,Ftp,ftp://h/a.jpg",            # 12
+        "13,Relative,/images/a.jpg",       # 13
+        "14",                              # 14 too few fields
+        f"15,Also good,{GOOD}",            # 15
+    ]
+    response = post_raw(client, (HEADER + "\n".join(lines) + "\n").encode())
+    assert response.status_code == 202
+    batch_id = response.get_json()["id"]
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["rows"] == {"total": 14, "valid": 2, "invalid": 12}
+    errors = errors_by_line(client, batch_id)
+    assert sorted(errors) == list(range(3, 15))
+    assert "positive whole number" in errors[3]
+    assert "greater than 0" in errors[4] or "positive" in errors[4]
+    assert "positive whole number" in errors[5]
+    assert "already used on line 2" in errors[6]
+    assert "Product Name" in errors[7] and "empty" in errors[7]
+    assert "300" in errors[8]
+    assert "at least one URL" in errors[9]
+    assert "more than 50" in errors[10]
+    assert "2048" in errors[11]
+    assert "http(s)" in errors[12] and "http(s)" in errors[13]
+    assert "fields" in errors[14]
+    products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
+    assert [p["serial_no"] for p in products] == [1, 15]
+    output = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
+    assert len(output) == 15  # header + every data row, rejected ones included
+    assert [r[3] for r in output[2:14]] == [""] * 12
+
+
+def test_invalid_utf8_after_the_first_block_fails_only_its_row(client, work):
+    filler = "".join(f"{i},Product {i:05d} {'x' * 40},{GOOD}\n" for i in range(1, 1400))
+    body = (HEADER + filler).encode() + b"5000,Caf\xe9,http://h/z.jpg\n" + b"5001,Fine,http://h/y.jpg\n"
+    assert len(body) > 64 * 1024
+    response = post_raw(client, body)
+    assert response.status_code == 202
+    batch_id = response.get_json()["id"]
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["rows"]["invalid"] == 1 and batch["rows"]["valid"] == 1400
+    errors = errors_by_line(client, batch_id)
+    assert list(errors.values()) == ["the row is not valid UTF-8"]
+    assert list(errors) == [1401]
+
+
+def test_a_file_of_only_bad_rows_fails_the_batch(client, work):
+    response = post_raw(client, (HEADER + "x,,\n").encode())
+    batch_id = response.get_json()["id"]
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "failed" and "no valid rows" in batch["error"]
