@@ -29,7 +29,8 @@ def main() -> None:
     print(f"Batchpress is listening on http://localhost:{settings.port}  (Ctrl-C stops it)",
           flush=True)
     try:
-        run_worker(burst=False)  # the main thread works the queues until Ctrl-C
+        # The main thread works the queues until Ctrl-C.
+        run_worker(burst=False, in_process_scheduler=settings.embedded)
     finally:
         server.shutdown()
 
