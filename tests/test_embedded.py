@@ -1,0 +1,63 @@
+"""`make run` with no outside services: one process on in-memory stand-ins serves the whole flow."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+from tests.servers import Route, free_port
+from tests.test_flow import jpeg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_embedded_default_serves_the_whole_flow(http_server, tmp_path):
+    http_server.routes["/a.jpg"] = Route(jpeg(50, 40))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"REDIS_URL", "MONGO_URL", "S3_ENDPOINT_URL", "PUBLIC_BASE_URL", "API_KEYS"}}
+    env.update(PORT=str(port), ALLOW_PRIVATE_URLS="true", PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "run.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(base, process)
+        csv = f"S. No.,Product Name,Input Image Urls\n1,Mug,{http_server.url('/a.jpg')}\n"
+        created = requests.post(base + "/api/v1/batches", files={"file": ("p.csv", csv)}, timeout=10)
+        assert created.status_code == 202, created.text
+        batch_url = base + created.headers["Location"]
+        deadline = time.monotonic() + 30
+        while (batch := requests.get(batch_url, timeout=5).json())["status"] in ("queued", "processing"):
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.2)
+        assert batch["status"] == "completed", batch
+        output = requests.get(batch["links"]["output_csv"], timeout=5).text.splitlines()
+        out_url = output[1].split(",")[-1]
+        assert out_url.startswith(f"http://localhost:{port}/files/outputs/")
+        image = Image.open(io.BytesIO(requests.get(out_url, timeout=5).content))
+        assert image.size == (50, 40) and image.format == "JPEG"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.seek(0)
+        text = log.read()
+    assert "EMBEDDED MODE" in text
+
+
+def _wait_until_up(base: str, process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the service exited at start-up"
+        try:
+            requests.get(base + "/api/v1/batches", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError("the service did not start in 30 s")
