@@ -7,10 +7,15 @@ import threading
 from typing import BinaryIO
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.settings import get_settings
+
+# Uploads go up in 8 MiB parts, two at a time: memory stays bounded whatever the file's size.
+UPLOAD_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
+                                 multipart_chunksize=8 * 1024 * 1024, max_concurrency=2)
 
 OUTPUT_PREFIX = "outputs/"
 UPLOAD_PREFIX = "uploads/"
@@ -74,7 +79,8 @@ def ensure_bucket() -> None:
 def upload_stream(key: str, stream: BinaryIO, content_type: str) -> None:
     """Stream a file-like object to S3 in parts; never holds it whole in memory."""
     get_s3().upload_fileobj(
-        stream, get_settings().s3_bucket, key, ExtraArgs={"ContentType": content_type}
+        stream, get_settings().s3_bucket, key, ExtraArgs={"ContentType": content_type},
+        Config=UPLOAD_TRANSFER,
     )
 
 
