@@ -1,0 +1,39 @@
+"""Settings: the contract's defaults, and a clear start-up refusal of bad values."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_contracts(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("MAX_", "OUTPUT_", "DOWNLOAD_", "WEBHOOK_", "PORT")):
+            monkeypatch.delenv(name)
+    settings = Settings(_env_file=None)
+    assert settings.port == 8000
+    assert settings.output_quality == 50
+    assert settings.max_download_bytes == 25_000_000
+    assert settings.max_image_pixels == 50_000_000
+    assert settings.download_timeout_s == 30
+    assert settings.max_redirects == 3
+    assert settings.webhook_timeout_s == 10
+    assert settings.webhook_secret.startswith("whsec_")
+    assert settings.retry_delays[0] <= 30 and len(settings.retry_delays) >= 5
+    assert sum(settings.retry_delays) >= 3600
+
+
+def test_bad_values_stop_start_up_naming_each_variable(tmp_path):
+    env = {**os.environ, "OUTPUT_QUALITY": "500", "WEBHOOK_SECRET": "hunter2",
+           "WEBHOOK_RETRY_SCHEDULE": "soon", "PORT": "8000"}
+    result = subprocess.run([sys.executable, "-m", "api"], cwd=tmp_path, env={
+        **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    for name in ("OUTPUT_QUALITY", "WEBHOOK_SECRET", "WEBHOOK_RETRY_SCHEDULE"):
+        assert name in result.stderr, result.stderr
