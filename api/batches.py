@@ -5,7 +5,6 @@ import csv
 import io
 import logging
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context, url_for
@@ -17,6 +16,7 @@ from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLa
                         check_first_block, read_first_block)
 from infra import batch_store, product_store, storage
 from infra.settings import get_settings
+from infra.url_safety import UnsafeUrl, check_url
 from schemas.batch import BatchStatus
 from schemas.csv_format import map_columns
 from worker import tasks
@@ -108,12 +108,11 @@ def _incoming_file():
 def _webhook_url(value: str | None) -> str | None:
     if not value:
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(value) > 2048:
-        raise ApiError(422, "Invalid webhook_url",
-                       f"webhook_url must be an absolute http(s) URL, got {value[:100]!r}",
-                       kind="invalid-webhook-url")
-    return value
+    try:  # https, a public host (unless ALLOW_PRIVATE_URLS): see infra/url_safety.py
+        return check_url(value, allow_private=get_settings().allow_private_urls)
+    except UnsafeUrl as error:
+        raise ApiError(422, "Invalid webhook_url", f"webhook_url: {error}",
+                       kind="invalid-webhook-url", field="webhook_url") from None
 
 
 def _unavailable(service: str) -> ApiError:

@@ -1,6 +1,238 @@
-"""Webhook subscriptions, the delivery log and redelivery (issue 4 fills this in)."""
+"""Webhook subscriptions, the delivery log and redelivery.
+
+    POST   /api/v1/webhooks                       subscribe: {"url", "events"?, "description"?}
+    GET    /api/v1/webhooks                       the caller's subscriptions
+    GET    /api/v1/webhooks/{id}                  one subscription
+    PATCH  /api/v1/webhooks/{id}                  change url, events, description or enabled
+    DELETE /api/v1/webhooks/{id}
+    POST   /api/v1/webhooks/{id}/rotate-secret    new secret; the old one also signs for 24 h
+    GET    /api/v1/batches/{id}/deliveries        every delivery of a batch's events, with attempts
+    GET    /api/v1/deliveries/{id}                one delivery
+    POST   /api/v1/deliveries/{id}/redeliver      send it once more (same webhook-id)
+"""
 from __future__ import annotations
 
-from flask import Blueprint
+import logging
+from datetime import datetime, timezone
 
+from flask import Blueprint, g, jsonify, request, url_for
+from redis.exceptions import RedisError
+
+from api.errors import ApiError
+from infra import batch_store, webhook_store
+from infra.settings import get_settings
+from infra.url_safety import UnsafeUrl, check_url
+from worker import webhook_delivery
+
+log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1")
+
+MAX_DESCRIPTION = 500
+
+
+def owner() -> str | None:
+    return g.get("owner")
+
+
+def validated_url(value: object, field: str = "url") -> str:
+    """A webhook URL this server may call, or a 422 problem (shared with the upload endpoint)."""
+    try:
+        return check_url(value, allow_private=get_settings().allow_private_urls)
+    except UnsafeUrl as error:
+        raise ApiError(422, f"Invalid {field}", f"{field}: {error}", kind="invalid-webhook-url",
+                       field=field) from None
+
+
+# --- subscriptions ----------------------------------------------------------------------------
+
+def _json_object() -> dict:
+    if not request.is_json:
+        raise ApiError(415, "Unsupported Media Type", "send a JSON object with Content-Type "
+                       "application/json", kind="unsupported-media-type")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "Invalid JSON", "the body must be a JSON object", kind="invalid-json")
+    return body
+
+
+def _events(value: object) -> list[str]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(item, str) for item in value)):
+        raise ApiError(422, "Invalid events", "events must be a non-empty list of event names: "
+                       + ", ".join(webhook_store.EVENTS), kind="invalid-events", field="events")
+    unknown = sorted(set(value) - set(webhook_store.EVENTS))
+    if unknown:
+        raise ApiError(422, "Invalid events", f"unknown event(s) {', '.join(unknown)}; known: "
+                       + ", ".join(webhook_store.EVENTS), kind="invalid-events", field="events")
+    return [event for event in webhook_store.EVENTS if event in value]
+
+
+def _description(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
+        raise ApiError(422, "Invalid description", f"description must be a string of at most "
+                       f"{MAX_DESCRIPTION} characters", kind="invalid-field", field="description")
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def subscription_json(doc: dict, *, secret: bool = False) -> dict:
+    out = {"id": doc["_id"], "url": doc["url"], "events": doc["events"],
+           "description": doc.get("description"), "enabled": doc["enabled"],
+           "disabled_reason": doc.get("disabled_reason"), "created_at": _iso(doc["created_at"]),
+           "updated_at": _iso(doc.get("updated_at"))}
+    if doc.get("previous_secret_expires_at"):
+        out["previous_secret_expires_at"] = _iso(doc["previous_secret_expires_at"])
+    if secret:
+        out["secret"] = doc["secret"]
+    return out
+
+
+def _subscription(subscription_id: str) -> dict:
+    doc = webhook_store.get_subscription(subscription_id, owner())
+    if doc is None:
+        raise ApiError(404, "Not Found", f"no webhook subscription with id {subscription_id!r}",
+                       kind="not-found")
+    return doc
+
+
+@bp.post("/webhooks")
+def create_subscription():
+    body = _json_object()
+    if "url" not in body:
+        raise ApiError(422, "Invalid url", "url is required", kind="invalid-webhook-url", field="url")
+    url = validated_url(body["url"])
+    events = _events(body["events"]) if "events" in body else list(webhook_store.EVENTS)
+    description = _description(body.get("description"))
+    if webhook_store.count_subscriptions(owner()) >= webhook_store.MAX_SUBSCRIPTIONS_PER_OWNER:
+        raise ApiError(409, "Too many subscriptions", f"at most "
+                       f"{webhook_store.MAX_SUBSCRIPTIONS_PER_OWNER} webhook subscriptions; "
+                       "delete one first", kind="too-many-subscriptions")
+    doc = webhook_store.create_subscription(owner=owner(), url=url, events=events,
+                                            description=description)
+    response = jsonify(subscription_json(doc, secret=True))
+    response.status_code = 201
+    response.headers["Location"] = url_for("webhooks.get_subscription", subscription_id=doc["_id"])
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/webhooks")
+def list_subscriptions():
+    return jsonify({"items": [subscription_json(d) for d in webhook_store.list_subscriptions(owner())],
+                    "next_cursor": None})
+
+
+@bp.get("/webhooks/<subscription_id>")
+def get_subscription(subscription_id: str):
+    return jsonify(subscription_json(_subscription(subscription_id)))
+
+
+@bp.patch("/webhooks/<subscription_id>")
+def update_subscription(subscription_id: str):
+    _subscription(subscription_id)
+    body = _json_object()
+    changes: dict = {}
+    if "url" in body:
+        changes["url"] = validated_url(body["url"])
+    if "events" in body:
+        changes["events"] = _events(body["events"])
+    if "description" in body:
+        changes["description"] = _description(body["description"])
+    if "enabled" in body:
+        if not isinstance(body["enabled"], bool):
+            raise ApiError(422, "Invalid enabled", "enabled must be true or false",
+                           kind="invalid-field", field="enabled")
+        changes["enabled"] = body["enabled"]
+        if not body["enabled"]:
+            changes["disabled_reason"] = "disabled through the API"
+    doc = webhook_store.update_subscription(subscription_id, owner(), changes)
+    if doc is None:
+        raise ApiError(404, "Not Found", f"no webhook subscription with id {subscription_id!r}",
+                       kind="not-found")
+    return jsonify(subscription_json(doc))
+
+
+@bp.delete("/webhooks/<subscription_id>")
+def delete_subscription(subscription_id: str):
+    if not webhook_store.delete_subscription(subscription_id, owner()):
+        raise ApiError(404, "Not Found", f"no webhook subscription with id {subscription_id!r}",
+                       kind="not-found")
+    return "", 204
+
+
+@bp.post("/webhooks/<subscription_id>/rotate-secret")
+def rotate_secret(subscription_id: str):
+    _subscription(subscription_id)
+    doc = webhook_store.rotate_secret(subscription_id, owner())
+    if doc is None:
+        raise ApiError(409, "Conflict", "the secret changed while rotating; try again",
+                       kind="conflict")
+    response = jsonify(subscription_json(doc, secret=True))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- deliveries -------------------------------------------------------------------------------
+
+def delivery_json(doc: dict) -> dict:
+    return {
+        "id": doc["_id"], "batch_id": doc["batch_id"], "event": doc["event"], "url": doc["url"],
+        "subscription_id": doc.get("subscription_id"), "status": doc["status"],
+        "created_at": _iso(doc["created_at"]), "attempt_count": doc.get("attempt_count", 0),
+        "next_attempt_at": _iso(doc.get("next_attempt_at")) if doc["status"] == "pending" else None,
+        "attempts": [{
+            "number": a.get("number"), "manual": a.get("manual", False), "at": _iso(a["at"]),
+            "url": a.get("url"), "status_code": a.get("status_code"), "error": a.get("error"),
+            "duration_ms": a.get("duration_ms"), "response": a.get("response"),
+            "next_attempt_at": _iso(a.get("next_attempt_at")),
+        } for a in doc.get("attempts", [])],
+    }
+
+
+@bp.get("/batches/<batch_id>/deliveries")
+def list_deliveries(batch_id: str):
+    if batch_store.get(batch_id, owner()) is None:
+        raise ApiError(404, "Not Found", f"no batch with id {batch_id!r}", kind="not-found")
+    return jsonify({"items": [delivery_json(d) for d in webhook_store.list_deliveries(batch_id)],
+                    "next_cursor": None})
+
+
+def _delivery(delivery_id: str) -> dict:
+    doc = webhook_store.get_delivery(delivery_id, owner())
+    if doc is None:
+        raise ApiError(404, "Not Found", f"no webhook delivery with id {delivery_id!r}",
+                       kind="not-found")
+    return doc
+
+
+@bp.get("/deliveries/<delivery_id>")
+def get_delivery(delivery_id: str):
+    return jsonify(delivery_json(_delivery(delivery_id)))
+
+
+@bp.post("/deliveries/<delivery_id>/redeliver")
+def redeliver(delivery_id: str):
+    doc = _delivery(delivery_id)
+    if doc.get("subscription_id") and webhook_store.get_subscription(
+            doc["subscription_id"], any_owner=True) is None:
+        raise ApiError(409, "Subscription deleted", "this delivery's webhook subscription was "
+                       "deleted; there is nowhere to send it", kind="subscription-deleted")
+    try:
+        webhook_delivery.enqueue_redelivery(delivery_id)
+    except RedisError as error:
+        log.error("could not queue a redelivery: %s", error)
+        raise ApiError(503, "Service Unavailable", "Redis is not reachable right now; try again",
+                       kind="dependency-unavailable", headers={"Retry-After": "30"},
+                       service="Redis") from None
+    response = jsonify(delivery_json(doc))
+    response.status_code = 202
+    return response

@@ -1,4 +1,11 @@
-"""Completion events: one delivery per target for each finish of a batch, enqueued once."""
+"""Batch events: when a batch reaches a final state, one delivery per target, stored then queued.
+
+`batch_finished(batch)` is called by whoever moved the batch to completed, completed_with_errors,
+failed or cancelled, with the batch document as stored after that change (its `finish_seq`
+counts the finishes). The body is serialised once and stored; the delivery id (the webhook-id)
+is derived from batch id, finish_seq and target, so a second call for the same finish, from a
+job that ran twice, adds nothing.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +13,9 @@ import json
 import logging
 from datetime import datetime, timezone
 
-import requests
-from pymongo.errors import DuplicateKeyError
-from standardwebhooks import Webhook
-
-from infra import batch_store, db, queues
+from infra import batch_store, webhook_store
 from infra.settings import get_settings
+from worker import webhook_delivery
 
 log = logging.getLogger(__name__)
 
@@ -20,48 +24,58 @@ def event_type(status: str) -> str:
     return f"batch.{status}"
 
 
-def batch_finished(batch: dict) -> None:
-    """Record and enqueue the batch's completion event for its webhook_url (exactly once)."""
-    if not batch.get("webhook_url"):
-        return
-    event = event_type(batch["status"])
-    target = batch["webhook_url"]
-    digest = hashlib.sha256(target.encode()).hexdigest()[:12]
-    delivery_id = f"msg_{batch['_id']}_{batch.get('finish_seq', 1)}_{digest}"
-    body = json.dumps({
+def event_body(event: str, batch: dict) -> str:
+    """The exact text every attempt of this event sends."""
+    return json.dumps({
         "type": event,
-        "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "data": batch_store.to_json(batch, get_settings().public_api_url or ""),
-    }, separators=(",", ":"))
-    try:
-        db.deliveries().insert_one({
-            "_id": delivery_id, "batch_id": batch["_id"], "owner": batch.get("owner"),
-            "event": event, "url": target, "subscription_id": None, "body": body,
-            "status": "pending", "attempts": [], "created_at": batch_store.now(),
-        })
-    except DuplicateKeyError:
-        return  # this finish was already announced
-    queues.get_queue(queues.WEBHOOKS).enqueue(deliver, delivery_id, job_id=f"deliver-{delivery_id}")
+    }, separators=(",", ":"), ensure_ascii=False)
 
 
-def deliver(delivery_id: str) -> None:
-    """One signed POST of a stored delivery."""
-    settings = get_settings()
-    delivery = db.deliveries().find_one({"_id": delivery_id})
-    if delivery is None or delivery["status"] == "succeeded":
-        return
-    timestamp = datetime.now(timezone.utc)
-    signature = Webhook(settings.webhook_secret).sign(delivery_id, timestamp, delivery["body"])
-    headers = {"content-type": "application/json", "webhook-id": delivery_id,
-               "webhook-timestamp": str(int(timestamp.timestamp())),
-               "webhook-signature": signature}
+def delivery_id(batch: dict, target: str) -> str:
+    """Stable per (batch, finish, target): `msg_<batch>_<finish_seq>_<target>`."""
+    return f"msg_{batch['_id']}_{batch.get('finish_seq') or 1}_{target}"
+
+
+def url_target(url: str) -> str:
+    return "u" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def batch_finished(batch: dict) -> list[str]:
+    """Record and queue the batch's final event for its webhook_url and every subscription of its
+    owner that asked for it; returns the ids of the deliveries created by this call."""
+    event = event_type(batch["status"])
+    if event not in webhook_store.EVENTS:
+        log.warning("no webhook event for status %r of batch %s", batch["status"], batch["_id"])
+        return []
+    targets: list[tuple[str, str | None, str]] = []  # (target key, subscription id, url)
+    if batch.get("webhook_url"):
+        targets.append((url_target(batch["webhook_url"]), None, batch["webhook_url"]))
     try:
-        response = requests.post(delivery["url"], data=delivery["body"].encode(), headers=headers,
-                                 timeout=settings.webhook_timeout_s, allow_redirects=False)
-        ok = 200 <= response.status_code < 300
-        outcome = {"status_code": response.status_code}
-    except requests.RequestException as error:
-        ok, outcome = False, {"error": type(error).__name__}
-    db.deliveries().update_one({"_id": delivery_id}, {
-        "$set": {"status": "succeeded" if ok else "failed"},
-        "$push": {"attempts": {"at": timestamp, **outcome}}})
+        for subscription in webhook_store.subscribers_for(batch.get("owner"), event):
+            targets.append((subscription["_id"], subscription["_id"], subscription["url"]))
+    except Exception:  # noqa: BLE001 - the batch's own webhook_url still gets its event
+        log.exception("could not read webhook subscriptions for batch %s", batch["_id"])
+    if not targets:
+        return []
+    body = event_body(event, batch)
+    created = []
+    for key, subscription_id, url in targets:
+        the_id = delivery_id(batch, key)
+        try:
+            inserted = webhook_store.insert_delivery({
+                "_id": the_id, "batch_id": batch["_id"], "owner": batch.get("owner"),
+                "event": event, "finish_seq": batch.get("finish_seq") or 1, "url": url,
+                "subscription_id": subscription_id, "body": body})
+        except Exception:  # noqa: BLE001 - one target's failure must not cost the others theirs
+            log.exception("could not store webhook delivery %s", the_id)
+            continue
+        if not inserted:
+            continue  # this finish was already announced to this target
+        created.append(the_id)
+        try:
+            webhook_delivery.enqueue_attempt(the_id, 1)
+        except Exception:  # noqa: BLE001 - stored as pending and due: recover_overdue sends it
+            log.exception("could not queue webhook delivery %s", the_id)
+    return created
