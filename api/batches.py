@@ -52,42 +52,123 @@ def upload():
     webhook_url = _webhook_url(request.args.get("webhook_url")
                                or (request.form.get("webhook_url")
                                    if request.mimetype == "multipart/form-data" else None))
+    idempotency_key = _idempotency_key()
     first = read_first_block(stream)
     check_first_block(first, complete=len(first) < FIRST_BLOCK)
+    reader = CappedHashingReader(first, stream, settings.max_upload_bytes)
+    if idempotency_key:
+        try:
+            existing = batch_store.find_idempotency(owner(), idempotency_key)
+        except PyMongoError as error:
+            log.error("MongoDB read failed: %s", error)
+            raise _unavailable("MongoDB") from None
+        if existing is not None:  # a replay: hash the body without storing it again
+            _drain(reader, settings)
+            return _replay(existing, _fingerprint(reader.sha256.hexdigest(), webhook_url))
     batch_id = batch_store.new_id()
     key = f"{storage.UPLOAD_PREFIX}{batch_id}.csv"
-    reader = CappedHashingReader(first, stream, settings.max_upload_bytes)
     try:
         storage.upload_stream(key, reader, "text/csv; charset=utf-8")
     except UploadTooLarge:
-        raise ApiError(413, "Upload too large",
-                       f"the file is larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)",
-                       kind="too-large") from None
+        raise _too_large(settings) from None
     except (BotoCoreError, ClientError) as error:
         log.error("S3 upload failed: %s", error)
         raise _unavailable("S3") from None
+    fingerprint = _fingerprint(reader.sha256.hexdigest(), webhook_url)
     try:
         batch = batch_store.create(batch_id=batch_id, owner=owner(), filename=filename,
                                    csv_key=key, csv_sha256=reader.sha256.hexdigest(),
                                    csv_bytes=reader.size, webhook_url=webhook_url)
+        # The batch exists before the key is claimed, so whoever finds the key finds its batch.
+        claimed = (batch_store.claim_idempotency(owner(), idempotency_key, batch_id=batch_id,
+                                                 fingerprint=fingerprint)
+                   if idempotency_key else True)
     except PyMongoError as error:
         log.error("MongoDB insert failed: %s", error)
-        _forget_upload(key)
+        _forget_batch(batch_id, key)
         raise _unavailable("MongoDB") from None
+    if not claimed:  # a concurrent request with the same key won the race
+        _forget_batch(batch_id, key)
+        return _replay(batch_store.find_idempotency(owner(), idempotency_key), fingerprint)
     try:
         tasks.enqueue_parse(batch_id)
     except RedisError as error:
         log.error("enqueue failed: %s", error)
-        try:
-            batch_store.delete(batch_id)
-        except PyMongoError:
-            pass
-        _forget_upload(key)
+        if idempotency_key:
+            try:
+                batch_store.release_idempotency(owner(), idempotency_key, batch_id)
+            except PyMongoError:
+                pass
+        _forget_batch(batch_id, key)
         raise _unavailable("Redis") from None
     response = jsonify(batch_store.to_json(batch, base_url()))
     response.status_code = 202
     response.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
     return response
+
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def _idempotency_key() -> str | None:
+    """The Idempotency-Key header: 1 to 255 visible ASCII characters, or absent."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(33 <= ord(c) <= 126 for c in value):
+        raise ApiError(400, "Invalid Idempotency-Key",
+                       f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters",
+                       kind="invalid-idempotency-key")
+    return value
+
+
+def _fingerprint(sha256: str, webhook_url: str | None) -> str:
+    """What must match for a request to count as the same one again: the file and webhook_url."""
+    return f"sha256:{sha256}|webhook_url:{webhook_url or ''}"
+
+
+def _drain(reader: CappedHashingReader, settings) -> None:
+    try:
+        while reader.read(1024 * 1024):
+            pass
+    except UploadTooLarge:
+        raise _too_large(settings) from None
+
+
+def _replay(record: dict | None, fingerprint: str):
+    """The answer to a request whose Idempotency-Key was used before: the original batch."""
+    if record is None:  # the first request failed and released its key just now
+        raise ApiError(409, "Conflict", "a request with this Idempotency-Key was being processed "
+                       "and did not complete; send it again", kind="idempotency-key-in-use")
+    if record.get("fingerprint") != fingerprint:
+        raise ApiError(422, "Idempotency-Key reused",
+                       "this Idempotency-Key was already used with a different file or "
+                       "webhook_url; use a new key for a new upload", kind="idempotency-key-reused",
+                       batch_id=record.get("batch_id"))
+    batch = batch_store.get(record["batch_id"], owner())
+    if batch is None:
+        raise ApiError(409, "Conflict", "the upload that used this Idempotency-Key is not "
+                       "available any more; use a new key", kind="idempotency-key-in-use")
+    response = jsonify(batch_store.to_json(batch, base_url()))
+    response.status_code = 200
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch["_id"])
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _too_large(settings) -> ApiError:
+    return ApiError(413, "Upload too large",
+                    f"the file is larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)",
+                    kind="too-large")
+
+
+def _forget_batch(batch_id: str, key: str) -> None:
+    """Undo a half-made upload: its batch record (if any) and its stored file."""
+    try:
+        batch_store.delete(batch_id)
+    except PyMongoError:
+        log.warning("could not delete the record of failed upload %s", batch_id)
+    _forget_upload(key)
 
 
 def _incoming_file():
@@ -147,6 +228,8 @@ def _time_param(name: str) -> datetime | None:
     raw = request.args.get(name)
     if not raw:
         return None
+    if " " in raw.strip() and "T" in raw:  # an unencoded "+01:00" arrives as " 01:00"
+        raw = raw.strip().replace(" ", "+")
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
@@ -230,6 +313,9 @@ def _csv_response(batch: dict, suffix: str, lines) -> Response:
 def output_csv(batch_id: str):
     batch = load_batch(batch_id)
     if not batch.get("header"):
+        if BatchStatus(batch["status"]).finished:
+            raise ApiError(409, "No output", f"the batch ended {batch['status']} before its file "
+                           f"was read: {batch.get('error') or 'no rows'}", kind="no-output")
         raise ApiError(409, "Not ready", "the batch's file has not been read yet; try again "
                        "when its status is no longer queued", kind="not-ready")
     columns = map_columns(batch["header"])

@@ -1,6 +1,207 @@
-"""Batch control and live status: cancel, retry, server-sent progress (issue 5 fills this in)."""
+"""Batch control and live status: cancel, retry failed images, server-sent progress events."""
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import logging
+import time
 
+from flask import Blueprint, Response, jsonify, request
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.exceptions import RedisError
+from rq.exceptions import InvalidJobOperation
+from rq.job import Job, JobStatus
+
+from api.batches import base_url, load_batch
+from api.errors import ApiError
+from infra import batch_store, product_store, queues
+from schemas.batch import BatchStatus
+from worker import tasks
+
+log = logging.getLogger(__name__)
 bp = Blueprint("control", __name__, url_prefix="/api/v1/batches")
+
+
+class EventSettings(BaseSettings):
+    """Settings of the progress-event stream."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    events_max_stream_s: float = Field(300.0, gt=0)  # then the stream ends; the client reconnects
+    events_poll_s: float = Field(1.0, gt=0)          # how often MongoDB is read for changes
+    events_heartbeat_s: float = Field(15.0, gt=0)    # a comment line when nothing else was sent
+    events_retry_ms: int = Field(2000, ge=0)         # the reconnect delay suggested to clients
+
+
+def _conflict(detail: str, batch: dict, kind: str) -> ApiError:
+    return ApiError(409, "Conflict", detail, kind=kind, batch_status=batch["status"])
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+@bp.post("/<batch_id>/cancel")
+def cancel_batch(batch_id: str):
+    batch = load_batch(batch_id)
+    cancelled = batch_store.cancel(batch_id)
+    if cancelled is None:
+        batch = load_batch(batch_id)
+        raise _conflict(f"the batch has already finished ({batch['status']}); only a queued or "
+                        "processing batch can be cancelled", batch, "already-finished")
+    dropped = drop_queued_jobs(cancelled)
+    log.info("batch cancelled", extra={"batch_id": batch_id, "dropped_jobs": dropped})
+    try:
+        tasks.finish(cancelled)  # announces batch.cancelled (webhooks)
+    except Exception:  # noqa: BLE001 - the cancel itself is stored; the event is best effort here
+        log.exception("could not announce the cancelled batch", extra={"batch_id": batch_id})
+    return jsonify(batch_store.to_json(cancelled, base_url()))
+
+
+def drop_queued_jobs(batch: dict) -> int:
+    """Cancel the batch's jobs that have not started (ids are deterministic); running chunk jobs
+    notice the status within about a second and stop starting images."""
+    ids = [tasks.parse_job_id(batch["_id"])]
+    ids += [tasks.chunk_job_id(batch["_id"], n) for n in range(int(batch.get("chunks") or 0))]
+    dropped = 0
+    try:
+        conn = queues.get_redis()
+        for job in Job.fetch_many(ids, connection=conn):
+            if job is None or job.get_status(refresh=False) not in (
+                    JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                continue
+            try:
+                job.cancel()
+                dropped += 1
+            except InvalidJobOperation:
+                pass
+    except RedisError as error:
+        # Not fatal: every job checks the batch status first and skips a cancelled batch.
+        log.warning("could not drop the queued jobs of a cancelled batch: %s", error)
+    return dropped
+
+
+# --- retry ------------------------------------------------------------------------------------
+
+@bp.post("/<batch_id>/retry")
+def retry_batch(batch_id: str):
+    batch = load_batch(batch_id)
+    status = BatchStatus(batch["status"])
+    if not status.finished:
+        raise _conflict("the batch is still running; retry it once it has finished",
+                        batch, "still-running")
+    if status == BatchStatus.CANCELLED:
+        raise _conflict("a cancelled batch cannot be retried; upload the file again",
+                        batch, "cancelled")
+    failed = product_store.failed_images(batch_id) if batch.get("parsed") else []
+    if not failed:
+        raise _conflict("the batch has no failed images to retry", batch, "nothing-to-retry")
+    slots = sum(doc["occurrences"] for doc in failed)
+    claimed = batch_store.start_retry(batch, slots)
+    if claimed is None:
+        raise _conflict("the batch changed while the retry was being set up (another retry?)",
+                        load_batch(batch_id), "retry-conflict")
+    product_store.reset_images([doc["_id"] for doc in failed])
+    chunk_numbers = sorted({doc["chunk"] for doc in failed})
+    try:
+        tasks.enqueue_chunks(batch_id, chunk_numbers)
+    except RedisError as error:
+        # The reset images are stored as pending: the stall sweeper enqueues them later.
+        log.error("could not enqueue the retried chunks: %s", error, extra={"batch_id": batch_id})
+    log.info("batch retried", extra={"batch_id": batch_id, "images": len(failed)})
+    response = jsonify(batch_store.to_json(claimed, base_url()))
+    response.status_code = 202
+    response.headers["Location"] = f"/api/v1/batches/{batch_id}"
+    return response
+
+
+# --- progress events --------------------------------------------------------------------------
+
+PHASE_QUEUED, PHASE_STARTED, PHASE_PARSED, PHASE_FINISHED, PHASE_FINAL = range(5)
+
+
+def event_key(batch: dict) -> tuple[int, int, int]:
+    """A monotonic position in the batch's life: (retry run, phase, finished image slots).
+
+    Within one run the phase only moves forward and the count only grows; a retry starts a new
+    run. So a later state always has a larger key, and Last-Event-ID can be compared with it.
+    """
+    status = BatchStatus(batch["status"])
+    if status.finished:
+        phase = PHASE_FINISHED
+    elif status == BatchStatus.QUEUED:
+        phase = PHASE_QUEUED
+    else:
+        phase = PHASE_PARSED if batch.get("parsed") else PHASE_STARTED
+    return (int(batch.get("retries") or 0), phase,
+            int(batch["images_processed"]) + int(batch["images_failed"]))
+
+
+def final_key(batch: dict) -> tuple[int, int, int]:
+    return (int(batch.get("retries") or 0), PHASE_FINAL, 0)
+
+
+def format_key(key: tuple[int, int, int]) -> str:
+    return ".".join(str(part) for part in key)
+
+
+def parse_key(raw: str | None) -> tuple[int, int, int] | None:
+    """A Last-Event-ID this API sent; anything else is ignored (the stream starts afresh)."""
+    if not raw:
+        return None
+    parts = raw.strip().split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def sse(event: str | None, data: str | None = None, event_id: str | None = None) -> str:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event:
+        lines.append(f"event: {event}")
+    if data is not None:
+        lines.extend(f"data: {line}" for line in data.split("\n"))
+    return "\n".join(lines) + "\n\n"
+
+
+@bp.get("/<batch_id>/events")
+def batch_events(batch_id: str):
+    batch = load_batch(batch_id)
+    settings = EventSettings()
+    last = parse_key(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
+    if last is not None and BatchStatus(batch["status"]).finished and last >= final_key(batch):
+        # The client has seen the final event: 204 tells an EventSource to stop reconnecting.
+        return Response(status=204)
+    owner, root = batch.get("owner"), base_url()
+
+    def stream():
+        sent_key = last
+        started = last_write = time.monotonic()
+        yield f"retry: {settings.events_retry_ms}\n\n"
+        current = batch
+        while True:
+            key = event_key(current)
+            if sent_key is None or key > sent_key:
+                sent_key = key
+                last_write = time.monotonic()
+                yield sse("progress", json.dumps(batch_store.to_json(current, root),
+                                                 separators=(",", ":")), format_key(key))
+            if BatchStatus(current["status"]).finished:
+                yield sse("status", json.dumps(batch_store.to_json(current, root),
+                                               separators=(",", ":")),
+                          format_key(final_key(current)))
+                return
+            if time.monotonic() - started >= settings.events_max_stream_s:
+                yield ": stream time limit reached; reconnect with Last-Event-ID\n\n"
+                return
+            time.sleep(settings.events_poll_s)
+            if time.monotonic() - last_write >= settings.events_heartbeat_s:
+                last_write = time.monotonic()
+                yield ": heartbeat\n\n"
+            current = batch_store.get(batch_id, owner)
+            if current is None:  # deleted meanwhile
+                yield sse("error", json.dumps({"detail": "the batch no longer exists"}))
+                return
+
+    return Response(stream(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

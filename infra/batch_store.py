@@ -201,3 +201,91 @@ def to_out(batch: dict, base_url: str = "") -> BatchOut:
 
 def to_json(batch: dict, base_url: str = "") -> dict:
     return to_out(batch, base_url).model_dump(mode="json")
+
+
+# --- control: cancel, retry, stall sweeping, idempotent uploads (issue 5) ----------------------
+
+RETRYABLE = [BatchStatus.COMPLETED_WITH_ERRORS.value, BatchStatus.FAILED.value]
+
+
+def cancel(batch_id: str) -> dict | None:
+    """queued/processing -> cancelled, exactly once; returns the batch only to the caller that did."""
+    stamp = now()
+    return db.batches().find_one_and_update(
+        {"_id": batch_id, "status": {"$in": ACTIVE}},
+        {"$set": {"status": BatchStatus.CANCELLED.value, "finished_at": stamp,
+                  "updated_at": stamp, "cancelled_at": stamp},
+         "$inc": {"finish_seq": 1}},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def start_retry(batch: dict, failed_slots: int) -> dict | None:
+    """A finished batch back to processing, its failed count lowered by the slots to retry.
+
+    One atomic update, conditional on the status and finish_seq read by the caller, so of two
+    concurrent retries only one wins (the other gets None). The `retries` counter makes the
+    progress-event ids of the new run sort after the old run's.
+    """
+    stamp = now()
+    return db.batches().find_one_and_update(
+        {"_id": batch["_id"], "status": {"$in": RETRYABLE}, "finish_seq": batch.get("finish_seq", 0),
+         "images_failed": {"$gte": failed_slots}},
+        {"$set": {"status": BatchStatus.PROCESSING.value, "finished_at": None, "error": None,
+                  "updated_at": stamp, "retried_at": stamp},
+         "$inc": {"images_failed": -failed_slots, "retries": 1}},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def stalled(before: datetime, limit: int = 1000) -> list[dict]:
+    """Active batches whose last recorded progress (updated_at) is older than `before`."""
+    return list(db.batches().find({"status": {"$in": ACTIVE}, "updated_at": {"$lt": before}})
+                .sort("updated_at", 1).limit(limit))
+
+
+def claim_stalled(batch: dict) -> dict | None:
+    """Mark a stalled batch as swept now, only if nothing touched it since it was read.
+
+    Bumping updated_at also restarts its stall clock, so the same batch is not re-enqueued
+    by every sweep while its recovered work waits in the queue.
+    """
+    stamp = now()
+    return db.batches().find_one_and_update(
+        {"_id": batch["_id"], "status": batch["status"], "updated_at": batch["updated_at"]},
+        {"$set": {"updated_at": stamp, "swept_at": stamp}, "$inc": {"sweeps": 1}},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def idempotency_id(owner: str | None, key: str) -> str:
+    """One record per (caller, key): `_id` is unique on every MongoDB, no extra index needed."""
+    return f"{owner}:{key}"
+
+
+def find_idempotency(owner: str | None, key: str) -> dict | None:
+    return db.idempotency_keys().find_one({"_id": idempotency_id(owner, key)})
+
+
+def claim_idempotency(owner: str | None, key: str, *, batch_id: str, fingerprint: str) -> dict | None:
+    """Record that this key made this batch; None when it was recorded first (by another request)."""
+    from pymongo.errors import DuplicateKeyError
+    try:
+        doc = {"_id": idempotency_id(owner, key), "owner": owner, "key": key, "batch_id": batch_id,
+               "fingerprint": fingerprint, "created_at": now()}
+        db.idempotency_keys().insert_one(doc)
+        return doc
+    except DuplicateKeyError:
+        return None
+
+
+def release_idempotency(owner: str | None, key: str, batch_id: str) -> None:
+    """Forget a key whose request did not go through (so the caller may send it again)."""
+    db.idempotency_keys().delete_one({"_id": idempotency_id(owner, key), "batch_id": batch_id})
+
+
+def set_image_counts(batch_id: str, *, processed: int, failed: int) -> None:
+    """Overwrite a processing batch's image counters with values re-derived from its images."""
+    db.batches().update_one(
+        {"_id": batch_id, "status": BatchStatus.PROCESSING.value},
+        {"$set": {"images_processed": processed, "images_failed": failed, "updated_at": now()}})

@@ -118,3 +118,28 @@ def page_products(batch_id: str, *, after_line: int, limit: int,
 
 def failed_images_by_hash(batch_id: str) -> dict[str, dict]:
     return {d["hash"]: d for d in db.images().find({"batch_id": batch_id, "status": FAILED})}
+
+
+# --- control: retry and stall sweeping (issue 5) ---------------------------------------------
+
+def failed_images(batch_id: str) -> list[dict]:
+    """The failed image documents of a batch (id, occurrences, chunk only)."""
+    return list(db.images().find({"batch_id": batch_id, "status": FAILED},
+                                 {"occurrences": 1, "chunk": 1}))
+
+
+def reset_images(ids: list[str]) -> int:
+    """failed -> pending for exactly these image documents; returns how many changed."""
+    if not ids:
+        return 0
+    result = db.images().update_many({"_id": {"$in": ids}, "status": FAILED},
+                                     {"$set": {"status": PENDING, "error": None}})
+    return result.modified_count
+
+
+def count_slots(batch_id: str) -> dict[str, int]:
+    """Image slots (occurrences) per image status, re-derived from the image documents."""
+    counts: dict[str, int] = {}
+    for doc in db.images().find({"batch_id": batch_id}, {"status": 1, "occurrences": 1}):
+        counts[doc["status"]] = counts.get(doc["status"], 0) + doc["occurrences"]
+    return counts

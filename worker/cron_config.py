@@ -1,0 +1,11 @@
+"""RQ cron configuration: `rq cron worker.cron_config --url "$REDIS_URL"` runs the stall sweeper.
+
+One cron process is enough (two are harmless: sweeps claim each batch with a conditional update).
+"""
+from rq import cron
+
+from infra import queues
+from worker.sweeper import SweepSettings, run_sweep
+
+cron.register(run_sweep, queues.BATCHES, interval=SweepSettings().sweep_interval_s,
+              job_timeout=300, result_ttl=3600, failure_ttl=7 * 86400)

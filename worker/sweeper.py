@@ -1,0 +1,157 @@
+"""The stall sweeper: no batch may hang forever because its jobs vanished from Redis.
+
+A batch that is `queued` or `processing` but has recorded no progress (`updated_at`) for
+`STALL_TIMEOUT_S`, and none of whose jobs is still alive in Redis (queued, scheduled, deferred,
+or started by a worker whose heartbeat is fresh), gets its missing work enqueued again:
+
+- not parsed yet: the parse job (parsing is idempotent: rows are upserted, images keep state);
+- parsed, with pending images: one chunk job per chunk that still has pending images (chunk jobs
+  only touch pending images and count each pending -> done change once, so nothing is doubled);
+- parsed, nothing pending: the counts are re-derived from the image documents (a crash between
+  an image update and its counter update, or mid-retry, leaves them off) and the batch finished.
+
+What loses jobs: a Redis restart without persistence, a flushed or evicted key, a worker killed
+(SIGKILL, OOM, lost node) mid-job, before RQ's own maintenance notices (≈ 10 minutes or more).
+
+Scheduling (see the README section "Batch control"): run RQ's cron scheduler with this
+package's config, `rq cron worker.cron_config --url "$REDIS_URL"`, which enqueues
+`worker.sweeper.run_sweep` on the `batches` queue every `SWEEP_INTERVAL_S` seconds. The cron
+scheduler keeps its schedule in its own process memory, so it survives a Redis restart (a job
+that re-enqueues itself would not). Two sweeps at once are harmless: each stalled batch is
+claimed with a conditional update, so only one of them re-enqueues its work.
+`python -m worker.sweeper` runs one sweep by hand.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from infra import batch_store, product_store, queues
+from infra.settings import get_settings
+from worker import tasks
+
+log = logging.getLogger(__name__)
+
+ALIVE = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+class SweepSettings(BaseSettings):
+    """Settings of the sweeper (STALL_TIMEOUT_S itself is in infra.settings)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    sweep_interval_s: int = Field(60, ge=1, le=86400)
+    sweep_limit: int = Field(1000, ge=1)  # stalled batches handled per sweep, oldest first
+
+
+def batch_job_ids(batch: dict) -> list[str]:
+    """Every job id a batch can have (they are deterministic)."""
+    ids = [tasks.parse_job_id(batch["_id"])]
+    ids += [tasks.chunk_job_id(batch["_id"], n) for n in range(int(batch.get("chunks") or 0))]
+    return ids
+
+
+def _running_job_ids(conn, at: float) -> set[str]:
+    """Jobs in a StartedJobRegistry whose worker heartbeat has not expired."""
+    running: set[str] = set()
+    for name in (queues.BATCHES, queues.IMAGES):
+        key = StartedJobRegistry(name, connection=conn).key
+        for member, expires in conn.zrange(key, 0, -1, withscores=True):
+            if expires > at:
+                running.add(member.decode().rsplit(":", 1)[0])
+    return running
+
+
+def live_jobs(batch: dict, conn=None, running: set[str] | None = None) -> list[str]:
+    """The batch's jobs that are still alive in Redis (waiting, or running with a fresh heartbeat)."""
+    conn = conn or queues.get_redis()
+    if running is None:
+        running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
+    ids = batch_job_ids(batch)
+    alive = []
+    for job_id, job in zip(ids, Job.fetch_many(ids, connection=conn)):
+        if job is None:
+            continue
+        status = job.get_status(refresh=False)
+        if status in ALIVE or (status == JobStatus.STARTED and job_id in running):
+            alive.append(job_id)
+    return alive
+
+
+def recover(batch: dict) -> dict:
+    """Re-enqueue whatever work of this (claimed) batch is missing; returns what was done."""
+    batch_id = batch["_id"]
+    if not batch.get("parsed"):
+        tasks.enqueue_parse(batch_id)
+        return {"batch_id": batch_id, "action": "parse"}
+    pending = product_store.pending_chunks(batch_id)
+    if pending:
+        tasks.enqueue_chunks(batch_id, pending)
+        return {"batch_id": batch_id, "action": "chunks", "chunks": pending}
+    counts = product_store.count_slots(batch_id)
+    batch_store.set_image_counts(batch_id, processed=counts.get(product_store.PROCESSED, 0),
+                                 failed=counts.get(product_store.FAILED, 0))
+    tasks.finish(batch_store.try_finish(batch_id))
+    return {"batch_id": batch_id, "action": "finish",
+            "status": batch_store.status_of(batch_id)}
+
+
+def sweep(now: datetime | None = None) -> list[dict]:
+    """One pass over stalled batches; returns one entry per batch whose work was re-enqueued."""
+    settings, sweep_settings = get_settings(), SweepSettings()
+    now = now or datetime.now(timezone.utc)
+    cutoff = now - timedelta(seconds=settings.stall_timeout_s)
+    conn = queues.get_redis()
+    running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
+    done = []
+    for batch in batch_store.stalled(cutoff, limit=sweep_settings.sweep_limit):
+        alive = live_jobs(batch, conn, running)
+        if alive:
+            log.debug("stalled batch still has live jobs", extra={"batch_id": batch["_id"]})
+            continue
+        claimed = batch_store.claim_stalled(batch)
+        if claimed is None:
+            continue  # it moved (or another sweep took it) since it was read
+        try:
+            outcome = recover(claimed)
+        except Exception:  # noqa: BLE001 - one batch must not stop the sweep
+            log.exception("could not recover stalled batch", extra={"batch_id": batch["_id"]})
+            continue
+        log.warning("re-enqueued the work of a stalled batch",
+                    extra={"batch_id": batch["_id"], "action": outcome["action"]})
+        done.append(outcome)
+    return done
+
+
+def run_sweep() -> dict:
+    """The RQ job the cron scheduler enqueues."""
+    recovered = sweep()
+    return {"recovered": recovered}
+
+
+def start_thread(stop: threading.Event, interval: float | None = None) -> threading.Thread:
+    """Sweep from a thread every SWEEP_INTERVAL_S (for a single-process run, e.g. `make run`)."""
+    every = interval or SweepSettings().sweep_interval_s
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                sweep()
+            except Exception:  # noqa: BLE001 - Redis or MongoDB down: try again next time
+                log.exception("stall sweep failed")
+
+    thread = threading.Thread(target=loop, name="sweeper", daemon=True)
+    thread.start()
+    return thread
+
+
+if __name__ == "__main__":  # pragma: no cover - manual operation
+    import json
+    logging.basicConfig(level="INFO")
+    print(json.dumps(sweep(), default=str, indent=2))
