@@ -411,3 +411,26 @@ def test_hardened_session_refuses_a_private_address_after_dns(env, http_server):
                                     [env.webhook_secret], settings)
     assert outcome["error"].startswith("refused") and "status_code" not in outcome
     assert http_server.requests == []
+
+
+def test_default_schedule_meets_the_contract(env, monkeypatch):
+    monkeypatch.delenv("WEBHOOK_RETRY_SCHEDULE", raising=False)
+    settings_module.get_settings.cache_clear()
+    settings = settings_module.get_settings()
+    assert webhook_delivery.max_attempts(settings) >= 6
+    shortest = [webhook_delivery.retry_delay(settings, n) for n in range(1, len(settings.retry_delays) + 1)]
+    assert 0 < shortest[0] <= 30                     # the first retry within 30 s
+    assert sum(shortest[:5]) >= 3600                 # the 6th attempt an hour or more after the 1st
+    assert all(b > a for a, b in zip(shortest, shortest[1:4]))  # growing
+
+
+@pytest.mark.parametrize("address, public", [
+    ("93.184.215.14", True), ("2606:4700::1111", True), ("127.0.0.1", False), ("10.1.2.3", False),
+    ("172.16.0.1", False), ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
+    ("0.0.0.0", False), ("224.0.0.1", False), ("::1", False), ("fe80::1", False), ("fc00::1", False),
+    ("::ffff:10.0.0.1", False), ("2002:a00:1::", False), ("64:ff9b::a00:1", False),
+])
+def test_public_address_classification(address, public):
+    import ipaddress
+    from infra.url_safety import is_public_address
+    assert is_public_address(ipaddress.ip_address(address)) is public
