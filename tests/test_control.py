@@ -282,6 +282,28 @@ def test_idempotency_key_concurrent_requests_make_one_batch(app, http_server):
     assert queues.get_queue(queues.BATCHES).count == 1
 
 
+def test_idempotency_key_is_per_caller(env, monkeypatch, http_server):
+    from api import create_app
+    from infra import settings as settings_module
+    monkeypatch.setenv("API_KEYS", "alice:key-alice-123456,bob:key-bob-1234567")
+    settings_module.get_settings.cache_clear()
+    client = create_app(settings_module.get_settings()).test_client()
+    if client.get("/api/v1/batches").status_code != 401:
+        pytest.skip("API keys are not enforced by this build")
+    text = csv_text([serve_images(http_server, 1)])
+    alice = {"Authorization": "Bearer key-alice-123456", "Idempotency-Key": "k"}
+    bob = {"Authorization": "Bearer key-bob-1234567", "Idempotency-Key": "k"}
+    first = upload(client, text, headers=alice)
+    second = upload(client, text, headers=bob)
+    assert first.status_code == 202 and second.status_code == 202
+    assert first.get_json()["id"] != second.get_json()["id"]
+    assert upload(client, text, headers=alice).get_json()["id"] == first.get_json()["id"]
+    assert client.get(f"/api/v1/batches/{first.get_json()['id']}/events",
+                      headers={"Authorization": bob["Authorization"]}).status_code == 404
+    assert client.post(f"/api/v1/batches/{first.get_json()['id']}/cancel",
+                       headers={"Authorization": bob["Authorization"]}).status_code == 404
+
+
 # --- list filters -----------------------------------------------------------------------------
 
 def test_list_filters_status_and_created_range(client, http_server):
@@ -511,6 +533,23 @@ def test_sweeper_runs_from_rq_cron(client, http_server, work, env):
     assert queues.get_queue(queues.BATCHES).count == 1
     work()  # runs the sweep, which enqueues the lost parse job, which the same burst runs
     assert get(client, batch_id)["status"] == "completed"
+
+
+def test_sweeper_thread_for_a_single_process(client, http_server, env):
+    from worker import sweeper
+    batch_id = upload(client, csv_text([serve_images(http_server, 1)])).get_json()["id"]
+    queues.get_redis().flushdb()
+    db.batches().update_one({"_id": batch_id},
+                            {"$set": {"updated_at": datetime.now(timezone.utc)
+                                      - timedelta(seconds=env.stall_timeout_s + 5)}})
+    stop = threading.Event()
+    thread = sweeper.start_thread(stop, interval=0.05)
+    try:
+        wait_for(lambda: job_status(tasks.parse_job_id(batch_id)) == JobStatus.QUEUED, timeout=5)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert db.batches().find_one({"_id": batch_id})["sweeps"] == 1
 
 
 @pytest.mark.parametrize("raw", ["1.2", "a.b.c", "", "1.2.3.4"])
