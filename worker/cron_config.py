@@ -1,4 +1,7 @@
-"""RQ cron configuration: `rq cron worker.cron_config --url "$REDIS_URL"` runs the stall sweeper.
+"""RQ cron configuration for the stall sweeper.
+
+Run `rq cron -c worker.rq_config worker.cron_config`
+(or `rq cron --url "$REDIS_URL" worker.cron_config`).
 
 One cron process is enough (two are harmless: sweeps claim each batch with a conditional update).
 """

@@ -14,11 +14,12 @@ What loses jobs: a Redis restart without persistence, a flushed or evicted key, 
 (SIGKILL, OOM, lost node) mid-job, before RQ's own maintenance notices (≈ 10 minutes or more).
 
 Scheduling (see the README section "Batch control"): run RQ's cron scheduler with this
-package's config, `rq cron worker.cron_config --url "$REDIS_URL"`, which enqueues
-`worker.sweeper.run_sweep` on the `batches` queue every `SWEEP_INTERVAL_S` seconds. The cron
-scheduler keeps its schedule in its own process memory, so it survives a Redis restart (a job
-that re-enqueues itself would not). Two sweeps at once are harmless: each stalled batch is
-claimed with a conditional update, so only one of them re-enqueues its work.
+package's config, `rq cron -c worker.rq_config worker.cron_config` (or
+`rq cron --url "$REDIS_URL" worker.cron_config`), which enqueues `run_sweep` on the `batches`
+queue every `SWEEP_INTERVAL_S` seconds. The cron scheduler keeps its schedule in its own
+process memory, so it survives a Redis restart (a job that re-enqueues itself would not). Two
+sweeps at once are harmless: each stalled batch is claimed with a conditional update, so only
+one of them re-enqueues its work.
 `python -m worker.sweeper` runs one sweep by hand.
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _running_job_ids(conn, at: float) -> set[str]:
 
 
 def live_jobs(batch: dict, conn=None, running: set[str] | None = None) -> list[str]:
-    """The batch's jobs that are still alive in Redis (waiting, or running with a fresh heartbeat)."""
+    """The batch's jobs still alive in Redis (waiting, or running with a fresh heartbeat)."""
     conn = conn or queues.get_redis()
     if running is None:
         running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
