@@ -16,7 +16,7 @@ from api.batches import base_url, load_batch
 from api.errors import ApiError
 from infra import batch_store, product_store, queues
 from schemas.batch import BatchStatus
-from worker import tasks
+from worker import sweeper, tasks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("control", __name__, url_prefix="/api/v1/batches")
@@ -59,8 +59,7 @@ def cancel_batch(batch_id: str):
 def drop_queued_jobs(batch: dict) -> int:
     """Cancel the batch's jobs that have not started (ids are deterministic); running chunk jobs
     notice the status within about a second and stop starting images."""
-    ids = [tasks.parse_job_id(batch["_id"])]
-    ids += [tasks.chunk_job_id(batch["_id"], n) for n in range(int(batch.get("chunks") or 0))]
+    ids = sweeper.batch_job_ids(batch)
     dropped = 0
     try:
         conn = queues.get_redis()
