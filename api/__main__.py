@@ -28,10 +28,14 @@ def main() -> None:
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     print(f"Batchpress is listening on http://localhost:{settings.port}  (Ctrl-C stops it)",
           flush=True)
+    from worker import sweeper
+    stop = threading.Event()
+    sweeper.start_thread(stop)  # in production `rq cron` runs the sweep (see Procfile)
     try:
         # The main thread works the queues until Ctrl-C.
         run_worker(burst=False, in_process_scheduler=settings.embedded)
     finally:
+        stop.set()
         server.shutdown()
 
 

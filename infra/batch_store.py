@@ -181,7 +181,10 @@ def to_out(batch: dict, base_url: str = "") -> BatchOut:
     done = batch["images_processed"] + batch["images_failed"]
     total = batch["images_total"]
     finished = BatchStatus(batch["status"]).finished
-    progress = 1.0 if finished and batch["parsed"] else (done / total if total else 0.0)
+    if total:
+        progress = done / total
+    else:  # nothing to do: a parsed batch with no images is done, an unparsed one has not begun
+        progress = 1.0 if finished and batch["parsed"] else 0.0
     root = f"{base_url.rstrip('/')}/api/v1/batches/{batch['_id']}"
     return BatchOut(
         id=batch["_id"], status=batch["status"], filename=batch.get("filename"),

@@ -9,6 +9,8 @@ from pymongo.database import Database
 
 from infra.settings import get_settings
 
+IDEMPOTENCY_TTL_S = 24 * 3600
+
 _lock = threading.Lock()
 _state: dict = {"client": None, "pid": None}
 
@@ -78,3 +80,5 @@ def ensure_indexes() -> None:
     deliveries().create_index([("batch_id", 1), ("created_at", 1)])
     deliveries().create_index([("status", 1), ("next_attempt_at", 1)])
     subscriptions().create_index([("owner", 1), ("created_at", 1)])
+    # Idempotency keys are remembered for 24 hours, as Stripe does.
+    idempotency_keys().create_index("created_at", expireAfterSeconds=IDEMPOTENCY_TTL_S)
