@@ -434,3 +434,33 @@ def test_public_address_classification(address, public):
     import ipaddress
     from infra.url_safety import is_public_address
     assert is_public_address(ipaddress.ip_address(address)) is public
+
+
+# --- through the real endpoints: cancel and retry announce their finishes -----------------------
+
+def test_cancel_and_retry_through_the_api_announce_each_finish(client, http_server, work, env):
+    http_server.routes["/hook"] = Route(b"", 204)
+    text = f"S. No.,Product Name,Input Image Urls\n1,Mug,{http_server.url('/a.jpg')}\n"
+    queued = upload(client, text, webhook_url=http_server.url("/hook")).get_json()
+    assert client.post(f"/api/v1/batches/{queued['id']}/cancel").status_code == 200
+    work()
+    [cancelled] = posts(http_server)
+    assert Webhook(env.webhook_secret).verify(
+        cancelled["body"], cancelled["headers"])["type"] == "batch.cancelled"
+
+    batch = upload(client, text, webhook_url=http_server.url("/hook")).get_json()
+    work()  # /a.jpg is missing: every image fails
+    first = Webhook(env.webhook_secret).verify(posts(http_server)[-1]["body"],
+                                               posts(http_server)[-1]["headers"])
+    assert first["type"] == "batch.failed" and first["data"]["id"] == batch["id"]
+
+    http_server.routes["/a.jpg"] = Route(jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert client.post(f"/api/v1/batches/{batch['id']}/retry").status_code == 202
+    work()
+    sent = posts(http_server)
+    assert len(sent) == 3
+    second = Webhook(env.webhook_secret).verify(sent[-1]["body"], sent[-1]["headers"])
+    assert second["type"] == "batch.completed"
+    assert sent[-1]["headers"]["webhook-id"] != sent[-2]["headers"]["webhook-id"]
+    log = client.get(f"/api/v1/batches/{batch['id']}/deliveries").get_json()["items"]
+    assert [d["event"] for d in log] == ["batch.failed", "batch.completed"]
