@@ -6,8 +6,6 @@ import logging
 import time
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
@@ -15,22 +13,12 @@ from rq.job import Job, JobStatus
 from api.batches import base_url, load_batch
 from api.errors import ApiError
 from infra import batch_store, product_store, queues
+from infra.settings import get_settings
 from schemas.batch import BatchStatus
 from worker import sweeper, tasks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("control", __name__, url_prefix="/api/v1/batches")
-
-
-class EventSettings(BaseSettings):
-    """Settings of the progress-event stream."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
-
-    events_max_stream_s: float = Field(300.0, gt=0)  # then the stream ends; the client reconnects
-    events_poll_s: float = Field(1.0, gt=0)          # how often MongoDB is read for changes
-    events_heartbeat_s: float = Field(15.0, gt=0)    # a comment line when nothing else was sent
-    events_retry_ms: int = Field(2000, ge=0)         # the reconnect delay suggested to clients
 
 
 def _conflict(detail: str, batch: dict, kind: str) -> ApiError:
@@ -166,7 +154,7 @@ def sse(event: str | None, data: str | None = None, event_id: str | None = None)
 @bp.get("/<batch_id>/events")
 def batch_events(batch_id: str):
     batch = load_batch(batch_id)
-    settings = EventSettings()
+    settings = get_settings()
     last = parse_key(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
     if last is not None and BatchStatus(batch["status"]).finished and last >= final_key(batch):
         # The client has seen the final event: 204 tells an EventSource to stop reconnecting.

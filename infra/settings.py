@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(900, gt=0)
     stall_timeout_s: int = Field(600, gt=0)
 
+    # Stall sweeper (worker/sweeper.py).
+    sweep_interval_s: int = Field(60, ge=1, le=86400)
+    sweep_limit: int = Field(1000, ge=1)  # stalled batches handled per sweep, oldest first
+
+    # Progress events (GET /batches/{id}/events).
+    events_max_stream_s: float = Field(300.0, gt=0)  # then the stream ends; the client reconnects
+    events_poll_s: float = Field(1.0, gt=0)          # how often MongoDB is read for changes
+    events_heartbeat_s: float = Field(15.0, gt=0)    # a comment line when nothing else was sent
+    events_retry_ms: int = Field(2000, ge=0)         # the reconnect delay suggested to clients
+
     # Webhooks.
     webhook_secret: str = Field(default_factory=lambda: "whsec_" + base64.b64encode(
         secrets.token_bytes(32)).decode())
@@ -57,6 +67,10 @@ class Settings(BaseSettings):
     dashboard_user: str | None = None
     dashboard_password: str | None = None
     log_level: str = "INFO"
+    log_format: str = "json"  # json (one object a line) or text
+    admin_key_name: str = "admin"  # the API key of this name may also open /rq
+    ready_timeout_s: float = Field(2.0, gt=0, le=30)
+    prometheus_multiproc_dir: str | None = None
 
     @field_validator("log_level")
     @classmethod
@@ -64,6 +78,14 @@ class Settings(BaseSettings):
         value = value.upper()
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"json", "text"}:
+            raise ValueError("must be json or text")
         return value
 
     @field_validator("webhook_secret")
@@ -99,6 +121,18 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no outside service is configured: run on in-memory stand-ins."""
         return not (self.redis_url or self.mongo_url or self.s3_endpoint_url)
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What an operator should hear about at start-up: unsafe or surprising defaults."""
+    warnings = []
+    if "webhook_secret" not in settings.model_fields_set and not settings.embedded:
+        warnings.append("WEBHOOK_SECRET is not set: a random one is used by this process only, "
+                        "so receivers of batch webhook_url events cannot verify them; set it")
+    if settings.allow_private_urls:
+        warnings.append("ALLOW_PRIVATE_URLS is on: image and webhook URLs may reach private "
+                        "addresses; use it for tests and local development only")
+    return warnings
 
 
 def describe_error(error: ValidationError) -> str:

@@ -17,6 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from infra import db, queues
+from infra.settings import get_settings
 from tests.servers import Route
 from worker import tasks
 
@@ -392,7 +393,7 @@ def test_events_for_finished_batch_and_last_event_id(client, http_server, work):
 
 
 def test_events_follow_a_running_batch(client, http_server, work, monkeypatch):
-    monkeypatch.setenv("EVENTS_POLL_S", "0.05")
+    monkeypatch.setattr(get_settings(), "events_poll_s", 0.05)
     urls = serve_images(http_server, 6, chunk=200, delay_per_chunk=0.05)
     batch = upload(client, csv_text([urls])).get_json()
     streamed = {}
@@ -418,9 +419,9 @@ def test_events_follow_a_running_batch(client, http_server, work, monkeypatch):
 
 
 def test_events_heartbeat_and_bounded_length(client, http_server, monkeypatch):
-    monkeypatch.setenv("EVENTS_POLL_S", "0.05")
-    monkeypatch.setenv("EVENTS_HEARTBEAT_S", "0.2")
-    monkeypatch.setenv("EVENTS_MAX_STREAM_S", "0.7")
+    monkeypatch.setattr(get_settings(), "events_poll_s", 0.05)
+    monkeypatch.setattr(get_settings(), "events_heartbeat_s", 0.2)
+    monkeypatch.setattr(get_settings(), "events_max_stream_s", 0.7)
     urls = serve_images(http_server, 1)
     batch = upload(client, csv_text([urls])).get_json()  # no worker: it stays queued
     started = time.monotonic()
@@ -527,10 +528,12 @@ def test_sweeper_runs_from_rq_cron(client, http_server, work, env):
                                       - timedelta(seconds=env.stall_timeout_s + 5)}})
     cron = CronScheduler(connection=queues.get_redis())
     cron.load_config_from_file("worker.cron_config")
-    [sweep_job] = cron.get_jobs()
-    assert sweep_job.func_name == "worker.sweeper.run_sweep" and sweep_job.interval == 60
+    jobs = {job.func_name: job for job in cron.get_jobs()}
+    assert set(jobs) == {"worker.sweeper.run_sweep", "worker.webhook_delivery.recover_overdue"}
+    assert jobs["worker.sweeper.run_sweep"].interval == 60
     cron.enqueue_jobs()
     assert queues.get_queue(queues.BATCHES).count == 1
+    assert queues.get_queue(queues.WEBHOOKS).count == 1
     work()  # runs the sweep, which enqueues the lost parse job, which the same burst runs
     assert get(client, batch_id)["status"] == "completed"
 

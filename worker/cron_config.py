@@ -1,4 +1,4 @@
-"""RQ cron configuration for the stall sweeper.
+"""RQ cron configuration: the stall sweeper, and recovery of webhook deliveries whose job was lost.
 
 Run `rq cron -c worker.rq_config worker.cron_config`
 (or `rq cron --url "$REDIS_URL" worker.cron_config`).
@@ -8,7 +8,11 @@ One cron process is enough (two are harmless: sweeps claim each batch with a con
 from rq import cron
 
 from infra import queues
-from worker.sweeper import SweepSettings, run_sweep
+from infra.settings import get_settings
+from worker.sweeper import run_sweep
+from worker.webhook_delivery import recover_overdue
 
-cron.register(run_sweep, queues.BATCHES, interval=SweepSettings().sweep_interval_s,
+cron.register(run_sweep, queues.BATCHES, interval=get_settings().sweep_interval_s,
               job_timeout=300, result_ttl=3600, failure_ttl=7 * 86400)
+cron.register(recover_overdue, queues.WEBHOOKS, interval=60, job_timeout=120, result_ttl=3600,
+              failure_ttl=7 * 86400)

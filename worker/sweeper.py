@@ -28,27 +28,16 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from infra import batch_store, product_store, queues
 from infra.settings import get_settings
-from worker import tasks
+from worker import tasks, webhook_delivery
 
 log = logging.getLogger(__name__)
 
 ALIVE = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-
-
-class SweepSettings(BaseSettings):
-    """Settings of the sweeper (STALL_TIMEOUT_S itself is in infra.settings)."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
-
-    sweep_interval_s: int = Field(60, ge=1, le=86400)
-    sweep_limit: int = Field(1000, ge=1)  # stalled batches handled per sweep, oldest first
 
 
 def batch_job_ids(batch: dict) -> list[str]:
@@ -105,13 +94,13 @@ def recover(batch: dict) -> dict:
 
 def sweep(now: datetime | None = None) -> list[dict]:
     """One pass over stalled batches; returns one entry per batch whose work was re-enqueued."""
-    settings, sweep_settings = get_settings(), SweepSettings()
+    settings = get_settings()
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(seconds=settings.stall_timeout_s)
     conn = queues.get_redis()
     running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
     done = []
-    for batch in batch_store.stalled(cutoff, limit=sweep_settings.sweep_limit):
+    for batch in batch_store.stalled(cutoff, limit=settings.sweep_limit):
         alive = live_jobs(batch, conn, running)
         if alive:
             log.debug("stalled batch still has live jobs", extra={"batch_id": batch["_id"]})
@@ -138,12 +127,13 @@ def run_sweep() -> dict:
 
 def start_thread(stop: threading.Event, interval: float | None = None) -> threading.Thread:
     """Sweep from a thread every SWEEP_INTERVAL_S (for a single-process run, e.g. `make run`)."""
-    every = interval or SweepSettings().sweep_interval_s
+    every = interval or get_settings().sweep_interval_s
 
     def loop() -> None:
         while not stop.wait(every):
             try:
                 sweep()
+                webhook_delivery.recover_overdue()
             except Exception:  # noqa: BLE001 - Redis or MongoDB down: try again next time
                 log.exception("stall sweep failed")
 
