@@ -17,8 +17,14 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024  # form overhead
     app.json.sort_keys = False
 
-    from api import batches, control, errors, files, health, webhooks
+    from api import auth, batches, control, dashboard, errors, files, health, openapi, webhooks
+    from infra import logging_setup
+    logging_setup.configure(settings)
     errors.register(app)
+    health.register_request_hooks(app)  # first: every later hook and error has the request id
+    auth.register(app, settings)
+    dashboard.register(app, settings)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(control.bp)
     app.register_blueprint(webhooks.bp)

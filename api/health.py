@@ -1,6 +1,200 @@
-"""Health, readiness and metrics endpoints outside /api/v1 (issue 6 fills this in)."""
+"""Health, readiness and metrics endpoints outside /api/v1.
+
+- `/healthz`: the process answers; no I/O at all.
+- `/readyz`: pings Redis, MongoDB and S3 at once, each with a short timeout (`READY_TIMEOUT_S`);
+  `503` problem+json naming every one that failed.
+- `/metrics`: Prometheus text (see infra/metrics.py).
+"""
 from __future__ import annotations
 
-from flask import Blueprint
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
+from flask import Blueprint, Response, jsonify
+
+from api.errors import problem
+from infra import db, metrics, queues, storage
+from infra.settings import get_settings
+
+log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
+
+_clients_lock = threading.Lock()
+_clients: dict = {}
+_pool: dict = {"pool": None, "pid": None}
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    checks = run_checks(get_settings().ready_timeout_s)
+    failed = {name: error for name, error in checks.items() if error is not None}
+    report = {name: ("ok" if error is None else error) for name, error in checks.items()}
+    if failed:
+        names = ", ".join(failed)
+        detail = "; ".join(f"{name}: {error}" for name, error in failed.items())
+        log.warning("not ready: %s", detail)
+        return problem(503, "Not Ready", f"not reachable: {names} ({detail})", kind="not-ready",
+                       headers={"Retry-After": "5"}, failed=list(failed), checks=report)
+    return jsonify({"status": "ready", "checks": report})
+
+
+@bp.get("/metrics")
+def metrics_endpoint():
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+# --- readiness checks ---------------------------------------------------------------------------
+
+def _cached(name: str, factory):
+    """One short-timeout client per process and target (clients must not cross a fork)."""
+    with _clients_lock:
+        entry = _clients.get(name)
+        if entry is None or entry[0] != os.getpid():
+            entry = (os.getpid(), factory())
+            _clients[name] = entry
+        return entry[1]
+
+
+def check_redis(timeout: float) -> None:
+    settings = get_settings()
+    conn = queues.get_redis()
+    pool = getattr(conn, "connection_pool", None)
+    real = pool is not None and type(conn).__module__.startswith("redis") and settings.redis_url
+    if real:
+        import redis
+        url = settings.redis_url
+        conn = _cached(f"redis:{url}:{timeout}", lambda: redis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout,
+            retry_on_timeout=False))
+    if not conn.ping():
+        raise RuntimeError("PING did not answer PONG")
+
+
+def check_mongo(timeout: float) -> None:
+    settings = get_settings()
+    client = db.get_client()
+    import pymongo
+    if isinstance(client, pymongo.MongoClient) and settings.mongo_url:
+        url, ms = settings.mongo_url, int(timeout * 1000)
+        client = _cached(f"mongo:{url}:{timeout}", lambda: pymongo.MongoClient(
+            url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms,
+            maxPoolSize=2))
+    try:
+        client.admin.command("ping")
+    except NotImplementedError:  # an in-memory stand-in without `ping`: reading is proof enough
+        client[settings.mongo_db].list_collection_names()
+
+
+def check_s3(timeout: float) -> None:
+    settings = get_settings()
+    endpoint = storage.get_s3().meta.endpoint_url
+
+    def make():
+        import boto3
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=endpoint, region_name=settings.s3_region,
+                            config=Config(connect_timeout=timeout, read_timeout=timeout,
+                                          retries={"max_attempts": 1, "mode": "standard"},
+                                          s3={"addressing_style": "path"}))
+    client = _cached(f"s3:{endpoint}:{timeout}", make)
+    client.head_bucket(Bucket=settings.s3_bucket)
+
+
+CHECKS = {"redis": check_redis, "mongodb": check_mongo, "s3": check_s3}
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = metrics_safe(text)
+    return f"{type(error).__name__}: {text}"[:200] if text else type(error).__name__
+
+
+def metrics_safe(text: str) -> str:
+    """Strip credentials and query strings a driver may echo (e.g. a URL with a password)."""
+    from infra.logging_setup import redact
+    return redact(text)
+
+
+def _executor() -> ThreadPoolExecutor:
+    with _clients_lock:
+        if _pool["pool"] is None or _pool["pid"] != os.getpid():
+            _pool.update(pool=ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz"),
+                         pid=os.getpid())
+        return _pool["pool"]
+
+
+def run_checks(timeout: float) -> dict[str, str | None]:
+    """Each dependency's failure as text, or None when it answered; all checked at once."""
+    started = time.monotonic()
+    futures = {name: _executor().submit(check, timeout) for name, check in CHECKS.items()}
+    wait(futures.values(), timeout=timeout + 0.5)
+    results: dict[str, str | None] = {}
+    for name, future in futures.items():
+        if not future.done():
+            results[name] = f"no answer within {timeout:g} s"
+            continue
+        error = future.exception()
+        results[name] = None if error is None else _describe(error)
+    log.debug("readiness checked in %.3f s", time.monotonic() - started)
+    return results
+
+
+# --- per-request hooks: request id, access log, HTTP metrics -----------------------------------
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_QUIET = {"/healthz", "/readyz", "/metrics"}
+
+
+def _valid_request_id(value: str | None) -> str | None:
+    if value and len(value) <= 128 and all(c.isalnum() or c in "-_.:" for c in value):
+        return value
+    return None
+
+
+def register_request_hooks(app) -> None:
+    """Accept or make up X-Request-ID, echo it back, log one line and count every request."""
+    import uuid
+
+    from flask import g, request
+
+    from infra import logging_setup
+
+    access = logging.getLogger("batchpress.access")
+
+    @app.before_request
+    def _request_started():
+        g.request_id = _valid_request_id(request.headers.get(REQUEST_ID_HEADER)) \
+            or uuid.uuid4().hex
+        g.request_started = time.perf_counter()
+        logging_setup.request_id_var.set(g.request_id)
+
+    @app.after_request
+    def _request_finished(response):
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        started = g.get("request_started")
+        seconds = time.perf_counter() - started if started else 0.0
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        metrics.http_request(request.method, rule, response.status_code, seconds)
+        level = logging.DEBUG if request.path in _QUIET or request.path.startswith(
+            ("/docs/", "/rq/static/")) else logging.INFO
+        access.log(level, "%s %s %s", request.method, request.path, response.status_code,
+                   extra={"method": request.method, "path": request.path,
+                          "route": rule, "status": response.status_code,
+                          "duration_ms": round(seconds * 1000, 2),
+                          "owner": g.get("owner"), "remote_addr": request.remote_addr})
+        return response
+
+    @app.teardown_request
+    def _request_done(_error=None):
+        logging_setup.request_id_var.set(None)

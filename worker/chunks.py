@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from infra import batch_store, product_store, storage
+from infra import batch_store, metrics, product_store, storage
 from infra.settings import Settings
 from schemas.batch import BatchStatus
 from worker.download import DownloadError, download, make_session
@@ -62,9 +62,9 @@ def _one(image: dict, batch_id: str, session, settings: Settings, watch: _Cancel
         return 0
     bytes_in = None
     try:
-        data = download(session, image["url"], settings)
+        data = metrics.timed("download_seconds", download, session, image["url"], settings)
         bytes_in = len(data)
-        encoded = compress(data, quality=settings.output_quality,
+        encoded = metrics.timed("encode_seconds", compress, data, quality=settings.output_quality,
                            max_pixels=settings.max_image_pixels,
                            optimize=settings.output_optimize, webp_method=settings.webp_method)
         del data
@@ -80,6 +80,7 @@ def _one(image: dict, batch_id: str, session, settings: Settings, watch: _Cancel
                                     bytes_in=bytes_in, bytes_out=len(encoded.data),
                                     content_type=encoded.content_type):
         batch_store.add_image_results(batch_id, processed=image["occurrences"])
+        metrics.image_processed(bytes_in, len(encoded.data))
         return 1
     return 0
 
@@ -87,5 +88,6 @@ def _one(image: dict, batch_id: str, session, settings: Settings, watch: _Cancel
 def _record_failure(image: dict, batch_id: str, error: str, bytes_in: int | None) -> int:
     if product_store.mark_failed(image, error, bytes_in):
         batch_store.add_image_results(batch_id, failed=image["occurrences"])
+        metrics.image_failed(error, bytes_in)
         return 1
     return 0

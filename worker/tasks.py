@@ -5,7 +5,7 @@ import logging
 
 from rq import Retry
 
-from infra import batch_store, product_store, queues, storage
+from infra import batch_store, metrics, product_store, queues, storage
 from infra.settings import get_settings
 from worker import chunks, notify
 from worker.csv_reader import CsvFileError
@@ -62,6 +62,7 @@ def parse_batch(batch_id: str) -> dict:
     batch_store.record_parse(batch_id, header=result.header, rows_total=result.rows_total, rows_valid=result.rows_valid,
                              rows_invalid=result.rows_invalid, images_total=result.images_total,
                              chunks=result.chunks)
+    metrics.rows_parsed(result.rows_valid, result.rows_invalid)
     pending = product_store.pending_chunks(batch_id)
     enqueue_chunks(batch_id, pending)
     finish(batch_store.try_finish(batch_id))
@@ -82,4 +83,5 @@ def finish(batch: dict | None) -> None:
     """Announce a batch that has just reached its final state (called by the one that did)."""
     if batch is not None:
         log.info("batch finished", extra={"batch_id": batch["_id"], "status": batch["status"]})
+        metrics.batch_finished(batch["status"])
         notify.batch_finished(batch)

@@ -1,0 +1,302 @@
+"""Prometheus metrics, correct across gunicorn workers, RQ workers and hosts.
+
+Two kinds, both exposed by the API's `/metrics`:
+
+- **Pipeline metrics** (batches, rows, images, bytes, download/encode durations, webhook
+  attempts) happen in RQ workers, which fork a work horse per job and may run on other hosts than
+  the API. They are kept in Redis (one hash, `HINCRBYFLOAT` in one pipeline per event), which
+  every process already shares, and read at scrape time. Counters survive worker restarts and add
+  up over any number of workers.
+- **API metrics** (HTTP requests and their durations) use `prometheus_client` in the API process.
+  Under gunicorn with several workers, set `PROMETHEUS_MULTIPROC_DIR` to an empty directory (the
+  environment variable itself, before start-up): every worker writes its own files there and a
+  scrape adds them up (`gunicorn.conf.py` marks exited workers dead).
+- **Queue depths and workers** are read from RQ's registries at scrape time.
+
+Recording never raises: a metric that cannot be written is dropped with a debug log line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Callable, TypeVar
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REDIS_KEY = "batchpress:metrics"
+NAMESPACE = "batchpress"
+
+DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ENCODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WEBHOOK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# name -> (type, help, bucket bounds for histograms)
+PIPELINE = {
+    "batches_created_total": ("counter", "Batches accepted at upload.", None),
+    "batches_finished_total": ("counter", "Batches that reached a final status, by status.", None),
+    "rows_total": ("counter", "CSV data rows read, by result (accepted, rejected).", None),
+    "images_total": ("counter", "Distinct images finished, by result (processed, failed) and "
+                                "failure reason.", None),
+    "image_bytes_total": ("counter", "Image bytes downloaded (in) and stored (out).", None),
+    "download_seconds": ("histogram", "Time to download one image.", DOWNLOAD_BUCKETS),
+    "encode_seconds": ("histogram", "Time to decode and re-encode one image.", ENCODE_BUCKETS),
+    "webhook_attempts_total": ("counter", "Webhook delivery attempts, by outcome.", None),
+    "webhook_seconds": ("histogram", "Duration of one webhook delivery attempt.",
+                        WEBHOOK_BUCKETS),
+}
+
+FAILURE_REASONS = ("timeout", "http_error", "too_large", "too_many_pixels", "not_an_image",
+                   "refused_url", "connection", "too_many_redirects", "internal", "other")
+
+_REASON_RULES = (
+    (re.compile(r"^refused:", re.I), "refused_url"),
+    (re.compile(r"longer than|timed out|timeout|stopped sending", re.I), "timeout"),
+    (re.compile(r"\bHTTP \d{3}\b", re.I), "http_error"),
+    (re.compile(r"byte limit|too large|bytes, over", re.I), "too_large"),
+    (re.compile(r"pixel", re.I), "too_many_pixels"),
+    (re.compile(r"more than \d+ redirects", re.I), "too_many_redirects"),
+    (re.compile(r"decodable|broken image|not an image|unsupported|format", re.I), "not_an_image"),
+    (re.compile(r"connect|resolve|TLS|broke off", re.I), "connection"),
+    (re.compile(r"internal error", re.I), "internal"),
+)
+
+
+def failure_reason(error: str | BaseException | None) -> str:
+    """A small, fixed set of reasons for a failed image (label values must stay few)."""
+    text = str(error or "")
+    for pattern, reason in _REASON_RULES:
+        if pattern.search(text):
+            return reason
+    return "other"
+
+
+# --- recording (any process) --------------------------------------------------------------------
+
+def _field(name: str, labels: dict[str, str] | None = None) -> str:
+    if not labels:
+        return name + "|"
+    return name + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _incr(items: list[tuple[str, float]]) -> None:
+    """Add each (field, amount) to the Redis hash in one round trip; never raises."""
+    try:
+        from infra import queues
+        pipe = queues.get_redis().pipeline(transaction=False)
+        for field, amount in items:
+            if amount:
+                pipe.hincrbyfloat(REDIS_KEY, field, amount)
+        pipe.execute()
+    except Exception as error:  # noqa: BLE001 - metrics must never break the work
+        log.debug("could not record metrics: %s", error)
+
+
+def inc(name: str, amount: float = 1, **labels: str) -> None:
+    """Add to a pipeline counter, e.g. `inc("batches_finished_total", status="completed")`."""
+    if name not in PIPELINE:
+        raise KeyError(f"unknown metric {name!r}")
+    _incr([(_field(name, labels), amount)])
+
+
+def observe(name: str, seconds: float, **labels: str) -> None:
+    """Record one observation in a pipeline histogram."""
+    kind, _, buckets = PIPELINE[name]
+    if kind != "histogram":
+        raise KeyError(f"{name!r} is not a histogram")
+    items = [(_field(name + "_count", labels), 1), (_field(name + "_sum", labels), seconds)]
+    for bound in buckets:
+        if seconds <= bound:
+            items.append((_field(name + "_bucket", {**labels, "le": repr(float(bound))}), 1))
+    _incr(items)
+
+
+def timed(name: str, function: Callable[..., T], *args, **kwargs) -> T:
+    """Call `function(*args, **kwargs)` and observe how long it took (also when it raises)."""
+    started = time.perf_counter()
+    try:
+        return function(*args, **kwargs)
+    finally:
+        observe(name, time.perf_counter() - started)
+
+
+# Named helpers, one line at each call site.
+
+def batch_created() -> None:
+    inc("batches_created_total")
+
+
+def batch_finished(status: str) -> None:
+    inc("batches_finished_total", status=str(status))
+
+
+def rows_parsed(accepted: int, rejected: int) -> None:
+    _incr([(_field("rows_total", {"result": "accepted"}), accepted),
+           (_field("rows_total", {"result": "rejected"}), rejected)])
+
+
+def image_processed(bytes_in: int | None, bytes_out: int | None) -> None:
+    _incr([(_field("images_total", {"result": "processed", "reason": ""}), 1),
+           (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0),
+           (_field("image_bytes_total", {"direction": "out"}), bytes_out or 0)])
+
+
+def image_failed(error: str | BaseException | None, bytes_in: int | None = None) -> None:
+    _incr([(_field("images_total", {"result": "failed", "reason": failure_reason(error)}), 1),
+           (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0)])
+
+
+def webhook_attempt(outcome: str, seconds: float | None = None) -> None:
+    """outcome: `success`, `http_error` (non-2xx), `timeout`, `connection_error`, `refused`."""
+    inc("webhook_attempts_total", outcome=outcome)
+    if seconds is not None:
+        observe("webhook_seconds", seconds, outcome=outcome)
+
+
+# --- API process metrics (prometheus_client) ----------------------------------------------------
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+HTTP_REQUESTS = Counter(f"{NAMESPACE}_http_requests_total", "HTTP requests answered.",
+                        ["method", "endpoint", "status"])
+HTTP_SECONDS = Histogram(f"{NAMESPACE}_http_request_seconds", "Time to answer an HTTP request.",
+                         ["method", "endpoint"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                                  30.0))
+
+
+def http_request(method: str, endpoint: str | None, status: int, seconds: float) -> None:
+    endpoint = endpoint or "unmatched"
+    try:
+        HTTP_REQUESTS.labels(method, endpoint, str(status)).inc()
+        HTTP_SECONDS.labels(method, endpoint).observe(seconds)
+    except Exception as error:  # noqa: BLE001
+        log.debug("could not record HTTP metrics: %s", error)
+
+
+# --- scrape-time collectors ---------------------------------------------------------------------
+
+def _parse_field(field: str) -> tuple[str, dict[str, str]]:
+    name, _, raw = field.partition("|")
+    labels = {}
+    for part in raw.split(",") if raw else ():
+        key, _, value = part.partition("=")
+        labels[key] = value
+    return name, labels
+
+
+class PipelineCollector(Collector):
+    """Reads the pipeline metrics every worker recorded in Redis."""
+
+    def collect(self):
+        from infra import queues
+        try:
+            raw = queues.get_redis().hgetall(REDIS_KEY)
+        except Exception as error:  # noqa: BLE001 - a scrape still shows the API metrics
+            log.warning("could not read pipeline metrics from Redis: %s", error)
+            raw = {}
+        values: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for field, value in raw.items():
+            field = field.decode() if isinstance(field, bytes) else field
+            name, labels = _parse_field(field)
+            values.setdefault(name, []).append((labels, float(value)))
+        for name, (kind, help_text, buckets) in PIPELINE.items():
+            full = f"{NAMESPACE}_{name}"
+            if kind == "counter":
+                samples = values.get(name, [])
+                label_names = sorted({k for labels, _ in samples for k in labels})
+                family = CounterMetricFamily(full.removesuffix("_total"), help_text,
+                                             labels=label_names)
+                for labels, value in samples:
+                    family.add_metric([labels.get(k, "") for k in label_names], value)
+                yield family
+                continue
+            yield from _histograms(full, help_text, buckets, name, values)
+
+
+def _histograms(full: str, help_text: str, buckets, name: str, values):
+    series: dict[tuple, dict] = {}
+    for labels, value in values.get(name + "_count", []):
+        series.setdefault(tuple(sorted(labels.items())), {})["count"] = value
+    for labels, value in values.get(name + "_sum", []):
+        series.setdefault(tuple(sorted(labels.items())), {})["sum"] = value
+    for labels, value in values.get(name + "_bucket", []):
+        le = labels.pop("le", None)
+        if le is not None:
+            series.setdefault(tuple(sorted(labels.items())), {}).setdefault("le", {})[le] = value
+    label_names = sorted({k for key in series for k, _ in key})
+    family = HistogramMetricFamily(full, help_text, labels=label_names)
+    for key, data in series.items():
+        labels = dict(key)
+        per_bound = data.get("le", {})
+        cumulative = [(repr(float(b)), per_bound.get(repr(float(b)), 0.0)) for b in buckets]
+        cumulative.append(("+Inf", data.get("count", 0.0)))
+        family.add_metric([labels.get(k, "") for k in label_names], cumulative,
+                          sum_value=data.get("sum", 0.0))
+    yield family
+
+
+class QueueCollector(Collector):
+    """Jobs per queue and state, and the number of workers, read from RQ at scrape time."""
+
+    def collect(self):
+        from rq import Queue, Worker
+        from rq.registry import (DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry,
+                                 StartedJobRegistry)
+
+        from infra import queues
+        jobs = GaugeMetricFamily(f"{NAMESPACE}_queue_jobs", "Jobs in each RQ queue, by state.",
+                                 labels=["queue", "state"])
+        workers = GaugeMetricFamily(f"{NAMESPACE}_rq_workers", "RQ workers registered.")
+        try:
+            conn = queues.get_redis()
+            for name in queues.ALL_QUEUES:
+                queue = Queue(name, connection=conn)
+                jobs.add_metric([name, "queued"], queue.count)
+                for state, registry in (("started", StartedJobRegistry),
+                                        ("scheduled", ScheduledJobRegistry),
+                                        ("deferred", DeferredJobRegistry),
+                                        ("failed", FailedJobRegistry)):
+                    jobs.add_metric([name, state], registry(queue=queue).count)
+            workers.add_metric([], Worker.count(connection=conn))
+        except Exception as error:  # noqa: BLE001
+            log.warning("could not read queue depths: %s", error)
+            return
+        yield jobs
+        yield workers
+
+
+def render() -> tuple[bytes, str]:
+    """The Prometheus text exposition of everything above."""
+    registry = CollectorRegistry(auto_describe=False)
+    directory = multiprocess_dir()
+    if directory:
+        from prometheus_client import multiprocess
+        multiprocess.MultiProcessCollector(registry, path=directory)
+    else:
+        registry = _SingleProcess(REGISTRY)
+    registry.register(PipelineCollector())
+    registry.register(QueueCollector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _SingleProcess(CollectorRegistry):
+    """The default registry's metrics plus the scrape-time collectors, without mutating it."""
+
+    def __init__(self, base: CollectorRegistry):
+        super().__init__(auto_describe=False)
+        self._base = base
+
+    def collect(self):
+        yield from self._base.collect()
+        yield from super().collect()

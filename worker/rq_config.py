@@ -1,0 +1,13 @@
+"""Settings module for RQ's command line: `rq worker -c worker.rq_config webhooks batches images`.
+
+Importing it sets up the service's JSON logs (with batch and job ids) before RQ would install its
+own handler, and hands RQ the Redis URL from the service's settings (REDIS_URL or `.env`).
+"""
+from infra import logging_setup
+from infra.settings import get_settings
+
+_settings = get_settings()
+logging_setup.configure(_settings)
+
+REDIS_URL = _settings.redis_url or "redis://localhost:6379/0"
+QUEUES = ["webhooks", "batches", "images"]  # most urgent first
