@@ -5,7 +5,7 @@ import logging
 
 from flask import Flask
 
-from infra.settings import Settings, get_settings
+from infra.settings import Settings, get_settings, startup_warnings
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,8 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     from api import auth, batches, control, dashboard, errors, files, health, openapi, webhooks
     from infra import logging_setup
     logging_setup.configure(settings)
+    for warning in startup_warnings(settings):
+        log.warning(warning)
     errors.register(app)
     health.register_request_hooks(app)  # first: every later hook and error has the request id
     auth.register(app, settings)

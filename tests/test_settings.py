@@ -37,3 +37,14 @@ def test_bad_values_stop_start_up_naming_each_variable(tmp_path):
     assert "Traceback" not in result.stderr
     for name in ("OUTPUT_QUALITY", "WEBHOOK_SECRET", "WEBHOOK_RETRY_SCHEDULE"):
         assert name in result.stderr, result.stderr
+
+
+def test_start_up_warns_about_an_unset_webhook_secret_and_private_urls(monkeypatch):
+    from infra.settings import startup_warnings
+    monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
+    warned = " ".join(startup_warnings(Settings(_env_file=None, redis_url="redis://r",
+                                                allow_private_urls=True)))
+    assert "WEBHOOK_SECRET is not set" in warned and "ALLOW_PRIVATE_URLS" in warned
+    quiet = startup_warnings(Settings(_env_file=None, redis_url="redis://r",
+                                      webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+    assert quiet == []
