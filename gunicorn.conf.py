@@ -37,6 +37,7 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+control_socket_disable = True  # not used here; in a container $HOME may not be writable
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
