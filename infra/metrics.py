@@ -161,6 +161,27 @@ def webhook_attempt(outcome: str, seconds: float | None = None) -> None:
         observe("webhook_seconds", seconds, outcome=outcome)
 
 
+def webhook_outcome(outcome: dict) -> str:
+    """The outcome label of one `worker.webhook_delivery.send()` result."""
+    code = outcome.get("status_code")
+    error = str(outcome.get("error") or "")
+    if code is not None:
+        if 200 <= code < 300 and not error:
+            return "success"
+        return "redirect" if 300 <= code < 400 else "http_error"
+    if error.startswith("refused"):
+        return "refused"
+    if "timed out" in error or "timeout" in error:
+        return "timeout"
+    return "connection_error"
+
+
+def webhook_sent(outcome: dict) -> None:
+    """Count one delivery attempt from `send()`'s result dict (one line after it returns)."""
+    seconds = outcome.get("duration_ms")
+    webhook_attempt(webhook_outcome(outcome), None if seconds is None else seconds / 1000)
+
+
 # --- API process metrics (prometheus_client) ----------------------------------------------------
 
 def multiprocess_dir() -> str | None:

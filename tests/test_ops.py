@@ -303,6 +303,19 @@ def test_failure_reasons_stay_few():
         assert reason in FAILURE_REASONS
 
 
+def test_webhook_attempts_are_counted_by_outcome(client):
+    from infra import metrics
+    for outcome in ({"status_code": 200, "duration_ms": 12}, {"status_code": 500, "error": "HTTP 500"},
+                    {"status_code": 302, "error": "HTTP 302: redirects are not followed"},
+                    {"error": "timed out after 10 s", "duration_ms": 10000},
+                    {"error": "refused: private address"}, {"error": "could not connect: x"}):
+        metrics.webhook_sent(outcome)
+    body = client.get("/metrics").get_data(as_text=True)
+    for outcome in ("success", "http_error", "redirect", "timeout", "refused", "connection_error"):
+        assert metric(body, "batchpress_webhook_attempts_total", outcome=outcome) == 1, outcome
+    assert metric(body, "batchpress_webhook_seconds_count", outcome="timeout") == 1
+
+
 def test_metrics_in_multiprocess_mode(env, tmp_path):
     """Under gunicorn (PROMETHEUS_MULTIPROC_DIR set) every process's samples add up."""
     script = """
