@@ -417,7 +417,7 @@ def document() -> dict:
         "security": [{"bearerAuth": []}],
     })
     full = construct_open_api_with_schema_class(base, schema_classes=list(MODELS))
-    return full.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return full.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
 
 
 # --- serving ------------------------------------------------------------------------------------

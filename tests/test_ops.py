@@ -111,6 +111,26 @@ def test_each_key_sees_only_its_own_webhook_subscriptions(env, monkeypatch):
         == [sub_id]
 
 
+def test_each_key_sees_only_its_own_deliveries(env, monkeypatch, http_server, work):
+    client = make_app(monkeypatch, API_KEYS=KEYS).test_client()
+    alice, bob = bearer("ak_0123456789abcdef"), bearer("bk_fedcba9876543210")
+    http_server.routes["/hook"] = Route(b"ok")
+    text = "S. No.,Product Name,Input Image Urls\n1,,http://x/y.jpg\n"  # fails at once
+    created = client.post(f"/api/v1/batches?webhook_url={http_server.url('/hook')}", data=text,
+                          content_type="text/csv", headers=alice)
+    assert created.status_code == 202, created.get_json()
+    batch_id = created.get_json()["id"]
+    work()
+    deliveries = client.get(f"/api/v1/batches/{batch_id}/deliveries", headers=alice).get_json()
+    assert len(deliveries["items"]) == 1
+    delivery_id = deliveries["items"][0]["id"]
+    assert client.get(f"/api/v1/deliveries/{delivery_id}", headers=alice).status_code == 200
+    assert client.get(f"/api/v1/deliveries/{delivery_id}", headers=bob).status_code == 404
+    assert client.post(f"/api/v1/deliveries/{delivery_id}/redeliver",
+                       headers=bob).status_code == 404
+    assert client.get(f"/api/v1/batches/{batch_id}/deliveries", headers=bob).status_code == 404
+
+
 def test_keys_from_a_file(env, monkeypatch, tmp_path):
     path = tmp_path / "keys"
     path.write_text("# operators' keys\n\ncarol: ck_abcdefabcdef\n")
@@ -478,6 +498,11 @@ def test_openapi_document_is_valid_and_built_from_the_models(client):
     assert document["paths"]["/healthz"]["get"]["security"] == []
     assert set(document["webhooks"]) == {"batch.completed", "batch.completed_with_errors",
                                          "batch.failed", "batch.cancelled"}
+
+
+def test_openapi_document_passes_the_openapi_31_schema(client):
+    from openapi_spec_validator import validate
+    validate(client.get("/openapi.json").get_json())
 
 
 def test_docs_render_offline(client):
