@@ -70,7 +70,6 @@ class Settings(BaseSettings):
     log_format: str = "json"  # json (one object a line) or text
     admin_key_name: str = "admin"  # the API key of this name may also open /rq
     ready_timeout_s: float = Field(2.0, gt=0, le=30)
-    prometheus_multiproc_dir: str | None = None
 
     @field_validator("log_level")
     @classmethod

@@ -532,7 +532,7 @@ def test_docker_compose_file():
         else worker["command"]
     assert "rq worker" in worker_command and "--with-scheduler" in worker_command
     assert worker_command.split()[-3:] == ["webhooks", "batches", "images"]
-    for name in ("api", "redis", "mongo", "minio"):
+    for name in ("api", "worker", "redis", "mongo", "minio"):
         assert "healthcheck" in services[name], name
     for name in ("api", "worker"):
         environment = services[name]["environment"]
