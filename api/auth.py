@@ -1,7 +1,8 @@
 """API keys: who is calling /api/v1, and whose batches and subscriptions they may see.
 
 `API_KEYS` is either `name:key,name:key` or the path of a file (`/…`, `./…` or `@path`) holding one
-`name:key` a line (blank lines and `#` comments are skipped). When keys are configured every
+`name:key` a line (blank lines and `#` comments are skipped). A name may have two keys while its
+key is rotated; two names may not share a key. When keys are configured every
 /api/v1 call needs `Authorization: Bearer <key>`; the key's name becomes `flask.g.owner`, and every
 query is scoped by it, so another owner's ids answer 404. Without keys the API is open, `g.owner`
 stays None, and a warning is logged at start-up.
@@ -40,7 +41,8 @@ class ApiKeys:
 
     @property
     def names(self) -> list[str]:
-        return [name for name, _ in self.entries]
+        """Owner names, once each (a name may have several keys while one is being rotated)."""
+        return list(dict.fromkeys(name for name, _ in self.entries))
 
     def owner_of(self, presented: str) -> str | None:
         """The name of the key presented, or None; constant time over every configured key."""
@@ -81,7 +83,6 @@ def parse_keys(value: str | None) -> ApiKeys:
         items = [part.strip() for part in value.split(",") if part.strip()]
         where = "in API_KEYS"
     entries: list[tuple[str, bytes]] = []
-    seen_names: set[str] = set()
     seen_keys: set[bytes] = set()
     for number, item in enumerate(items, 1):
         name, sep, key = item.partition(":")
@@ -89,11 +90,8 @@ def parse_keys(value: str | None) -> ApiKeys:
         if not sep or not name or not key:
             raise ApiKeyError(f"entry {number} {where} is not name:key")
         digest = hashlib.sha256(key.encode()).digest()
-        if name in seen_names:
-            raise ApiKeyError(f"the name {name!r} appears twice {where}")
         if digest in seen_keys:
             raise ApiKeyError(f"two entries {where} share the same key (entry {number}, {name!r})")
-        seen_names.add(name)
         seen_keys.add(digest)
         entries.append((name, digest))
     return ApiKeys(tuple(entries))

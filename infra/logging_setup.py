@@ -68,11 +68,15 @@ class ContextFilter(logging.Filter):
     """Adds request_id, batch_id and job_id to every record that lacks them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        job = None
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id_var.get()
-        job = None
+            if record.request_id is None:  # in a job: the request that queued it, if recorded
+                job = _current_job()
+                meta = getattr(job, "meta", None) if job is not None else None
+                record.request_id = meta.get("request_id") if isinstance(meta, dict) else None
         if getattr(record, "job_id", None) is None:
-            job = _current_job()
+            job = job or _current_job()
             record.job_id = job.id if job is not None else None
         if getattr(record, "batch_id", None) is None:
             batch_id = batch_id_var.get()

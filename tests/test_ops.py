@@ -145,7 +145,10 @@ def test_parse_keys_refuses_malformed_values(tmp_path):
     assert keys.names == ["a", "b"]
     assert keys.owner_of("two2") == "b" and keys.owner_of("two") is None
     assert not parse_keys(None) and not parse_keys("")
-    for bad in ("justakey", "a:", ":k", "a:k1,a:k2", "a:k,b:k", str(tmp_path / "missing")):
+    rotating = parse_keys("a:old1,a:new2,b:k3")  # one owner, two keys while rotating
+    assert rotating.names == ["a", "b"]
+    assert rotating.owner_of("old1") == rotating.owner_of("new2") == "a"
+    for bad in ("justakey", "a:", ":k", "a:k1,b:k1", str(tmp_path / "missing")):
         with pytest.raises(ApiKeyError) as error:
             parse_keys(bad)
         assert "k1" not in str(error.value) and "k2" not in str(error.value)
@@ -412,6 +415,19 @@ def test_worker_logs_carry_batch_and_job_ids(client, work, json_logs):
     assert finished, json_logs()
     assert finished[0]["batch_id"] == batch_id
     assert finished[0]["job_id"] == f"{batch_id}-parse"
+
+
+def log_in_a_job(batch_id: str) -> None:
+    logging.getLogger("batchpress.test").info("inside the job")
+
+
+def test_job_logs_carry_the_request_id_that_queued_them(env, work, json_logs):
+    queues.get_queue("batches").enqueue(log_in_a_job, "bat_meta", job_id="bat_meta-x",
+                                        meta={"request_id": "rid-from-upload"})
+    work()
+    line = next(item for item in json_logs() if item["message"] == "inside the job")
+    assert line["request_id"] == "rid-from-upload"
+    assert line["job_id"] == "bat_meta-x" and line["batch_id"] == "bat_meta"
 
 
 def test_logs_carry_no_secrets(json_logs):
