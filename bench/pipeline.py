@@ -1,0 +1,260 @@
+"""Image pipeline benchmark (`make bench`).
+
+(a) The machine's limit: decode + re-encode of the corpus with the service's encoder settings
+    (worker.encode.compress, OUTPUT_QUALITY / OUTPUT_OPTIMIZE / WEBP_METHOD) on all cores, in a
+    process pool, no I/O. Images/s and MP/s (megapixels of input decoded and encoded per second).
+(b) End to end: see measure_end_to_end() below (not written yet). When it exists the last line
+    reads `ratio e2e/limit: X`.
+
+Options:
+    --seconds S   run each measurement for at least S seconds (default 8)
+    --compare     also measure the encoder choices on one core and with threads: OUTPUT_OPTIMIZE
+                  on/off, WebP `method` 0..6, BytesIO vs memfd output, 1 vs 2 threads
+
+The corpus is BENCH_CORPUS, or ../shared/corpus next to the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from infra.settings import Settings  # noqa: E402
+from worker.encode import compress  # noqa: E402
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
+
+
+# --------------------------------------------------------------------------- corpus
+
+@dataclass(frozen=True)
+class Item:
+    name: str
+    data: bytes
+    pixels: int
+    format: str
+
+
+def corpus_dir() -> Path:
+    return Path(os.environ.get("BENCH_CORPUS") or ROOT.parent / "shared" / "corpus")
+
+
+def load_corpus(path: Path | None = None) -> list[Item]:
+    path = path or corpus_dir()
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise SystemExit(f"no images in {path} (set BENCH_CORPUS)")
+    items = []
+    for file in files:
+        data = file.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            items.append(Item(file.name, data, im.width * im.height, im.format))
+    return items
+
+
+def encoder_options(settings: Settings, **overrides) -> dict:
+    options = dict(quality=settings.output_quality, max_pixels=settings.max_image_pixels,
+                   optimize=settings.output_optimize, webp_method=settings.webp_method)
+    options.update(overrides)
+    return options
+
+
+# --------------------------------------------------------------------------- (a) the limit
+
+_worker_items: list[Item] = []
+_worker_options: dict = {}
+
+
+def _init_worker(items: list[Item], options: dict) -> None:
+    global _worker_items, _worker_options
+    _worker_items, _worker_options = items, options
+
+
+def _encode_round(indices: list[int]) -> tuple[int, int, int]:
+    """Encode the given corpus items; (images, pixels, bytes out)."""
+    images = pixels = out = 0
+    for index in indices:
+        item = _worker_items[index]
+        out += len(compress(item.data, **_worker_options).data)
+        images += 1
+        pixels += item.pixels
+    return images, pixels, out
+
+
+@dataclass
+class Rate:
+    label: str
+    images: int
+    pixels: int
+    seconds: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def mp_per_s(self) -> float:
+        return self.pixels / self.seconds / 1e6
+
+
+def measure_limit(items: list[Item], options: dict, processes: int, seconds: float) -> Rate:
+    """Whole-corpus rounds on `processes` processes until `seconds` have passed.
+
+    Each task is one image, handed out largest first so that no core idles at the end of a
+    round; the corpus is sent to each process once, at start-up.
+    """
+    order = sorted(range(len(items)), key=lambda i: -items[i].pixels)
+    with ProcessPoolExecutor(processes, initializer=_init_worker,
+                             initargs=(items, options)) as pool:
+        list(pool.map(_encode_round, [[i] for i in order]))  # warm-up: imports, first calls
+        images = pixels = out = rounds = 0
+        started = time.perf_counter()
+        while True:
+            for n, p, o in pool.map(_encode_round, [[i] for i in order]):
+                images, pixels, out = images + n, pixels + p, out + o
+            rounds += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                break
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    bytes_in = rounds * sum(item.data.__len__() for item in items)
+    return Rate(f"limit: {processes} process(es)", images, pixels, elapsed, bytes_in, out, peak)
+
+
+# --------------------------------------------------------------------------- (b) end to end
+
+def measure_end_to_end(items: list[Item], settings: Settings, seconds: float) -> Rate | None:
+    """(b) The same images through the whole service. NOT WRITTEN YET: returns None.
+
+    To add: serve `items` from a loopback ThreadingHTTPServer (TCP_NODELAY, one write per
+    response), start redis-server, moto's ThreadedMotoServer (S3 over HTTP), the API (gunicorn or
+    the Flask app in a thread) and a real RQ worker process; upload a CSV of the URLs (repeated to
+    run about `seconds`) through POST /api/v1/batches, wait for the batch to finish, and return
+    the Rate from the batch's started_at/finished_at with the worker's peak RSS. Count each URL
+    as a distinct image (add ?n=<i> to the URLs: the service dedupes identical URLs per batch).
+    """
+    return None
+
+
+# --------------------------------------------------------------------------- --compare
+
+def _time_serial(items: list[Item], options: dict, seconds: float) -> tuple[float, int, int]:
+    """(seconds per corpus pass, bytes out per pass, pixels per pass) on one thread."""
+    for item in items:
+        compress(item.data, **options)  # warm-up
+    passes, elapsed, out = 0, 0.0, 0
+    started = time.perf_counter()
+    while elapsed < seconds or passes < 2:
+        out = sum(len(compress(item.data, **options).data) for item in items)
+        passes += 1
+        elapsed = time.perf_counter() - started
+    return elapsed / passes, out, sum(item.pixels for item in items)
+
+
+def _time_threads(items: list[Item], options: dict, threads: int, seconds: float) -> float:
+    """Images per second with `threads` threads sharing one process (as the chunk job does)."""
+    order = sorted(items, key=lambda item: -item.pixels)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda item: compress(item.data, **options), order))
+        images, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            images += len(list(pool.map(lambda item: compress(item.data, **options), order)))
+        return images / (time.perf_counter() - started)
+
+
+def compare(items: list[Item], settings: Settings, seconds: float) -> None:
+    base = encoder_options(settings)
+    jpegs = [item for item in items if item.format == "JPEG"]
+    webp_out = [item for item in items
+                if item.format == "WEBP" or (item.format == "PNG" and _has_alpha(item))]
+    each = max(1.0, seconds / 4)
+
+    print("\nOUTPUT_OPTIMIZE (JPEG sources, one thread):")
+    print(f"  {'optimize':<9}{'ms/image':>10}{'img/s':>8}{'MP/s':>8}{'bytes out':>12}")
+    rows = {}
+    for optimize in (False, True):
+        per_pass, out, pixels = _time_serial(jpegs, dict(base, optimize=optimize), each)
+        rows[optimize] = (per_pass, out)
+        print(f"  {str(optimize):<9}{per_pass / len(jpegs) * 1e3:>10.1f}"
+              f"{len(jpegs) / per_pass:>8.1f}{pixels / per_pass / 1e6:>8.1f}{out:>12,}")
+    print(f"  optimize=True: {rows[True][1] / rows[False][1] - 1:+.1%} bytes, "
+          f"{rows[True][0] / rows[False][0]:.2f}x time")
+
+    print("\nWEBP_METHOD (WebP-output sources, one thread):")
+    print(f"  {'method':<7}{'ms/image':>10}{'bytes out':>12}")
+    for method in range(7):
+        per_pass, out, _ = _time_serial(webp_out, dict(base, webp_method=method), each / 3)
+        print(f"  {method:<7}{per_pass / len(webp_out) * 1e3:>10.1f}{out:>12,}")
+
+    print("\nOutput sink and threads (JPEG sources, one process, images/s):")
+    print(f"  {'sink':<9}{'1 thread':>10}{'2 threads':>11}{'4 threads':>11}{'2t/1t':>7}")
+    for sink in ("bytesio", "memfd"):
+        options = dict(base, sink=sink)
+        rates = [_time_threads(jpegs, options, n, each) for n in (1, 2, 4)]
+        print(f"  {sink:<9}{rates[0]:>10.1f}{rates[1]:>11.1f}{rates[2]:>11.1f}"
+              f"{rates[1] / rates[0]:>7.2f}")
+
+
+def _has_alpha(item: Item) -> bool:
+    with Image.open(io.BytesIO(item.data)) as im:
+        return im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+
+
+# --------------------------------------------------------------------------- main
+
+def print_table(rates: list[Rate]) -> None:
+    print(f"\n{'measurement':<28}{'images':>8}{'seconds':>9}{'img/s':>8}{'MP/s':>8}"
+          f"{'out/in':>8}{'peak RSS':>10}")
+    for r in rates:
+        ratio = f"{r.bytes_out / r.bytes_in:.2f}" if r.bytes_in else "-"
+        peak = f"{r.peak_rss_mb:.0f} MB" if r.peak_rss_mb else "-"
+        print(f"{r.label:<28}{r.images:>8}{r.seconds:>9.1f}{r.images_per_s:>8.1f}"
+              f"{r.mp_per_s:>8.1f}{ratio:>8}{peak:>10}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--compare", action="store_true")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    items = load_corpus()
+    cores = os.cpu_count() or 1
+    total_mp = sum(item.pixels for item in items) / 1e6
+    print(f"corpus: {corpus_dir()} — {len(items)} images, {total_mp:.0f} MP, "
+          f"{sum(len(i.data) for i in items) / 1e6:.1f} MB; {cores} cores; "
+          f"quality {settings.output_quality}, optimize {settings.output_optimize}, "
+          f"webp method {settings.webp_method}")
+
+    options = encoder_options(settings)
+    rates = [measure_limit(items, options, 1, args.seconds / 2)]
+    limit = measure_limit(items, options, cores, args.seconds)
+    rates.append(limit)
+    e2e = measure_end_to_end(items, settings, args.seconds)
+    if e2e is not None:
+        rates.append(e2e)
+    print_table(rates)
+    if args.compare:
+        compare(items, settings, args.seconds)
+    if e2e is not None:
+        print(f"ratio e2e/limit: {e2e.images_per_s / limit.images_per_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
