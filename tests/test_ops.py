@@ -248,6 +248,21 @@ def test_dashboard_needs_basic_auth_and_shows_jobs(env, monkeypatch):
     assert queues.get_queue("batches").count == 0
 
 
+def test_dashboard_works_on_the_embedded_in_memory_redis(env, monkeypatch):
+    import fakeredis
+    queues.use_connection(fakeredis.FakeStrictRedis())
+    client = make_app(monkeypatch, DASHBOARD_USER="ops", DASHBOARD_PASSWORD="pw-123456") \
+        .test_client()
+    queues.get_queue("images").enqueue(log_in_a_job, "bat_emb", job_id="bat_emb-chunk-0")
+    auth = basic("ops", "pw-123456")
+    assert client.get("/rq/", headers=auth).status_code == 200
+    counts = {q["name"]: q["count"] for q in
+              client.get("/rq/0/data/queues.json", headers=auth).get_json()["queues"]}
+    assert counts == {"images": 1}
+    assert client.get("/rq/0/view/job/bat_emb-chunk-0", headers=auth).status_code == 200
+    assert client.get("/readyz").get_json()["checks"]["redis"] == "ok"
+
+
 def test_dashboard_opens_with_the_admin_api_key(env, monkeypatch):
     client = make_app(monkeypatch, API_KEYS="admin:adm_key_123456,alice:ak_123456").test_client()
     assert client.get("/rq/", headers=basic("admin", "adm_key_123456")).status_code == 200
