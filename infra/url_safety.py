@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import socket
+from typing import Collection
 from urllib.parse import urlsplit
 
 from requests_hardened.ip_filter import EXTRA_BLOCKED_NET_RANGES
@@ -23,14 +24,29 @@ class UnsafeUrl(ValueError):
     """The URL is refused; the message says why and is safe to show to the caller."""
 
 
-def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+# Addresses Python's ``is_global`` gets wrong or that requests-hardened lets through.
+_EXTRA_BLOCKED = (
+    ipaddress.ip_network("::/96"),            # IPv4-compatible (deprecated), incl. ::, ::1
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
+    ipaddress.ip_network("fec0::/10"),        # site-local (deprecated, still routed internally)
+)
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                      *, exempt: Collection[ipaddress.IPv4Address | ipaddress.IPv6Address] = ()
+                      ) -> bool:
     """True for a globally routable unicast address (not loopback, private, link-local, metadata,
-    CG-NAT, multicast, reserved, or an IPv6 form that wraps one of those)."""
-    if ip.version == 6:
-        mapped = ip.ipv4_mapped or ip.sixtofour
-        if mapped is not None:
-            ip = mapped
-    if not ip.is_global or ip.is_multicast or ip.is_unspecified:
+    CG-NAT, multicast, reserved, or an IPv6 form that wraps one of those). The one address policy
+    of the service: image downloads, webhook URLs and webhook sends all ask it."""
+    if ip in exempt:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _EXTRA_BLOCKED):
+            return False
+        wrapped = ip.ipv4_mapped or ip.sixtofour
+        if wrapped is not None:
+            return is_public_address(wrapped, exempt=exempt)
+    if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
         return False
     return not any(ip.version == net.version and ip in net for net in EXTRA_BLOCKED_NET_RANGES)
 

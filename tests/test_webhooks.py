@@ -98,6 +98,7 @@ def test_upload_webhook_url_gets_one_signed_event(client, http_server, work, env
     assert payload["data"]["id"] == batch["id"] and payload["data"]["status"] == "completed"
     assert payload["timestamp"].endswith("Z")
     assert sent["headers"]["Content-Type"] == "application/json"
+    assert sent["headers"]["User-Agent"].startswith("Batchpress-Webhooks/")
     log = client.get(f"/api/v1/batches/{batch['id']}/deliveries").get_json()["items"]
     assert len(log) == 1
     delivery = log[0]

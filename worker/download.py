@@ -29,30 +29,23 @@ import os
 import socket
 import threading
 import time
-from typing import Collection, Iterable
+from typing import Iterable
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests_hardened import Config, HTTPSession
-from requests_hardened.ip_filter import EXTRA_BLOCKED_NET_RANGES, InvalidIPAddress
+from requests_hardened.ip_filter import InvalidIPAddress
 from requests_hardened.ip_filter_adapter import IPFilterAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from infra.settings import Settings
+from infra.url_safety import is_public_address
 
 CHUNK = 64 * 1024
 USER_AGENT = "Batchpress/1.0 (+image compression)"
-
-# Addresses Python's ``is_global`` gets wrong or that requests-hardened lets through.
-_EXTRA_BLOCKED = (
-    ipaddress.ip_network("::/96"),            # IPv4-compatible (deprecated), incl. ::, ::1
-    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
-    ipaddress.ip_network("fec0::/10"),        # site-local (deprecated, still routed internally)
-)
-
 
 class DownloadError(Exception):
     """The image could not be fetched; the message is shown to the user."""
@@ -63,22 +56,6 @@ class RefusedURL(DownloadError):
 
 
 # --------------------------------------------------------------------------- address policy
-
-def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                      *, exempt: Collection[ipaddress.IPv4Address | ipaddress.IPv6Address] = ()
-                      ) -> bool:
-    """True when `ip` may be fetched from: a global unicast address and nothing special."""
-    if ip in exempt:
-        return True
-    if isinstance(ip, ipaddress.IPv6Address):
-        if any(ip in net for net in _EXTRA_BLOCKED):
-            return False
-        if ip.ipv4_mapped is not None:
-            return is_public_address(ip.ipv4_mapped, exempt=exempt)
-    if not ip.is_global or ip.is_multicast or ip.is_reserved:
-        return False
-    return not any(ip in net for net in EXTRA_BLOCKED_NET_RANGES)
-
 
 def _pinned_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
@@ -238,7 +215,8 @@ def _refuse_all_cookies() -> http.cookiejar.CookieJar:
 
 
 def make_session(settings: Settings, pool_size: int = 8, *,
-                 exempt_loopback: Iterable[str] = ()) -> requests.Session:
+                 exempt_loopback: Iterable[str] = (), user_agent: str = USER_AGENT
+                 ) -> requests.Session:
     """A pooled session that refuses non-public addresses unless ALLOW_PRIVATE_URLS is set.
 
     `pool_size` is the number of connections kept per host; size it to the number of threads
@@ -253,7 +231,7 @@ def make_session(settings: Settings, pool_size: int = 8, *,
         ip_filter_allow_loopback_ips=False,
         never_redirect=True,  # redirects are followed by hand, each hop re-checked
         default_timeout=(settings.connect_timeout_s, settings.download_timeout_s),
-        user_agent_override=USER_AGENT,
+        user_agent_override=user_agent,
     ))
     pools = max(16, 2 * pool_size)  # per-host pools kept (images of a batch span a few hosts)
     for scheme in ("http://", "https://"):

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import requests
-from requests_hardened import Config, HTTPSession
 from requests_hardened.ip_filter import InvalidIPAddress
 from standardwebhooks import Webhook
 
@@ -23,6 +22,7 @@ from infra import queues, webhook_store
 from infra.batch_store import now
 from infra.settings import Settings, get_settings
 from infra.url_safety import UnsafeUrl, check_url
+from worker import download
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +165,11 @@ def _target(delivery: dict, *, manual: bool) -> tuple[str | None, list[str], str
 # --- one HTTP request -------------------------------------------------------------------------
 
 def make_session(settings: Settings) -> requests.Session:
-    """Never follows redirects; refuses non-public addresses (checked after DNS, the checked
-    address pinned) unless ALLOW_PRIVATE_URLS."""
-    timeout = settings.webhook_timeout_s
-    return HTTPSession(Config(
-        ip_filter_enable=not settings.allow_private_urls, ip_filter_allow_loopback_ips=False,
-        never_redirect=True, default_timeout=(min(settings.connect_timeout_s, timeout), timeout),
-        user_agent_override=USER_AGENT))
+    """The image downloader's hardened session (address filter with pinning, no proxies, no
+    cookies, no .netrc), speaking as the webhook sender. Redirects are never followed."""
+    session = download.make_session(settings, pool_size=1, user_agent=USER_AGENT)
+    session.headers["Accept"] = "*/*"
+    return session
 
 
 def sign_headers(delivery_id: str, body: str, signing: list[str],
