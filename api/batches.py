@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from api.errors import ApiError
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
-from infra import batch_store, product_store, storage
+from infra import batch_store, metrics, product_store, storage
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.batch import BatchStatus
@@ -101,6 +101,7 @@ def upload():
                 pass
         _forget_batch(batch_id, key)
         raise _unavailable("Redis") from None
+    metrics.batch_created()
     response = jsonify(batch_store.to_json(batch, base_url()))
     response.status_code = 202
     response.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)

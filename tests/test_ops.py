@@ -594,3 +594,14 @@ def test_procfile_and_gunicorn_config(monkeypatch):
     assert config["bind"] == "0.0.0.0:8123"
     assert config["graceful_timeout"] > 0 and config["timeout"] > 0
     assert callable(config["child_exit"])
+
+
+def test_uploads_and_real_webhook_sends_are_counted(client, http_server, work):
+    http_server.routes["/a.jpg"] = Route(jpeg(20, 10))
+    http_server.routes["/hook"] = Route(b"", 204)
+    text = f"S. No.,Product Name,Input Image Urls\n1,Mug,{http_server.url('/a.jpg')}\n"
+    assert upload(client, text, webhook_url=http_server.url("/hook")).status_code == 202
+    work()
+    body = client.get("/metrics").get_data(as_text=True)
+    assert metric(body, "batchpress_batches_created_total") == 1
+    assert metric(body, "batchpress_webhook_attempts_total", outcome="success") == 1

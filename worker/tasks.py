@@ -5,7 +5,7 @@ import logging
 
 from rq import Retry
 
-from infra import batch_store, metrics, product_store, queues, storage
+from infra import batch_store, logging_setup, metrics, product_store, queues, storage
 from infra.settings import get_settings
 from worker import chunks, notify
 from worker.csv_reader import CsvFileError
@@ -28,6 +28,7 @@ def enqueue_parse(batch_id: str):
         parse_batch, batch_id, job_id=parse_job_id(batch_id),
         job_timeout=get_settings().job_timeout_s, result_ttl=3600, failure_ttl=7 * 86400,
         retry=Retry(max=3, interval=[10, 60, 300]),
+        meta={"request_id": logging_setup.request_id_var.get()},  # the upload's, in job logs
     )
 
 

@@ -18,7 +18,7 @@ import requests
 from requests_hardened.ip_filter import InvalidIPAddress
 from standardwebhooks import Webhook
 
-from infra import queues, webhook_store
+from infra import metrics, queues, webhook_store
 from infra.batch_store import now
 from infra.settings import Settings, get_settings
 from infra.url_safety import UnsafeUrl, check_url
@@ -210,6 +210,7 @@ def send(delivery: dict, url: str, signing: list[str], settings: Settings) -> di
     except requests.RequestException as error:
         outcome = {"error": f"request failed: {_short(error)}"}
     outcome["duration_ms"] = int((time.monotonic() - began) * 1000)
+    metrics.webhook_sent(outcome)
     return outcome
 
 
