@@ -3,11 +3,19 @@
 (a) The machine's limit: decode + re-encode of the corpus with the service's encoder settings
     (worker.encode.compress, OUTPUT_QUALITY / OUTPUT_OPTIMIZE / WEBP_METHOD) on all cores, in a
     process pool, no I/O. Images/s and MP/s (megapixels of input decoded and encoded per second).
-(b) End to end: see measure_end_to_end() below (not written yet). When it exists the last line
-    reads `ratio e2e/limit: X`.
+(b) End to end: the corpus (repeated, distinct URLs) served over loopback HTTP by its own
+    process, a real redis-server, S3 over HTTP from moto's server in its own process, the batch
+    uploaded through the API, and a real RQ SimpleWorker in burst mode; API and worker share one
+    process because MongoDB is mongomock here (MONGO_URL uses a real one). See bench/e2e.py.
+    Also prints the CPU seconds each process used while the worker ran. The last line reads
+    `ratio e2e/limit: X` (images/s of (b) over images/s of (a) on all cores).
 
 Options:
-    --seconds S   run each measurement for at least S seconds (default 8)
+    --seconds S   run each measurement of (a) for at least S seconds (default 8)
+    --e2e-seconds S   size the corpus repetitions so that (b) runs about S seconds (default 30)
+    --profile FILE    run (b)'s service process under `py-spy record --native` (collapsed
+                  stacks in FILE; summarise with `python bench/profile_summary.py FILE`)
+    --no-e2e      only (a)
     --compare     also measure the encoder choices on one core and with threads: OUTPUT_OPTIMIZE
                   on/off, WebP `method` 0..6, BytesIO vs memfd output, 1 vs 2 threads
 
@@ -138,17 +146,47 @@ def measure_limit(items: list[Item], options: dict, processes: int, seconds: flo
 
 # --------------------------------------------------------------------------- (b) end to end
 
-def measure_end_to_end(items: list[Item], settings: Settings, seconds: float) -> Rate | None:
-    """(b) The same images through the whole service. NOT WRITTEN YET: returns None.
+def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
+                       limit_images_per_s: float, *, profile: str | None = None,
+                       ) -> tuple[Rate, dict]:
+    """(b) The same images through the whole service (see bench/e2e.py for the processes).
 
-    To add: serve `items` from a loopback ThreadingHTTPServer (TCP_NODELAY, one write per
-    response), start redis-server, moto's ThreadedMotoServer (S3 over HTTP), the API (gunicorn or
-    the Flask app in a thread) and a real RQ worker process; upload a CSV of the URLs (repeated to
-    run about `seconds`) through POST /api/v1/batches, wait for the batch to finish, and return
-    the Rate from the batch's started_at/finished_at with the worker's peak RSS. Count each URL
-    as a distinct image (add ?n=<i> to the URLs: the service dedupes identical URLs per batch).
+    The corpus is repeated (distinct URLs, ?copy=N) so that the run lasts about `seconds` at
+    0.8 of the limit. The rate is images done over the batch's started_at -> finished_at
+    (parse included); the peak RSS is the service process's (API + worker).
     """
-    return None
+    from bench import e2e
+
+    per_pass = len(items)
+    copies = max(1, round(seconds * 0.8 * limit_images_per_s / per_pass))
+    report = e2e.run(corpus_dir(), [item.name for item in items], copies, profile=profile)
+    done = report["images"]["processed"]
+    if report["images"]["failed"] or done != copies * per_pass:
+        print(f"warning: e2e batch {report['status']}: {report['images']}", file=sys.stderr)
+    pixels = round(sum(item.pixels for item in items) * copies * done / (copies * per_pass))
+    bytes_in = sum(len(item.data) for item in items) * copies
+    elapsed = report["batch_s"] or report["worker_wall_s"]
+    label = f"e2e: worker+{report['mongo']}"
+    return Rate(label, done, pixels, elapsed, 0, 0, report["peak_rss_mb"]), report
+
+
+def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int) -> None:
+    """Where the machine's CPU went while the worker ran: each process's CPU seconds."""
+    wall = report["worker_wall_s"]
+    capacity = wall * cores
+    print(f"\nCPU seconds while the worker ran ({wall:.1f} s wall x {cores} cores = "
+          f"{capacity:.1f} CPU-s; chunk size {report['chunk_size']}, "
+          f"image concurrency {report['image_concurrency']}):")
+    used = 0.0
+    for name, seconds in sorted(report["cpu_s"].items(), key=lambda kv: -kv[1]):
+        used += seconds
+        print(f"  {name:<24}{seconds:>8.1f}  {seconds / capacity:>6.1%}")
+    print(f"  {'idle':<24}{max(0.0, capacity - used):>8.1f}  "
+          f"{max(0.0, capacity - used) / capacity:>6.1%}")
+    # What encoding alone needs for these images, at the limit's per-core speed:
+    encode = e2e.images / (limit.images_per_s / cores)
+    print(f"  (encoding these {e2e.images} images costs {encode:.1f} CPU-s at the limit's "
+          f"per-core rate: {encode / capacity:.1%} of the machine)")
 
 
 # --------------------------------------------------------------------------- --compare
@@ -230,6 +268,11 @@ def print_table(rates: list[Rate]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--e2e-seconds", type=float, default=30.0,
+                        help="target length of the end-to-end run (default 30)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="run the service process under py-spy (raw collapsed stacks)")
+    parser.add_argument("--no-e2e", action="store_true", help="only (a)")
     parser.add_argument("--compare", action="store_true")
     args = parser.parse_args(argv)
 
@@ -246,10 +289,14 @@ def main(argv: list[str] | None = None) -> None:
     rates = [measure_limit(items, options, 1, args.seconds / 2)]
     limit = measure_limit(items, options, cores, args.seconds)
     rates.append(limit)
-    e2e = measure_end_to_end(items, settings, args.seconds)
-    if e2e is not None:
+    e2e = report = None
+    if not args.no_e2e:
+        e2e, report = measure_end_to_end(items, settings, args.e2e_seconds,
+                                         limit.images_per_s, profile=args.profile)
         rates.append(e2e)
     print_table(rates)
+    if report is not None:
+        print_cpu(report, limit, e2e, cores)
     if args.compare:
         compare(items, settings, args.seconds)
     if e2e is not None:

@@ -1,0 +1,222 @@
+"""(b) of the benchmark: the corpus through the whole service, with every outside part real.
+
+Processes (each its own PID, each one's CPU seconds reported):
+
+- image server: bench/imageserver.py serving the corpus over loopback HTTP (TCP_NODELAY).
+- redis-server: started on a free port, stopped by PID (tests/servers.RedisServer).
+- moto: `python -m moto.server`, S3 over HTTP in a process of its own (its own GIL, but it
+  shares the machine's cores with everything else: its CPU is counted).
+- the service: this file's `child` command. The Flask API served by werkzeug in a thread, and a
+  real RQ SimpleWorker in burst mode in the main thread. They share one process because there
+  is no MongoDB server on the bench machine: MongoDB is mongomock (in memory, in the process),
+  unless MONGO_URL is set, which then uses that real MongoDB (a fresh database, dropped after).
+
+The child uploads a CSV of the corpus URLs, repeated with ?copy=N so that every URL is distinct
+(the service fetches a URL once per batch), through POST /api/v1/batches over HTTP, runs the
+worker until the queues are empty, and reports: images done, the batch's started_at ->
+finished_at, the worker's wall time, its peak RSS, and the CPU seconds each process used while
+the worker ran (utime + stime from /proc/<pid>/stat).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """utime + stime of a process (all its threads) so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# --------------------------------------------------------------------------- orchestration
+
+class Services:
+    """The outside processes: image server, redis-server, moto. Stopped by PID."""
+
+    def __init__(self, corpus: Path):
+        from tests.servers import RedisServer, free_port
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.redis = None
+        try:
+            images = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "imageserver.py"), str(corpus)],
+                stdout=subprocess.PIPE, text=True)
+            self.procs["image server"] = images
+            line = images.stdout.readline().split()
+            if not line or line[0] != "port":
+                raise RuntimeError("the image server did not start")
+            self.image_base = f"http://127.0.0.1:{line[1]}"
+
+            self.redis = RedisServer()
+
+            port = free_port()
+            self.procs["moto (S3)"] = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.s3_url = f"http://127.0.0.1:{port}"
+            _wait_http(self.s3_url + "/moto-api/")
+        except BaseException:
+            self.stop()
+            raise
+
+    def pids(self) -> dict[str, int]:
+        pids = {name: p.pid for name, p in self.procs.items()}
+        if self.redis is not None:
+            pids["redis-server"] = self.redis.process.pid
+        return pids
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    import requests
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer") from None
+            time.sleep(0.1)
+
+
+def run(corpus: Path, names: list[str], copies: int, *, profile: str | None = None,
+        profile_rate: int = 67, extra_env: dict | None = None) -> dict:
+    """Start the services, run the child (under py-spy when `profile`), return its report."""
+    services = Services(corpus)
+    try:
+        env = dict(os.environ)
+        for name in ("API_KEYS", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "PUBLIC_BASE_URL"):
+            env.pop(name, None)
+        env.update({
+            "REDIS_URL": services.redis.url, "S3_ENDPOINT_URL": services.s3_url,
+            "S3_BUCKET": "bench-" + uuid.uuid4().hex[:8], "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+            "ALLOW_PRIVATE_URLS": "true", "LOG_LEVEL": "WARNING",
+            "MONGO_URL": os.environ.get("MONGO_URL") or "mongodb://mongomock.invalid",
+            "MONGO_DB": "bench_" + uuid.uuid4().hex[:8],
+            "WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "BENCH_REAL_MONGO": "1" if os.environ.get("MONGO_URL") else "",
+        })
+        env.update(extra_env or {})
+        spec = {"image_base": services.image_base, "names": names, "copies": copies,
+                "pids": services.pids()}
+        command = [sys.executable, str(Path(__file__).resolve()), "child", json.dumps(spec)]
+        if profile:
+            spy = str(Path(sys.executable).parent / "py-spy")
+            command = [spy, "record", "--native", "--threads", "-r", str(profile_rate),
+                       "-f", "raw", "-o", profile, "--"] + command
+            spec["pids"]["py-spy"] = -1  # filled in by the child (its parent)
+            command[-1] = json.dumps(spec)
+        with tempfile.TemporaryFile("w+") as errors:  # start-up warnings, tracebacks
+            child = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=errors,
+                                   text=True)
+            lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+            if child.returncode != 0 or not lines:
+                errors.seek(0)
+                sys.stderr.write(errors.read()[-5000:])
+                raise RuntimeError(f"the service process failed (exit {child.returncode})")
+        return json.loads(lines[-1])
+    finally:
+        services.stop()
+
+
+# --------------------------------------------------------------------------- the service process
+
+def child(spec: dict) -> None:
+    import logging
+    import threading
+
+    import requests
+    from werkzeug.serving import make_server
+
+    from infra import batch_store, db
+    from infra.settings import get_settings
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    pids = dict(spec["pids"])
+    if "py-spy" in pids:
+        pids["py-spy"] = os.getppid()
+    settings = get_settings()
+    real_mongo = bool(os.environ.get("BENCH_REAL_MONGO"))
+    if not real_mongo:
+        import mongomock
+        db.use_client(mongomock.MongoClient(tz_aware=True))
+
+    from api import create_app
+    from worker.runner import make_worker
+
+    app = create_app(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_port}/api/v1"
+
+    lines = ["S. No.,Product Name,Input Image Urls"]
+    n = 0
+    for copy in range(spec["copies"]):
+        for name in spec["names"]:
+            n += 1
+            lines.append(f"{n},Product {n},{spec['image_base']}/{name}?copy={copy}")
+    body = ("\n".join(lines) + "\n").encode()
+    response = requests.post(f"{api}/batches", data=body, headers={"Content-Type": "text/csv"},
+                             timeout=60)
+    if response.status_code != 202:
+        raise SystemExit(f"upload refused: {response.status_code} {response.text[:300]}")
+    batch_id = response.json()["id"]
+
+    me = os.getpid()
+    watched = {"service (API+worker)": me, **pids}
+    cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
+    wall0 = time.perf_counter()
+    make_worker(simple=True).work(burst=True, logging_level="WARNING")
+    wall = time.perf_counter() - wall0
+    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in watched.items()}
+
+    doc = batch_store.get(batch_id, any_owner=True)
+    out = requests.get(f"{api}/batches/{batch_id}", timeout=30).json()
+    server.shutdown()
+    if real_mongo:
+        db.get_client().drop_database(settings.mongo_db)
+    report = {
+        "status": out["status"], "images": out["images"], "worker_wall_s": wall,
+        "batch_s": (doc["finished_at"] - doc["started_at"]).total_seconds()
+        if doc.get("finished_at") and doc.get("started_at") else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_s": cpu, "mongo": "real" if real_mongo else "mongomock",
+        "chunk_size": settings.chunk_size, "image_concurrency": settings.image_concurrency,
+    }
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "child":
+        child(json.loads(sys.argv[2]))
+    else:
+        raise SystemExit("usage: e2e.py child SPEC (started by bench/pipeline.py)")

@@ -1,0 +1,77 @@
+"""A loopback image server for the end-to-end benchmark, run as its own process.
+
+    python bench/imageserver.py DIR [--port 0]
+
+Serves every file of DIR at /<name> (any query string is ignored, so ?copy=N gives distinct URLs
+for the same bytes), keeps connections alive (HTTP/1.1), and prints `port <n>` on stdout once
+it listens. Files are read into memory at start-up.
+
+Why not plain http.server: it writes the headers and the body in two sends, and with Nagle's
+algorithm on, the second send waits for the client's delayed ACK of the first (40 ms on Linux)
+on every response. Here the socket has TCP_NODELAY and the headers and body go out in one
+sendmsg() when they fit, so a download costs what the bytes cost.
+"""
+from __future__ import annotations
+
+import mimetypes
+import socket
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def make_handler(files: dict[str, tuple[bytes, str]]):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            name = self.path.split("?", 1)[0].lstrip("/")
+            found = files.get(name)
+            if found is None:
+                body, status, ctype = b"not found", "404 Not Found", "text/plain"
+            else:
+                body, ctype = found
+                status = "200 OK"
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode()
+            try:
+                sent = self.connection.sendmsg([head, body])
+                total = len(head) + len(body)
+                if sent < total:  # the rest, without copying the body
+                    view = memoryview(body)[max(0, sent - len(head)):]
+                    if sent < len(head):
+                        self.connection.sendall(head[sent:])
+                    self.connection.sendall(view)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+    return Handler
+
+
+def main(argv: list[str]) -> None:
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dir")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    files = {}
+    for path in sorted(Path(args.dir).iterdir()):
+        if path.is_file():
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            files[path.name] = (path.read_bytes(), ctype)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(files))
+    server.daemon_threads = True
+    server.request_queue_size = 64
+    print(f"port {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
