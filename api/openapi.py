@@ -110,7 +110,7 @@ class Delivery(BaseModel):
     event: EventName
     url: str
     subscription_id: str | None = None
-    status: Literal["pending", "delivered", "failed"] | str
+    status: Literal["pending", "succeeded", "failed"]
     created_at: datetime
     attempt_count: int = 0
     next_attempt_at: datetime | None = None
