@@ -20,8 +20,3 @@ class ProductOut(BaseModel):
     output_image_urls: list[str | None]
     status: str  # pending, completed, completed_with_errors, failed
     images: list[ImageOut]
-
-
-class Page(BaseModel):
-    items: list
-    next_cursor: str | None = None

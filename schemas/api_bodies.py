@@ -1,0 +1,42 @@
+"""Request and response bodies of the HTTP API that wrap the core models: pages, forms, health."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.batch import BatchOut
+from schemas.product import ProductOut
+
+
+class BatchPage(BaseModel):
+    """A page of batches, newest first."""
+    items: list[BatchOut]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; "
+                                                      "null on the last page.")
+
+
+class ProductItem(ProductOut):
+    line: int = Field(description="1-based line number of the row in the uploaded file.")
+
+
+class ProductPage(BaseModel):
+    """A page of a batch's products, in input order."""
+    items: list[ProductItem]
+    next_cursor: str | None = None
+
+
+class UploadForm(BaseModel):
+    """multipart/form-data upload."""
+    file: bytes = Field(json_schema_extra={"format": "binary"},
+                        description="The CSV file (UTF-8; `,`, `;` or tab separated).")
+    webhook_url: str | None = Field(None, description="Called when the batch finishes.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description="`ok` for each of redis, mongodb and s3.")

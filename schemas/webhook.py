@@ -1,0 +1,89 @@
+"""Webhook subscriptions, deliveries and the event body, as the API shows them."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.batch import BatchOut
+
+EventName = Literal["batch.completed", "batch.completed_with_errors", "batch.failed",
+                    "batch.cancelled"]
+EVENTS: tuple[str, ...] = EventName.__args__  # type: ignore[attr-defined]
+
+
+class WebhookSubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="Absolute http(s) URL to POST events to.", max_length=2048)
+    events: list[EventName] = Field(default_factory=lambda: [
+        "batch.completed", "batch.completed_with_errors", "batch.failed", "batch.cancelled"],
+        min_length=1, description="Events to send; all of them when left out.")
+    description: str | None = Field(None, max_length=500)
+
+
+class WebhookSubscriptionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None
+    events: list[EventName] | None = None
+    description: str | None = None
+    enabled: bool | None = None
+
+
+class WebhookSubscription(BaseModel):
+    id: str
+    url: str
+    events: list[EventName]
+    description: str | None = None
+    enabled: bool
+    disabled_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    previous_secret_expires_at: datetime | None = Field(
+        None, description="Until then the previous secret signs too (after a rotation).")
+
+
+class WebhookSubscriptionWithSecret(WebhookSubscription):
+    secret: str = Field(description="`whsec_…`: shown only in this answer; keep it.")
+
+
+class WebhookSubscriptionPage(BaseModel):
+    items: list[WebhookSubscription]
+    next_cursor: str | None = None
+
+
+class DeliveryAttempt(BaseModel):
+    number: int | None = None
+    manual: bool = False
+    at: datetime
+    url: str | None = None
+    status_code: int | None = Field(None, description="The receiver's HTTP status, if any.")
+    error: str | None = Field(None, description="Why the attempt failed, without an answer.")
+    duration_ms: float | None = None
+    response: str | None = Field(None, description="The start of the receiver's answer.")
+    next_attempt_at: datetime | None = None
+
+
+class Delivery(BaseModel):
+    id: str = Field(description="Also the `webhook-id` header of every attempt.")
+    batch_id: str
+    event: EventName
+    url: str
+    subscription_id: str | None = None
+    status: Literal["pending", "succeeded", "failed"]
+    created_at: datetime
+    attempt_count: int = 0
+    next_attempt_at: datetime | None = None
+    attempts: list[DeliveryAttempt] = []
+
+
+class DeliveryPage(BaseModel):
+    items: list[Delivery]
+    next_cursor: str | None = None
+
+
+class WebhookEvent(BaseModel):
+    """The body of every webhook POST (Standard Webhooks signed)."""
+    type: EventName
+    timestamp: datetime
+    data: BatchOut
