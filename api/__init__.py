@@ -17,13 +17,14 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024  # form overhead
     app.json.sort_keys = False
 
-    from api import auth, batches, control, dashboard, errors, files, health, openapi, webhooks
+    from api import (auth, batches, control, dashboard, errors, files, health, openapi,
+                     request_hooks, webhooks)
     from infra import logging_setup
     logging_setup.configure(settings)
     for warning in startup_warnings(settings):
         log.warning(warning)
     errors.register(app)
-    health.register_request_hooks(app)  # first: every later hook and error has the request id
+    request_hooks.register(app)  # first: every later hook and error has the request id
     auth.register(app, settings)
     dashboard.register(app, settings)
     app.register_blueprint(openapi.bp)

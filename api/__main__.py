@@ -17,8 +17,9 @@ def main() -> None:
         from infra import embedded
         embedded.start(settings.port)
     else:
-        print(f"Using REDIS_URL={settings.redis_url!r}, MONGO_URL set: {bool(settings.mongo_url)}, "
-              f"S3_ENDPOINT_URL={settings.s3_endpoint_url!r}", flush=True)
+        from infra.logging_setup import redact
+        print(redact(f"Using REDIS_URL={settings.redis_url}, MONGO_URL={settings.mongo_url}, "
+                     f"S3_ENDPOINT_URL={settings.s3_endpoint_url}"), flush=True)
 
     from api import create_app
     from worker.runner import run_worker
