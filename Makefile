@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench worker clean
+.PHONY: run test bench worker cron clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,10 @@ run: $(STAMP)
 	$(PY) -m api
 
 worker: $(STAMP)
-	$(VENV)/bin/rq worker --with-scheduler --url "$$REDIS_URL" webhooks batches images
+	$(VENV)/bin/rq worker -c worker.rq_config --with-scheduler webhooks batches images
+
+cron: $(STAMP)
+	$(VENV)/bin/rq cron -c worker.rq_config worker.cron_config
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
