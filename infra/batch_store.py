@@ -251,12 +251,18 @@ def claim_stalled(batch: dict) -> dict | None:
     """Mark a stalled batch as swept now, only if nothing touched it since it was read.
 
     Bumping updated_at also restarts its stall clock, so the same batch is not re-enqueued
-    by every sweep while its recovered work waits in the queue.
+    by every sweep while its recovered work waits in the queue. `sweeps` counts the claims in
+    a row that found no progress since the previous one (finished image slots; parsing counts
+    as progress too), so the sweeper can give up on a batch whose work keeps dying while one
+    that advances between stalls is never given up on.
     """
     stamp = now()
+    progress = [bool(batch.get("parsed")), batch["images_processed"] + batch["images_failed"]]
+    sweeps = batch.get("sweeps", 0) + 1 if batch.get("swept_progress") == progress else 1
     return db.batches().find_one_and_update(
         {"_id": batch["_id"], "status": batch["status"], "updated_at": batch["updated_at"]},
-        {"$set": {"updated_at": stamp, "swept_at": stamp}, "$inc": {"sweeps": 1}},
+        {"$set": {"updated_at": stamp, "swept_at": stamp, "sweeps": sweeps,
+                  "swept_progress": progress}},
         return_document=ReturnDocument.AFTER,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 
 from infra import db
 
@@ -72,14 +72,19 @@ def mark_failed(doc: dict, error: str, bytes_in: int | None = None) -> bool:
     return result.modified_count == 1
 
 
-def reset_failed(batch_id: str) -> tuple[int, int]:
-    """failed -> pending for a retry; returns (image documents, image slots) reset."""
-    failed = list(db.images().find({"batch_id": batch_id, "status": FAILED},
-                                   {"occurrences": 1}))
-    if failed:
-        db.images().update_many({"batch_id": batch_id, "status": FAILED},
-                                {"$set": {"status": PENDING, "error": None}})
-    return len(failed), sum(d["occurrences"] for d in failed)
+def start_attempt(doc: dict) -> dict | None:
+    """Count one more attempt at a pending image as a worker starts on it; returns the image
+    after the change, or None when it is no longer pending (done by another run)."""
+    return db.images().find_one_and_update(
+        {"_id": doc["_id"], "status": PENDING}, {"$inc": {"attempts": 1}},
+        return_document=ReturnDocument.AFTER)
+
+
+def fail_pending(batch_id: str, error: str) -> int:
+    """pending -> failed for every pending image of a batch (the sweeper giving up)."""
+    result = db.images().update_many({"batch_id": batch_id, "status": PENDING},
+                                     {"$set": {"status": FAILED, "error": error}})
+    return result.modified_count
 
 
 def images_for(batch_id: str, hashes: Iterable[str]) -> dict[str, dict]:
@@ -116,10 +121,6 @@ def page_products(batch_id: str, *, after_line: int, limit: int,
     return [(r, images) for r in rows], (rows[-1]["line"] if more and rows else None)
 
 
-def failed_images_by_hash(batch_id: str) -> dict[str, dict]:
-    return {d["hash"]: d for d in db.images().find({"batch_id": batch_id, "status": FAILED})}
-
-
 # --- control: retry and stall sweeping (issue 5) ---------------------------------------------
 
 def failed_images(batch_id: str) -> list[dict]:
@@ -133,7 +134,7 @@ def reset_images(ids: list[str]) -> int:
     if not ids:
         return 0
     result = db.images().update_many({"_id": {"$in": ids}, "status": FAILED},
-                                     {"$set": {"status": PENDING, "error": None}})
+                                     {"$set": {"status": PENDING, "error": None, "attempts": 0}})
     return result.modified_count
 
 

@@ -45,10 +45,15 @@ class Settings(BaseSettings):
     # Jobs.
     job_timeout_s: int = Field(900, gt=0)
     stall_timeout_s: int = Field(600, gt=0)
+    # A worker dying while it processes an image (OOM, decoder crash) leaves it pending: after
+    # this many started attempts the image fails instead of being tried again.
+    max_image_attempts: int = Field(3, ge=1, le=100)
 
     # Stall sweeper (worker/sweeper.py).
     sweep_interval_s: int = Field(60, ge=1, le=86400)
     sweep_limit: int = Field(1000, ge=1)  # stalled batches handled per sweep, oldest first
+    # Recoveries of one batch in a row without progress before the sweeper gives up on it.
+    max_stall_recoveries: int = Field(5, ge=1, le=1000)
 
     # Progress events (GET /batches/{id}/events).
     events_max_stream_s: float = Field(300.0, gt=0)  # then the stream ends; the client reconnects

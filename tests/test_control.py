@@ -559,3 +559,48 @@ def test_sweeper_thread_for_a_single_process(client, http_server, env):
 def test_parse_key_ignores_foreign_ids(raw):
     from api.control import parse_key
     assert parse_key(raw) is None
+
+
+
+def test_sweeper_gives_up_on_a_parse_that_keeps_dying(client, http_server, env, monkeypatch):
+    from worker import sweeper
+    monkeypatch.setenv("MAX_STALL_RECOVERIES", "2")
+    get_settings.cache_clear()
+    batch_id = upload(client, csv_text([serve_images(http_server, 1)])).get_json()["id"]
+    for _ in range(2):  # its parse job is lost (the worker killed mid-parse), twice
+        queues.get_redis().flushdb()
+        assert [r["action"] for r in sweeper.sweep(later(env))] == ["parse"]
+    queues.get_redis().flushdb()
+    assert sweeper.sweep(later(env)) == [
+        {"batch_id": batch_id, "action": "gave_up", "status": "failed"}]
+    batch = get(client, batch_id)
+    assert batch["status"] == "failed"
+    assert batch["error"] == ("the file could not be processed: gave up after 2 recoveries: its "
+                              "jobs kept stalling (workers lost or killed while processing it)")
+    assert sweeper.sweep(later(env)) == []
+
+
+def test_sweeper_gives_up_only_after_recoveries_in_a_row_without_progress(
+        client, http_server, env, monkeypatch):
+    from worker import sweeper
+    monkeypatch.setenv("MAX_STALL_RECOVERIES", "2")
+    get_settings.cache_clear()
+    urls = serve_images(http_server, 4)  # CHUNK_SIZE 3: chunks 0 and 1
+    batch_id = upload(client, csv_text([urls])).get_json()["id"]
+    parse_only()
+
+    def lose_jobs_and_sweep():
+        queues.get_redis().flushdb()
+        return sweeper.sweep(later(env))
+
+    assert [r["action"] for r in lose_jobs_and_sweep()] == ["chunks"]           # 1st in a row
+    assert [r["action"] for r in lose_jobs_and_sweep()] == ["chunks"]           # 2nd
+    tasks.process_chunk(batch_id, 1)  # progress: the count starts again
+    assert [r.get("chunks") for r in lose_jobs_and_sweep()] == [[0]]            # 1st
+    assert [r.get("chunks") for r in lose_jobs_and_sweep()] == [[0]]            # 2nd
+    assert lose_jobs_and_sweep() == [
+        {"batch_id": batch_id, "action": "gave_up", "status": "completed_with_errors"}]
+    batch = get(client, batch_id)
+    assert batch["images"] == {"total": 4, "processed": 1, "failed": 3}
+    errors = client.get(f"/api/v1/batches/{batch_id}/errors.csv").get_data(as_text=True)
+    assert errors.count("gave up after 2 recoveries") == 3

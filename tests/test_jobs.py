@@ -99,3 +99,108 @@ def test_a_store_that_is_down_answers_503_and_leaves_no_batch(client, env, s3, m
     assert s3.list_objects_v2(Bucket=env.s3_bucket).get("KeyCount", 0) == 0
     if service != "MongoDB":
         assert db.batches().count_documents({}) == 0
+
+
+
+def _webhook_bodies(http_server) -> list[dict]:
+    import json
+    return [json.loads(r["body"]) for r in http_server.requests
+            if r["method"] == "POST" and r["path"] == "/hook"]
+
+
+def test_a_parse_job_that_crashes_on_every_retry_fails_its_batch_once(
+        client, http_server, work, monkeypatch):
+    import worker.parse
+    from tests.servers import Route
+    http_server.routes["/hook"] = Route(b"", 204)
+    monkeypatch.setattr(tasks, "PARSE_RETRY_INTERVALS", [0, 0, 0])  # retries at once, same burst
+    calls = []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("boom: a secret internal detail")
+    monkeypatch.setattr(worker.parse, "_row_doc", crash)
+    batch_id = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode(),
+                        query="?webhook_url=" + http_server.url("/hook")).get_json()["id"]
+    work()
+    assert len(calls) == 4  # the first run and 3 retries: only the last failure ends the batch
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "failed" and batch["finished_at"]
+    assert batch["error"].startswith("the file could not be processed")
+    assert "boom" not in batch["error"] and "Traceback" not in batch["error"]
+    [event] = _webhook_bodies(http_server)
+    assert event["type"] == "batch.failed" and event["data"]["error"] == batch["error"]
+    assert db.batches().find_one({"_id": batch_id})["finish_seq"] == 1
+
+
+def test_a_parse_job_whose_csv_is_gone_fails_its_batch(client, work, s3, env, monkeypatch):
+    monkeypatch.setattr(tasks, "PARSE_RETRY_INTERVALS", [0])
+    batch_id = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode()).get_json()["id"]
+    s3.delete_object(Bucket=env.s3_bucket, Key=db.batches().find_one({"_id": batch_id})["csv_key"])
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "failed"
+    assert batch["error"].startswith("the file could not be processed")
+    assert "NoSuchKey" not in batch["error"]
+
+
+def test_a_parse_job_with_retries_left_leaves_its_batch_processing(client, work, monkeypatch):
+    import worker.parse
+    from rq.registry import ScheduledJobRegistry
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(worker.parse, "_row_doc", crash)
+    batch_id = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode()).get_json()["id"]
+    work()  # fails once; the retry waits 10 s in the scheduled registry
+    assert client.get(f"/api/v1/batches/{batch_id}").get_json()["status"] == "processing"
+    scheduled = ScheduledJobRegistry(queues.BATCHES, connection=queues.get_redis())
+    assert tasks.parse_job_id(batch_id) in scheduled.get_job_ids()
+
+
+class WorkerDied(BaseException):
+    """Stands in for the worker process dying mid-image (OOM kill, decoder segfault): nothing
+    after it runs, so the image stays pending."""
+
+
+def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_server, env,
+                                                                  monkeypatch):
+    from tests.servers import Route
+    from tests.test_flow import jpeg
+    from worker import chunks, sweeper
+    for name in ("poison", "a", "b"):
+        http_server.routes[f"/{name}.jpg"] = Route(jpeg(20, 10))
+    poison, a, b = (http_server.url(f"/{n}.jpg") for n in ("poison", "a", "b"))
+    text = HEADER + f'1,P1,"{poison},{a}"\n2,P2,"{b},{poison}"\n'
+    batch_id = post_raw(client, text.encode()).get_json()["id"]
+    tasks.parse_batch(batch_id)  # one chunk of three images; its job is left in the queue
+    real_download, tries = chunks.download, []
+
+    def download(session, url, settings, **kwargs):
+        if url == poison:
+            tries.append(url)
+            raise WorkerDied()
+        return real_download(session, url, settings, **kwargs)
+    monkeypatch.setattr(chunks, "download", download)
+
+    for _ in range(env.max_image_attempts):  # the chunk job dies, and is re-run, 3 times
+        with pytest.raises(WorkerDied):
+            tasks.process_chunk(batch_id, 0)
+    assert client.get(f"/api/v1/batches/{batch_id}").get_json()["status"] == "processing"
+    assert tasks.process_chunk(batch_id, 0) == {"images": 1}  # gives up without fetching it
+    assert len(tries) == env.max_image_attempts
+
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "completed_with_errors"
+    assert batch["images"] == {"total": 4, "processed": 2, "failed": 2}  # poison: 2 slots
+    image = db.images().find_one({"batch_id": batch_id, "url": poison})
+    assert image["status"] == "failed" and image["attempts"] == env.max_image_attempts + 1
+    assert image["error"] == ("gave up after 3 attempts: the worker died while processing it")
+    errors = client.get(f"/api/v1/batches/{batch_id}/errors.csv").get_data(as_text=True)
+    assert errors.count("gave up after 3 attempts") == 2
+    tasks.process_chunk(batch_id, 0)  # a late duplicate, and a sweep, count nothing twice
+    sweeper.recover(db.batches().find_one({"_id": batch_id}))
+    assert client.get(f"/api/v1/batches/{batch_id}").get_json()["images"]["failed"] == 2
+
+    assert client.post(f"/api/v1/batches/{batch_id}/retry").status_code == 202
+    assert db.images().find_one({"batch_id": batch_id, "url": poison})["attempts"] == 0

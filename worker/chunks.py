@@ -46,12 +46,19 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
         return 0
     watch = _CancelWatch(batch_id)
     session = make_session(settings, pool_size=settings.image_concurrency)
+    # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
+    # one at a time, so a poison image takes down no image beside it and reaches its attempt
+    # limit alone.
+    fresh = [im for im in images if not im.get("attempts")]
+    suspects = [im for im in images if im.get("attempts")]
     finished = 0
     try:
         with ThreadPoolExecutor(max_workers=settings.image_concurrency,
                                 thread_name_prefix=f"chunk{chunk}") as pool:
-            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch), images):
+            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch), fresh):
                 finished += done
+        for image in suspects:
+            finished += _one(image, batch_id, session, settings, watch)
     finally:
         session.close()
     return finished
@@ -60,6 +67,12 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 def _one(image: dict, batch_id: str, session, settings: Settings, watch: _CancelWatch) -> int:
     if watch.should_stop():
         return 0
+    started = product_store.start_attempt(image)  # counted before any work that could crash
+    if started is None:
+        return 0  # another run finished it meanwhile
+    if started["attempts"] > settings.max_image_attempts:
+        return _record_failure(image, batch_id, f"gave up after {settings.max_image_attempts} "
+                               "attempts: the worker died while processing it", None)
     bytes_in = None
     try:
         data = metrics.timed("download_seconds", download, session, image["url"], settings)

@@ -10,6 +10,10 @@ or started by a worker whose heartbeat is fresh), gets its missing work enqueued
 - parsed, nothing pending: the counts are re-derived from the image documents (a crash between
   an image update and its counter update, or mid-retry, leaves them off) and the batch finished.
 
+A batch claimed more than `MAX_STALL_RECOVERIES` times in a row without progress in between is
+not re-enqueued again but given up on (`give_up`): unparsed, it fails with an error saying so;
+parsed, its pending images fail and it finishes as its counts say.
+
 What loses jobs: a Redis restart without persistence, a flushed or evicted key, a worker killed
 (SIGKILL, OOM, lost node) mid-job, before RQ's own maintenance notices (≈ 10 minutes or more).
 
@@ -92,6 +96,24 @@ def recover(batch: dict) -> dict:
             "status": batch_store.status_of(batch_id)}
 
 
+def give_up(batch: dict, recoveries: int) -> dict:
+    """End a (claimed) batch whose work was re-enqueued `recoveries` times in a row without any
+    progress: workers keep dying on it. Unparsed, it fails; parsed, its pending images fail
+    (what was done stays done) and it finishes as its counts say."""
+    batch_id = batch["_id"]
+    why = (f"gave up after {recoveries} recoveries: its jobs kept stalling (workers lost or "
+           "killed while processing it)")
+    if not batch.get("parsed"):
+        tasks.finish(batch_store.fail(batch_id, f"the file could not be processed: {why}"))
+    else:
+        product_store.fail_pending(batch_id, why)
+        counts = product_store.count_slots(batch_id)
+        batch_store.set_image_counts(batch_id, processed=counts.get(product_store.PROCESSED, 0),
+                                     failed=counts.get(product_store.FAILED, 0))
+        tasks.finish(batch_store.try_finish(batch_id))
+    return {"batch_id": batch_id, "action": "gave_up", "status": batch_store.status_of(batch_id)}
+
+
 def sweep(now: datetime | None = None) -> list[dict]:
     """One pass over stalled batches; returns one entry per batch whose work was re-enqueued."""
     settings = get_settings()
@@ -109,9 +131,17 @@ def sweep(now: datetime | None = None) -> list[dict]:
         if claimed is None:
             continue  # it moved (or another sweep took it) since it was read
         try:
-            outcome = recover(claimed)
+            if claimed.get("sweeps", 0) > settings.max_stall_recoveries:
+                outcome = give_up(claimed, settings.max_stall_recoveries)
+            else:
+                outcome = recover(claimed)
         except Exception:  # noqa: BLE001 - one batch must not stop the sweep
             log.exception("could not recover stalled batch", extra={"batch_id": batch["_id"]})
+            continue
+        if outcome["action"] == "gave_up":
+            log.error("gave up on a batch whose work kept stalling",
+                      extra={"batch_id": batch["_id"], "status": outcome["status"]})
+            done.append(outcome)
             continue
         log.warning("re-enqueued the work of a stalled batch",
                     extra={"batch_id": batch["_id"], "action": outcome["action"]})

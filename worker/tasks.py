@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from rq import Retry
+from rq import Callback, Retry
 
 from infra import batch_store, logging_setup, metrics, product_store, queues, storage
 from infra.settings import get_settings
@@ -22,12 +22,18 @@ def parse_job_id(batch_id: str) -> str:
     return f"{batch_id}-parse"
 
 
+PARSE_RETRY_INTERVALS = [10, 60, 300]  # seconds before each retry of a failed parse job
+PARSE_CRASHED = ("the file could not be processed: reading it failed with an internal error "
+                 "on every attempt")
+
+
 def enqueue_parse(batch_id: str):
     """Put a batch's parse job on the queue (the upload's last step)."""
     return queues.get_queue(queues.BATCHES).enqueue(
         parse_batch, batch_id, job_id=parse_job_id(batch_id),
         job_timeout=get_settings().job_timeout_s, result_ttl=3600, failure_ttl=7 * 86400,
-        retry=Retry(max=3, interval=[10, 60, 300]),
+        retry=Retry(max=len(PARSE_RETRY_INTERVALS), interval=list(PARSE_RETRY_INTERVALS)),
+        on_failure=Callback(parse_failed, timeout=60),
         meta={"request_id": logging_setup.request_id_var.get()},  # the upload's, in job logs
     )
 
@@ -68,6 +74,22 @@ def parse_batch(batch_id: str) -> dict:
     enqueue_chunks(batch_id, pending)
     finish(batch_store.try_finish(batch_id))
     return {"rows": result.rows_total, "images": result.images_total, "chunks": len(pending)}
+
+
+def parse_failed(job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ failure callback of the parse job: after its last retry the batch fails for good.
+
+    RQ calls it on every failure, before it decides on a retry (and lowers `retries_left`
+    after this call), so a failure with retries left is not the last one. The error kept on
+    the batch names no exception: the traceback is in the worker's log and RQ's failed
+    registry. (A worker killed mid-parse runs no callback: the stall sweeper covers that.)
+    """
+    if job.retries_left:
+        return
+    batch_id = job.args[0]
+    log.error("parse job failed for good", extra={"batch_id": batch_id},
+              exc_info=(exc_type, exc_value, traceback))
+    finish(batch_store.fail(batch_id, PARSE_CRASHED))
 
 
 def process_chunk(batch_id: str, chunk: int) -> dict:
