@@ -329,6 +329,10 @@ def output_csv(batch_id: str):
                 cells.append("")
             outputs = [(images.get(h) or {}).get("output_url") or ""
                        for h in row.get("image_hashes", [])]
+            for index in row.get("empty_slots", ()):  # an empty part of the cell keeps its slot
+                outputs.insert(index, "")
+            if row["status"] == product_store.REJECTED:  # every slot empty
+                outputs = [""] * row.get("url_slots", 1)
             cells.insert(columns.urls + 1, ",".join(outputs))
             yield _csv_line(cells)
 

@@ -79,9 +79,36 @@ def ensure_bucket() -> None:
 def upload_stream(key: str, stream: BinaryIO, content_type: str) -> None:
     """Stream a file-like object to S3 in parts; never holds it whole in memory."""
     get_s3().upload_fileobj(
-        stream, get_settings().s3_bucket, key, ExtraArgs={"ContentType": content_type},
-        Config=UPLOAD_TRANSFER,
+        _FullReads(stream), get_settings().s3_bucket, key,
+        ExtraArgs={"ContentType": content_type}, Config=UPLOAD_TRANSFER,
     )
+
+
+class _FullReads:
+    """`read(n)` returns n bytes unless the stream ends first.
+
+    s3transfer takes a short read for the end of a non-seekable stream, and a request body (or
+    a RawIOBase over one) may return fewer bytes than asked at any time: without this an upload
+    was silently cut after its first short read.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            parts = []
+            while data := self._stream.read(1024 * 1024):
+                parts.append(data)
+            return b"".join(parts)
+        parts, got = [], 0
+        while got < size:
+            data = self._stream.read(size - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
 
 
 def put_bytes(key: str, data: bytes, content_type: str, cache_control: str | None = None) -> None:

@@ -204,3 +204,16 @@ def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_se
 
     assert client.post(f"/api/v1/batches/{batch_id}/retry").status_code == 202
     assert db.images().find_one({"batch_id": batch_id, "url": poison})["attempts"] == 0
+
+
+
+def test_an_upload_over_a_mebibyte_is_stored_whole(client, s3, env):
+    # A request body read in short pieces must not be cut at the first short read.
+    body = (HEADER + "".join(f"{i},Name {i} {'x' * 60},http://h/{i}.jpg\n"
+                             for i in range(1, 40000))).encode()
+    assert len(body) > 3 * 1024 * 1024
+    batch_id = post_raw(client, body).get_json()["id"]
+    stored = db.batches().find_one({"_id": batch_id})
+    assert stored["csv_bytes"] == len(body)
+    obj = s3.get_object(Bucket=env.s3_bucket, Key=stored["csv_key"])
+    assert obj["ContentLength"] == len(body)

@@ -54,7 +54,7 @@ def test_each_rule_rejects_its_row_alone(client, work):
     assert [p["serial_no"] for p in products] == [1, 15]
     output = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
     assert len(output) == 15  # header + every data row, rejected ones included
-    assert [r[3] for r in output[2:14]] == [""] * 12
+    assert [r[3] for r in output[2:14]] == [""] * 7 + ["," * 50] + [""] * 4  # a slot per URL
 
 
 def test_invalid_utf8_after_the_first_block_fails_only_its_row(client, work):
@@ -78,3 +78,50 @@ def test_a_file_of_only_bad_rows_fails_the_batch(client, work):
     work()
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["status"] == "failed" and "no valid rows" in batch["error"]
+
+
+
+def test_output_slots_line_up_with_input_urls_for_rejected_rows_and_empty_parts(
+        client, http_server, work):
+    from tests.servers import Route
+    from tests.test_flow import jpeg
+    http_server.routes["/a.jpg"] = Route(jpeg(20, 10))
+    http_server.routes["/b.jpg"] = Route(jpeg(30, 10))
+    a, b = http_server.url("/a.jpg"), http_server.url("/b.jpg")
+    lines = [
+        f'1,Gap,"{a},,{b}"',                 # line 2: accepted, the empty part keeps its slot
+        f'x,Rejected,"{a},{b},ftp://h/c"',   # 3: rejected, three slots
+        f'3,Trailing,"{a}, ,"',              # 4: accepted, blank and trailing parts keep theirs
+        f'4,Rejected gap,"{a},,"',           # 5: rejected (bad serial below), three slots
+        "5,No urls,",                        # 6: rejected, one (empty) slot
+    ]
+    lines[3] = lines[3].replace("4,", "0,", 1)
+    batch_id = post_raw(client, (HEADER + "\n".join(lines) + "\n").encode()).get_json()["id"]
+    work()
+    output = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
+    slots = {row[0]: row[3].split(",") for row in output[1:]}
+    out_a, gap, out_b = slots["1"]
+    assert out_a.endswith(".jpg") and gap == "" and out_b.endswith(".jpg") and out_a != out_b
+    assert slots["x"] == ["", "", ""]
+    assert slots["3"] == [out_a, "", ""]
+    assert slots["0"] == ["", "", ""]
+    assert slots["5"] == [""]
+    for row in output[1:]:  # one output slot per input slot, on every row
+        assert len(row[3].split(",")) == len(row[2].split(","))
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["rows"] == {"total": 5, "valid": 2, "invalid": 3}
+    assert batch["images"] == {"total": 3, "processed": 3, "failed": 0}
+
+
+def test_a_field_over_one_mib_rejects_only_its_row(client, work):
+    huge = "n" * (2 * 1024 * 1024)
+    body = (HEADER + f"1,Good,{GOOD}\n2,{huge},{GOOD}\n3,Also good,{GOOD}\n").encode()
+    response = post_raw(client, body)
+    assert response.status_code == 202
+    batch_id = response.get_json()["id"]
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert "could not be read" not in (batch["error"] or "")  # the file as a whole is fine
+    assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1}
+    errors = errors_by_line(client, batch_id)
+    assert list(errors) == [3] and "300" in errors[3]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from schemas.csv_format import detect_delimiter
 
-csv.field_size_limit(1024 * 1024)
+csv.field_size_limit(2**31 - 1)  # any field of a file within MAX_UPLOAD_BYTES
 
 
 class CsvFileError(Exception):

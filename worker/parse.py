@@ -68,8 +68,11 @@ def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: C
     def cell(index: int) -> str:
         return cells[index] if index < len(cells) else ""
 
+    # One output slot per comma-separated part of the URL cell, empty parts included, so the
+    # output CSV's slots line up with the input's (contract section 2).
+    parts = [part.strip() for part in cell(columns.urls).split(",")]
     doc = {"_id": product_store.product_id(batch_id, line), "batch_id": batch_id, "line": line,
-           "cells": cells, "serial_raw": cell(columns.serial).strip()}
+           "cells": cells, "serial_raw": cell(columns.serial).strip(), "url_slots": len(parts)}
     error = None
     if not clean:
         error = "the row is not valid UTF-8"
@@ -91,7 +94,14 @@ def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: C
                            product_name=row.product_name,
                            input_image_urls=row.input_image_urls,
                            image_hashes=[product_store.url_hash(u) for u in row.input_image_urls],
-                           error=None)
+                           empty_slots=_empty_slots(parts, row.input_image_urls), error=None)
                 return doc
     doc.update(status=product_store.REJECTED, error=error, serial_no=None, image_hashes=[])
     return doc
+
+
+def _empty_slots(parts: list[str], urls: list[str]) -> list[int]:
+    """Positions of the cell's empty parts (`"a,,b"`: [1]) when the accepted URLs are its other
+    parts in order; otherwise none (then the slots are the URLs)."""
+    empty = [index for index, part in enumerate(parts) if not part]
+    return empty if [part for part in parts if part] == list(urls) else []
