@@ -465,3 +465,60 @@ def test_cancel_and_retry_through_the_api_announce_each_finish(client, http_serv
     assert sent[-1]["headers"]["webhook-id"] != sent[-2]["headers"]["webhook-id"]
     log = client.get(f"/api/v1/batches/{batch['id']}/deliveries").get_json()["items"]
     assert [d["event"] for d in log] == ["batch.failed", "batch.completed"]
+
+
+
+class _DripReceiver:
+    """A loopback webhook receiver that answers `200 OK` at once, then one header line every
+    `every` seconds, `lines` times: each read is quick, the whole answer is slow."""
+
+    def __init__(self, every: float = 0.5, lines: int = 12):
+        import socket
+        import threading
+        self.every, self.lines = every, lines
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                    for n in range(self.lines):
+                        if self.stop.wait(self.every):
+                            return
+                        conn.sendall(f"X-Drip-{n}: {n}\r\n".encode())
+                    conn.sendall(b"Content-Length: 2\r\n\r\nok")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_an_attempt_has_a_deadline_over_the_whole_answer(env):
+    receiver = _DripReceiver(every=0.5, lines=12)  # 6 s of headers; WEBHOOK_TIMEOUT_S is 2
+    try:
+        delivery = {"_id": "msg_drip", "body": json.dumps({"type": "batch.completed"})}
+        began = time.monotonic()
+        outcome = webhook_delivery.send(delivery, f"http://127.0.0.1:{receiver.port}/hook",
+                                        [env.webhook_secret], env)
+        took = time.monotonic() - began
+    finally:
+        receiver.close()
+    assert env.webhook_timeout_s == 2
+    assert outcome["error"] == "timed out after 2 s" and "status_code" not in outcome
+    assert not webhook_delivery._ok(outcome)
+    assert took < env.webhook_timeout_s + 1.0

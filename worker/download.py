@@ -21,6 +21,7 @@ resolver's own timeout applies).
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import http.cookiejar
 import ipaddress
@@ -29,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -152,6 +153,21 @@ _watchdog = _Watchdog()
 _current = threading.local()  # the watch of the download running in this thread
 
 
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[_Watch]:
+    """One deadline over every request this thread makes with a `make_session` session inside
+    the block: when it passes, the connection in use is shut down. Check `.expired` on the
+    yielded watch afterwards: a shutdown during the headers can look like their clean end."""
+    watch = _watchdog.watch(time.monotonic() + seconds)
+    previous = getattr(_current, "watch", None)
+    _current.watch = watch
+    try:
+        yield watch
+    finally:
+        watch.finish()
+        _current.watch = previous
+
+
 class _WatchedHTTPConnection(HTTPConnection):
     def request(self, *args, **kwargs):  # type: ignore[override]
         watch = getattr(_current, "watch", None)
@@ -262,15 +278,8 @@ def download(session: requests.Session, url: str, settings: Settings, *,
     timeout = settings.download_timeout_s
     if read_timeout_s is None:
         read_timeout_s = getattr(settings, "read_timeout_s", None) or timeout
-    deadline = time.monotonic() + timeout
-    watch = _watchdog.watch(deadline)
-    previous = getattr(_current, "watch", None)
-    _current.watch = watch
-    try:
+    with deadline(timeout) as watch:
         return _download(session, url, settings, watch, read_timeout_s)
-    finally:
-        watch.finish()
-        _current.watch = previous
 
 
 def _download(session: requests.Session, url: str, settings: Settings, watch: _Watch,

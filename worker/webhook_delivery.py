@@ -184,31 +184,42 @@ def sign_headers(delivery_id: str, body: str, signing: list[str],
 def send(delivery: dict, url: str, signing: list[str], settings: Settings) -> dict:
     """POST the stored body once; returns {status_code, response, duration_ms} or {error, ...}."""
     timeout = settings.webhook_timeout_s
+    timed_out = {"error": f"timed out after {timeout:g} s"}
     began = time.monotonic()
     outcome: dict
-    try:
-        check_url(url, allow_private=settings.allow_private_urls, resolve=False)
-        headers = sign_headers(delivery["_id"], delivery["body"], signing)
-        with make_session(settings) as session, session.post(
-                url, data=delivery["body"].encode("utf-8"), headers=headers,
-                timeout=(min(settings.connect_timeout_s, timeout), timeout),
-                allow_redirects=False, stream=True) as response:
-            outcome = {"status_code": response.status_code,
-                       "response": _excerpt(response, began + timeout)}
-            if response.is_redirect or 300 <= response.status_code < 400:
-                outcome["error"] = f"HTTP {response.status_code}: redirects are not followed"
-            elif not 200 <= response.status_code < 300:
-                outcome["error"] = f"HTTP {response.status_code}"
-    except UnsafeUrl as error:
-        outcome = {"error": f"refused: {error}"}
-    except InvalidIPAddress:
-        outcome = {"error": "refused: the URL's host resolves to a non-public address"}
-    except requests.Timeout:
-        outcome = {"error": f"timed out after {timeout:g} s"}
-    except requests.ConnectionError as error:
-        outcome = {"error": f"could not connect: {_short(error)}"}
-    except requests.RequestException as error:
-        outcome = {"error": f"request failed: {_short(error)}"}
+    # WEBHOOK_TIMEOUT_S bounds the whole attempt, not each socket read: the downloader's
+    # watchdog shuts the connection down when it passes (a receiver dripping its answer would
+    # otherwise hold the attempt for as long as it likes).
+    with download.deadline(timeout) as watch:
+        try:
+            check_url(url, allow_private=settings.allow_private_urls, resolve=False)
+            headers = sign_headers(delivery["_id"], delivery["body"], signing)
+            with make_session(settings) as session, session.post(
+                    url, data=delivery["body"].encode("utf-8"), headers=headers,
+                    timeout=(min(settings.connect_timeout_s, timeout), timeout),
+                    allow_redirects=False, stream=True) as response:
+                if watch.expired:  # cut off in the headers, which then merely look complete
+                    outcome = dict(timed_out)
+                else:
+                    outcome = {"status_code": response.status_code,
+                               "response": _excerpt(response, began + timeout)}
+                    if response.is_redirect or 300 <= response.status_code < 400:
+                        outcome["error"] = (f"HTTP {response.status_code}: "
+                                            "redirects are not followed")
+                    elif not 200 <= response.status_code < 300:
+                        outcome["error"] = f"HTTP {response.status_code}"
+        except UnsafeUrl as error:
+            outcome = {"error": f"refused: {error}"}
+        except InvalidIPAddress:
+            outcome = {"error": "refused: the URL's host resolves to a non-public address"}
+        except requests.Timeout:
+            outcome = dict(timed_out)
+        except requests.ConnectionError as error:
+            outcome = dict(timed_out) if watch.expired else {
+                "error": f"could not connect: {_short(error)}"}
+        except requests.RequestException as error:
+            outcome = dict(timed_out) if watch.expired else {
+                "error": f"request failed: {_short(error)}"}
     outcome["duration_ms"] = int((time.monotonic() - began) * 1000)
     metrics.webhook_sent(outcome)
     return outcome
