@@ -1,13 +1,11 @@
 """Checking an uploaded CSV's first block at once, and streaming the whole file to S3 under a cap."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 
 from api.errors import ApiError
-from schemas.csv_format import HeaderError, detect_delimiter, map_columns
-from worker.csv_reader import decoder_check
+from schemas.csv_format import HeaderError, decoder_check, map_columns, parse_header
 
 FIRST_BLOCK = 64 * 1024
 CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"}
@@ -26,9 +24,12 @@ def read_first_block(stream) -> bytes:
 
 
 def check_first_block(block: bytes, complete: bool) -> None:
-    """Refuse at once a file that is empty, binary, not UTF-8, or lacks the required header."""
+    """Refuse at once a file that is empty, binary, not UTF-8, or lacks the required header.
+
+    The header is read by schemas.csv_format.parse_header, as the worker reads it later.
+    """
     if not block.strip():
-        raise ApiError(400, "Empty file", "the uploaded file is empty", kind="empty-file")
+        raise _empty()
     nul = block.find(b"\x00")
     if nul >= 0:
         raise ApiError(415, "Not a CSV file",
@@ -40,25 +41,32 @@ def check_first_block(block: bytes, complete: bool) -> None:
         raise ApiError(415, "Not UTF-8",
                        f"the file is not UTF-8 text: invalid byte 0x{block[error.start]:02x} at "
                        f"offset {error.start}; save it as 'CSV UTF-8'", kind="not-utf8") from None
-    first_line, newline, rest = text.partition("\n")
-    if not newline and not complete:
+    if not text.strip():  # e.g. only a BOM
+        raise _empty()
+    try:
+        parsed = parse_header(text)
+    except HeaderError as error:
+        raise ApiError(422, "Bad header", str(error), kind="bad-header") from None
+    if not parsed.ended and not complete:
         raise ApiError(422, "No header", f"no header line ends in the first {FIRST_BLOCK} bytes",
                        kind="no-header")
-    header_text = first_line.rstrip("\r")
-    if not header_text.strip():
+    if parsed.blank:
         raise ApiError(422, "No header", "the first line is blank; it must be the header row",
                        kind="no-header")
-    delimiter = detect_delimiter(header_text)
-    header = [cell.strip() for cell in next(csv.reader([header_text], delimiter=delimiter), [])]
+    header = parsed.cells
     try:
         map_columns(header)
     except HeaderError as error:
         raise ApiError(422, "Missing column" if error.missing else "Bad header", str(error),
                        kind="missing-column" if error.missing else "bad-header",
                        missing_columns=error.missing or None, header=header) from None
-    if complete and not rest.strip():
+    if complete and not text[parsed.length:].strip():
         raise ApiError(422, "No data rows", "the file has a header but no data rows",
                        kind="no-rows")
+
+
+def _empty() -> ApiError:
+    return ApiError(400, "Empty file", "the uploaded file is empty", kind="empty-file")
 
 
 class UploadTooLarge(Exception):

@@ -1,8 +1,16 @@
-"""The input CSV's shape: required columns and their aliases, delimiter detection, header mapping."""
+"""The input CSV's shape: required columns and their aliases, the header parser, header mapping.
+
+Pure functions only: the upload check (api/upload.py) and the worker (worker/csv_reader.py) both
+read the header with `parse_header`, so a file accepted at upload parses the same way later.
+"""
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 SERIAL, NAME, URLS = "serial_no", "product_name", "input_image_urls"
 OUTPUT_COLUMN = "Output Image Urls"
@@ -23,19 +31,70 @@ def normalise_header(name: str) -> str:
     return _IGNORED.sub("", name).lower()
 
 
-def detect_delimiter(header_line: str) -> str:
-    """`,` unless the header line has more `;` or tabs (spreadsheet exports)."""
-    counts = {d: header_line.count(d) for d in (",", ";", "\t")}
-    best = max(counts, key=lambda d: (counts[d], d == ","))
-    return best if counts[best] else ","
+DELIMITERS = (",", ";", "\t")
+
+
+def decoder_check(block: bytes, final: bool) -> str:
+    """Decode a first block strictly as UTF-8 (BOM allowed); raises UnicodeDecodeError."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+    return decoder.decode(block, final=final)
 
 
 class HeaderError(ValueError):
-    """The header lacks a required column or names one twice."""
+    """The header lacks a required column, names one twice, or cannot be read as CSV."""
 
     def __init__(self, message: str, missing: list[str] | None = None):
         super().__init__(message)
         self.missing = missing or []
+
+
+class ParsedHeader(NamedTuple):
+    """The file's first record, read as CSV."""
+
+    cells: list[str]  # stripped
+    delimiter: str
+    length: int  # characters of the text it takes, its line ending included
+    lines: int  # physical lines it spans (more than one when a quoted cell holds a newline)
+    ended: bool  # a line ending closes it (False: the text ran out first)
+
+    @property
+    def blank(self) -> bool:
+        return not any(self.cells)
+
+
+def parse_header(text: str) -> ParsedHeader:
+    """Read the first CSV record of decoded `text` (BOM already removed).
+
+    Lines end at LF, CRLF or a lone CR, as in the worker's TextIOWrapper(newline=""), and a quoted
+    cell may hold line endings. The delimiter is the one of `,` `;` tab that splits the record
+    into the most cells (`,` on a tie). Raises HeaderError when the csv module refuses the text.
+    """
+    best = None
+    for delimiter in DELIMITERS:
+        parsed = _first_record(text, delimiter)
+        if best is None or len(parsed.cells) > len(best.cells):
+            best = parsed
+    return best
+
+
+def _first_record(text: str, delimiter: str) -> ParsedHeader:
+    consumed: list[str] = []
+    exhausted = False
+
+    def lines():
+        nonlocal exhausted
+        for line in io.StringIO(text, newline=""):
+            consumed.append(line)
+            yield line
+        exhausted = True
+
+    try:
+        cells = next(csv.reader(lines(), delimiter=delimiter), [])
+    except csv.Error as error:
+        raise HeaderError(f"the header cannot be read as CSV: {error}") from None
+    ended = not exhausted and bool(consumed) and consumed[-1].endswith(("\r", "\n"))
+    return ParsedHeader(cells=[cell.strip() for cell in cells], delimiter=delimiter,
+                        length=sum(map(len, consumed)), lines=len(consumed), ended=ended)
 
 
 @dataclass(frozen=True)

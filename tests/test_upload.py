@@ -27,6 +27,8 @@ def assert_problem(response, status: int, *words: str) -> dict:
 @pytest.mark.parametrize("body, status, words", [
     (b"", 400, ["empty"]),
     (b"   \n\n", 400, ["empty"]),
+    (b"\xef\xbb\xbf", 400, ["empty"]),            # only a UTF-8 BOM
+    (b"\xef\xbb\xbf \r\n\r\n", 400, ["empty"]),  # a BOM and blank lines
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 415, ["binary"]),
     ("S. No.,Product Name,Input Image Urls\n1,Caf\u00e9,http://x/a.jpg\n".encode("latin-1"),
      415, ["UTF-8", "0xe9"]),
@@ -94,6 +96,12 @@ def test_unknown_batch_is_404_problem(client):
     ("tab", "S. No.\tProduct Name\tInput Image Urls\tNotes\n"
             "1\tMug\thttp://h/a.jpg\tn1\n2\tCup\thttp://h/b.jpg\tn2\n"),
     ("aliases", "serial_no,name,urls,Notes\n1,Mug,http://h/a.jpg,n1\n2,Cup,http://h/b.jpg,n2\n"),
+    ("cr-only", "S. No.,Product Name,Input Image Urls,Notes\r"
+                "1,Mug,http://h/a.jpg,n1\r2,Cup,http://h/b.jpg,n2\r"),
+    ("bom-cr-only-semicolon", "\ufeffS. No.;Product Name;Input Image Urls;Notes\r"
+                              "1;Mug;http://h/a.jpg;n1\r2;Cup;http://h/b.jpg;n2"),
+    ("quoted-newline-in-header", '"S. No.","Product\nName","Input Image Urls",Notes\n'
+                                 "1,Mug,http://h/a.jpg,n1\n2,Cup,http://h/b.jpg,n2\n"),
 ])
 def test_dialects_parse_to_the_same_rows(client, work, name, raw):
     response = post_raw(client, raw.encode())
@@ -123,3 +131,74 @@ def test_quotes_commas_and_non_ascii_names_survive(client, work):
     assert rows[2][1] == "Crème brûlée 皿 🍮" and rows[2][4] == "ünïcode"
     # the second record starts on physical line 4 (the first spans lines 2-3)
     assert products[1]["line"] == 4
+
+
+def test_cr_only_file_is_accepted_and_parsed_with_its_line_numbers(client, work):
+    response = post_raw(client, b"sno,name,urls\r1,a,http://x/a.jpg\r2,b,http://x/b.jpg\r")
+    assert response.status_code == 202, response.get_data(as_text=True)
+    batch_id = response.get_json()["id"]
+    work()
+    products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
+    assert [(p["line"], p["serial_no"], p["product_name"]) for p in products] == [
+        (2, 1, "a"), (3, 2, "b")]
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["rows"] == {"total": 2, "valid": 2, "invalid": 0}
+
+
+def test_a_header_spanning_lines_counts_its_lines(client, work):
+    raw = ('"S. No.","Product\r\nName","Input\nImage\rUrls"\r\n'
+           "1,Mug,http://h/a.jpg\r\n2,Cup,http://h/b.jpg\r\n")
+    response = post_raw(client, raw.encode())
+    assert response.status_code == 202, response.get_data(as_text=True)
+    batch_id = response.get_json()["id"]
+    work()
+    products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
+    assert [(p["line"], p["product_name"]) for p in products] == [(5, "Mug"), (6, "Cup")]
+    rows = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
+    assert rows[0] == ["S. No.", "Product\r\nName", "Input\nImage\rUrls", "Output Image Urls"]
+
+
+def test_a_header_that_is_not_readable_csv_is_422_bad_header(client, s3, env):
+    import csv
+    limit = csv.field_size_limit(16)  # any csv.Error in the header: here, a field too long
+    try:
+        response = post_raw(client, (HEADER.replace("Product Name", "Product Name" + " " * 20)
+                                     + "1,Mug,http://x/a.jpg\n").encode())
+    finally:
+        csv.field_size_limit(limit)
+    body = assert_problem(response, 422, "header")
+    assert body["type"] == "/problems/bad-header"
+    assert s3.list_objects_v2(Bucket=env.s3_bucket).get("KeyCount", 0) == 0
+
+
+def test_worker_reads_the_header_with_the_same_parser():
+    import csv
+
+    from schemas.csv_format import parse_header
+    from worker.csv_reader import CsvFileError, read_csv as read_stored
+
+    for raw in ("sno,name,urls\r1,a,http://x/a.jpg\r", "\ufeffsno;name;urls\n1;a;http://x/a.jpg",
+                '"s\nno",name,"ur\r\nls"\r\n1,a,http://x/a.jpg\r\n'):
+        header, rows = read_stored(io.BytesIO(raw.encode()))
+        parsed = parse_header(raw.removeprefix("\ufeff"))
+        assert header == parsed.cells and len(header) == 3
+        assert [cells for _, cells, _ in rows] == [["1", "a", "http://x/a.jpg"]]
+    limit = csv.field_size_limit(4)
+    try:
+        with pytest.raises(CsvFileError, match="header"):
+            read_stored(io.BytesIO(b"sno,name,urls\n1,a,b\n"))
+    finally:
+        csv.field_size_limit(limit)
+
+
+def test_a_huge_multiline_header_is_read_in_linear_time():
+    import time
+
+    from worker.csv_reader import read_csv as read_stored
+    raw = '"S. No.' + "\n" * 30000 + '",Product Name,Input Image Urls\n1,a,http://x/a.jpg\n'
+    started = time.monotonic()
+    header, rows = read_stored(io.BytesIO(raw.encode()))
+    assert header[1:] == ["Product Name", "Input Image Urls"]
+    assert [(line, cells) for line, cells, _ in rows] == [(30002, ["1", "a", "http://x/a.jpg"])]
+    assert time.monotonic() - started < 2
+

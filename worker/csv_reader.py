@@ -1,14 +1,16 @@
 """Reading the uploaded CSV back from S3 as a stream of (line number, cells)."""
 from __future__ import annotations
 
-import codecs
 import csv
 import io
+import itertools
 from collections.abc import Iterator
 
-from schemas.csv_format import detect_delimiter
+from schemas.csv_format import HeaderError, parse_header
 
 csv.field_size_limit(2**31 - 1)  # any field of a file within MAX_UPLOAD_BYTES
+
+MAX_HEADER_CHARS = 1024 * 1024
 
 
 class CsvFileError(Exception):
@@ -18,30 +20,59 @@ class CsvFileError(Exception):
 def read_csv(binary) -> tuple[list[str], Iterator[tuple[int, list[str], bool]]]:
     """The header and an iterator of (first line of the record, cells, decoded cleanly).
 
-    Undecodable bytes become U+FFFD so one bad row fails alone instead of the whole file.
+    The header is read by schemas.csv_format.parse_header, the very parser the upload check uses;
+    lines end at LF, CRLF or a lone CR. Undecodable bytes become U+FFFD so one bad row fails alone
+    instead of the whole file.
     """
     text = io.TextIOWrapper(_Readable(binary), encoding="utf-8-sig", errors="replace", newline="")
-    first = text.readline()
-    if not first.strip():
+    header, ahead = _read_header(text)
+    if header.blank:
         raise CsvFileError("the file is empty or its first line is blank")
-    delimiter = detect_delimiter(first.rstrip("\r\n"))
-    header = next(csv.reader([first], delimiter=delimiter), [])
-    header = [cell.strip() for cell in header]
+    delimiter = header.delimiter
 
     def rows() -> Iterator[tuple[int, list[str], bool]]:
-        reader = csv.reader(text, delimiter=delimiter)
-        consumed = 1
+        # Whole lines read past the header first, then the rest of the stream.
+        reader = csv.reader(itertools.chain(io.StringIO(ahead, newline=""), text),
+                            delimiter=delimiter)
+        consumed = header.lines
         try:
             for cells in reader:
                 start = consumed + 1
-                consumed = reader.line_num + 1
+                consumed = header.lines + reader.line_num
                 if not cells or all(not c.strip() for c in cells):
                     continue
                 yield start, cells, not any("\ufffd" in c for c in cells)
         except csv.Error as error:
             raise CsvFileError(f"line {consumed + 1}: {error}") from None
 
-    return header, rows()
+    return header.cells, rows()
+
+
+def _read_header(text: io.TextIOBase):
+    """parse_header over whole lines read until the first record ends: (header, lines after it).
+
+    The text read grows by doubling between parses, so a header spanning many lines costs
+    linear time.
+    """
+    lines: list[str] = []
+    size, parse_at = 0, 0
+    while True:
+        line = text.readline()
+        lines.append(line)
+        size += len(line)
+        if line and size < parse_at:
+            continue
+        read = "".join(lines)
+        try:
+            header = parse_header(read)
+        except HeaderError as error:
+            raise CsvFileError(str(error)) from None
+        if header.ended or not line:
+            return header, read[header.length:]
+        if size > MAX_HEADER_CHARS:
+            raise CsvFileError(f"the header does not end in the first {MAX_HEADER_CHARS} "
+                               "characters (an unclosed quote?)")
+        parse_at = 2 * size
 
 
 class _Readable(io.RawIOBase):
@@ -57,9 +88,3 @@ class _Readable(io.RawIOBase):
         data = self._source.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-def decoder_check(block: bytes, final: bool) -> str:
-    """Decode a first block strictly as UTF-8 (BOM allowed); raises UnicodeDecodeError."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
-    return decoder.decode(block, final=final)
