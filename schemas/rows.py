@@ -1,6 +1,7 @@
 """One data row of the input CSV, validated by the contract's rules."""
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -8,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_NAME = 300
 MAX_URLS = 50
 MAX_URL_LENGTH = 2048
+MAX_SERIAL = 2**63 - 1  # MongoDB stores integers as at most 8 bytes
 
 
 class ProductRow(BaseModel):
@@ -15,7 +17,7 @@ class ProductRow(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    serial_no: int = Field(gt=0)
+    serial_no: int = Field(gt=0, le=MAX_SERIAL)
     product_name: str = Field(min_length=1, max_length=MAX_NAME)
     input_image_urls: list[str] = Field(min_length=1, max_length=MAX_URLS)
 
@@ -23,8 +25,10 @@ class ProductRow(BaseModel):
     @classmethod
     def _serial(cls, value):
         text = str(value).strip()
-        if not text.isdigit():
-            raise ValueError(f"S. No. must be a positive whole number, got {text!r}")
+        if not re.fullmatch(r"[0-9]+", text):  # ASCII digits: str.isdigit() takes '²' and '١'
+            raise ValueError(f"S. No. must be a positive whole number, got {text[:40]!r}")
+        if len(text.lstrip("0")) > len(str(MAX_SERIAL)):
+            raise ValueError(f"S. No. is too large (at most {MAX_SERIAL})")
         return int(text)
 
     @field_validator("product_name", mode="before")
@@ -63,5 +67,10 @@ def row_error(error: ValidationError) -> str:
             message = f"holds more than {MAX_URLS} URLs"
         elif item["type"] == "string_too_long":
             message = f"is longer than {MAX_NAME} characters"
+        elif item["type"] == "less_than_equal" and field == "S. No.":
+            message = f"S. No. is too large (at most {MAX_SERIAL})"
+        if message.startswith(field + " "):  # "S. No. must be …" needs no "S. No.: " before it
+            reasons.append(message)
+            continue
         reasons.append(f"{field}: {message}")
     return "; ".join(reasons)

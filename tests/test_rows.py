@@ -124,4 +124,34 @@ def test_a_field_over_one_mib_rejects_only_its_row(client, work):
     assert "could not be read" not in (batch["error"] or "")  # the file as a whole is fine
     assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1}
     errors = errors_by_line(client, batch_id)
+
+
+def test_serial_numbers_take_ascii_digits_only_and_fit_in_int64(client, http_server, work):
+    from tests.servers import Route
+    from tests.test_flow import jpeg
+    http_server.routes["/a.jpg"] = Route(jpeg(20, 10))
+    image = http_server.url("/a.jpg")
+    lines = [
+        f"1,Good,{image}",                          # line 2: fine
+        f"\u0661\u0662,Arabic-Indic twelve,{image}",  # 3: str.isdigit() says yes, not 0-9
+        f"\u00b2,Superscript two,{image}",           # 4: isdigit() yes, int() fails
+        f"99999999999999999999999,Huge,{image}",     # 5: beyond MongoDB's int64
+        f"9223372036854775808,Just over,{image}",    # 6: 2**63
+        f"9223372036854775807,Largest,{image}",      # 7: 2**63 - 1 is fine
+    ]
+    response = post_raw(client, (HEADER + "\n".join(lines) + "\n").encode())
+    assert response.status_code == 202
+    batch_id = response.get_json()["id"]
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "completed_with_errors", batch
+    assert batch["rows"] == {"total": 6, "valid": 2, "invalid": 4}
+    errors = errors_by_line(client, batch_id)
+    assert sorted(errors) == [3, 4, 5, 6]
+    assert "positive whole number" in errors[3] and "positive whole number" in errors[4]
+    assert "invalid literal" not in errors[4]
+    assert "S. No." in errors[5] and "too large" in errors[5]
+    assert "too large" in errors[6]
+    products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
+    assert [p["serial_no"] for p in products] == [1, 2**63 - 1]
     assert list(errors) == [3] and "300" in errors[3]
