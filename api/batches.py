@@ -4,12 +4,16 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
+import unicodedata
 from datetime import datetime
+from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context, url_for
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
+from werkzeug.utils import secure_filename
 
 from api.errors import ApiError
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
@@ -179,12 +183,36 @@ def _incoming_file():
         if upload is None:
             raise ApiError(400, "Missing file",
                            "the multipart form has no 'file' field", kind="missing-file")
-        return upload.stream, upload.filename or None
+        return upload.stream, clean_filename(upload.filename)
     if mimetype in CSV_TYPES:
-        return request.stream, request.args.get("filename")
+        return request.stream, clean_filename(request.args.get("filename"))
     raise ApiError(415, "Unsupported Media Type",
                    f"send multipart/form-data with a 'file' field, or a text/csv body; "
                    f"got {mimetype or 'no Content-Type'}", kind="unsupported-media-type")
+
+
+MAX_FILENAME = 255
+# Control and format characters, surrogates, line and paragraph separators.
+_UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+def clean_filename(value: str | None) -> str | None:
+    """The name to keep for an upload: its basename (either slash), without control characters,
+    at most MAX_FILENAME characters; None when nothing is left."""
+    if not value:
+        return None
+    name = "".join(c for c in value if unicodedata.category(c) not in _UNSAFE_CATEGORIES)
+    name = re.split(r"[/\\]", name)[-1].strip()
+    return name[:MAX_FILENAME] or None
+
+
+def content_disposition(name: str) -> str:
+    """`attachment` with an ASCII fallback `filename` and the exact name in `filename*` (RFC 6266,
+    RFC 8187)."""
+    name = clean_filename(name) or "download.csv"
+    fallback = secure_filename(name) or "download.csv"
+    return (f'attachment; filename="{fallback}"; '
+            f"filename*=UTF-8''{quote(name, safe='')}")
 
 
 def _webhook_url(value: str | None) -> str | None:
@@ -305,9 +333,9 @@ def _csv_line(cells: list) -> str:
 
 
 def _csv_response(batch: dict, suffix: str, lines) -> Response:
-    name = (batch.get("filename") or batch["_id"]).rsplit(".", 1)[0] + suffix
+    name = (clean_filename(batch.get("filename")) or batch["_id"]).rsplit(".", 1)[0] + suffix
     return Response(stream_with_context(lines), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                    headers={"Content-Disposition": content_disposition(name)})
 
 
 @bp.get("/<batch_id>/output.csv")

@@ -202,3 +202,68 @@ def test_a_huge_multiline_header_is_read_in_linear_time():
     assert [(line, cells) for line, cells, _ in rows] == [(30002, ["1", "a", "http://x/a.jpg"])]
     assert time.monotonic() - started < 2
 
+
+# --- filenames --------------------------------------------------------------------------------
+
+def _disposition_name(response) -> str:
+    from werkzeug.http import parse_options_header
+    value = response.headers["Content-Disposition"]
+    assert "\r" not in value and "\n" not in value
+    kind, options = parse_options_header(value)
+    assert kind == "attachment"
+    return options["filename"]
+
+
+def test_filename_with_control_characters_is_cleaned(client, work):
+    body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
+    response = post_raw(client, body, query="?filename=x%0d%0aSet-Cookie:%20a=b.csv")
+    assert response.status_code == 202
+    batch = response.get_json()
+    assert batch["filename"] == "xSet-Cookie: a=b.csv"
+    work()
+    for link, suffix in (("output_csv", "-output.csv"), ("errors_csv", "-errors.csv")):
+        answer = client.get(batch["links"][link])
+        answer.get_data()
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        assert "Set-Cookie" not in answer.headers
+        assert _disposition_name(answer) == "xSet-Cookie: a=b" + suffix
+
+
+@pytest.mark.parametrize("via, given, stored", [
+    ("query", 'my "best" products.csv', 'my "best" products.csv'),
+    ("query", "C:\\Users\\me\\Desktop\\prods.csv", "prods.csv"),
+    ("query", "a\x00b\x7f\u2028\u202ec.csv", "abc.csv"),
+    ("query", "Crème brûlée 皿.csv", "Crème brûlée 皿.csv"),
+    ("multipart", "Crème brûlée 皿.csv", "Crème brûlée 皿.csv"),
+    ("multipart", "../../etc/passwd.csv", "passwd.csv"),
+    ("multipart", "a\tb\x1bc.csv", "abc.csv"),
+])
+def test_filenames_are_stored_as_basenames_and_sent_back_quoted(client, work, via, given, stored):
+    from urllib.parse import quote
+    body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
+    if via == "query":
+        response = post_raw(client, body, query="?filename=" + quote(given))
+    else:
+        response = client.post("/api/v1/batches", content_type="multipart/form-data",
+                               data={"file": (io.BytesIO(body), given)})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    batch = response.get_json()
+    assert batch["filename"] == stored
+    work()
+    answer = client.get(batch["links"]["output_csv"])
+    answer.get_data()
+    assert answer.status_code == 200
+    assert _disposition_name(answer) == stored.rsplit(".", 1)[0] + "-output.csv"
+    value = answer.headers["Content-Disposition"]
+    value.encode("ascii")  # the plain filename= is an ASCII fallback, filename* the exact name
+    assert "filename*=UTF-8''" in value
+
+
+def test_long_filenames_are_capped(client):
+    body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
+    response = post_raw(client, body, query="?filename=" + "n" * 20000 + ".csv")
+    assert response.status_code == 202
+    assert len(response.get_json()["filename"]) == 255
+    blank = post_raw(client, body, query="?filename=%0d%0a")
+    assert blank.status_code == 202 and blank.get_json()["filename"] is None
+
