@@ -80,7 +80,6 @@ def test_a_file_of_only_bad_rows_fails_the_batch(client, work):
     assert batch["status"] == "failed" and "no valid rows" in batch["error"]
 
 
-
 def test_output_slots_line_up_with_input_urls_for_rejected_rows_and_empty_parts(
         client, http_server, work):
     from tests.servers import Route
@@ -124,6 +123,7 @@ def test_a_field_over_one_mib_rejects_only_its_row(client, work):
     assert "could not be read" not in (batch["error"] or "")  # the file as a whole is fine
     assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1}
     errors = errors_by_line(client, batch_id)
+    assert list(errors) == [3] and "300" in errors[3]
 
 
 def test_serial_numbers_take_ascii_digits_only_and_fit_in_int64(client, http_server, work):
@@ -154,4 +154,3 @@ def test_serial_numbers_take_ascii_digits_only_and_fit_in_int64(client, http_ser
     assert "too large" in errors[6]
     products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
     assert [p["serial_no"] for p in products] == [1, 2**63 - 1]
-    assert list(errors) == [3] and "300" in errors[3]
