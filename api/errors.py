@@ -9,6 +9,9 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "/problems/"
+# One 413 problem, whether Flask's MAX_CONTENT_LENGTH or the upload's streaming cap
+# (api/batches.py _too_large) refuses it.
+TOO_LARGE_TITLE, TOO_LARGE_KIND = "Upload too large", "too-large"
 
 
 class ApiError(Exception):
@@ -47,12 +50,13 @@ def register(app: Flask) -> None:
     def _http_error(error: HTTPException):
         headers = dict(error.get_headers())
         headers.pop("Content-Type", None)
-        detail = error.description
-        if error.code == 413:
+        detail, title, kind = error.description, error.name, error.name.lower().replace(" ", "-")
+        if error.code == 413:  # MAX_CONTENT_LENGTH: the same problem as the streaming cap's
             from infra.settings import get_settings
-            detail = f"the upload is larger than MAX_UPLOAD_BYTES ({get_settings().max_upload_bytes} bytes)"
-        return problem(error.code or 500, error.name, detail,
-                       kind=error.name.lower().replace(" ", "-"), headers=headers)
+            title, kind = TOO_LARGE_TITLE, TOO_LARGE_KIND
+            detail = (f"the file is larger than MAX_UPLOAD_BYTES "
+                      f"({get_settings().max_upload_bytes} bytes)")
+        return problem(error.code or 500, title, detail, kind=kind, headers=headers)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

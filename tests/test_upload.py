@@ -267,3 +267,18 @@ def test_long_filenames_are_capped(client):
     blank = post_raw(client, body, query="?filename=%0d%0a")
     assert blank.status_code == 202 and blank.get_json()["filename"] is None
 
+
+# --- 413 --------------------------------------------------------------------------------------
+
+def test_both_413_paths_share_one_problem_type(client, monkeypatch):
+    from infra.settings import get_settings
+    monkeypatch.setattr(get_settings(), "max_upload_bytes", 200 * 1024)
+    rows = "".join(f"{i},Product {i},http://x/{i}.jpg\n" for i in range(1, 10000))
+    streamed = assert_problem(post_raw(client, (HEADER + rows).encode()), 413)
+    client.application.config["MAX_CONTENT_LENGTH"] = 100 * 1024
+    declared = assert_problem(client.post("/api/v1/batches", content_type="multipart/form-data",
+                                          data={"file": (io.BytesIO((HEADER + rows).encode()),
+                                                         "big.csv")}), 413)
+    for body in (streamed, declared):
+        assert body["type"] == "/problems/too-large" and body["title"] == "Upload too large"
+        assert "MAX_UPLOAD_BYTES" in body["detail"]
