@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, request
 
 from api import auth
+from api.errors import problem
 from infra import queues
 from infra.settings import Settings
 
@@ -33,9 +34,16 @@ def _same(a: str, b: str) -> bool:
 
 
 def _challenge() -> Response:
-    return Response("Authentication required for the RQ dashboard.\n", 401,
-                    {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"',
-                     "Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"})
+    return problem(401, "Unauthorized", "the RQ dashboard needs HTTP basic auth",
+                   kind="unauthorized",
+                   headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"',
+                            "Cache-Control": "no-store"})
+
+
+def _cross_site() -> Response:
+    return problem(403, "Forbidden", "a change on the RQ dashboard must come from this site "
+                   "(its Origin or Referer)", kind="cross-site-request",
+                   headers={"Cache-Control": "no-store"})
 
 
 def _same_origin() -> bool:
@@ -95,8 +103,7 @@ def register(app: Flask, settings: Settings) -> bool:
         changes = (request.method not in ("GET", "HEAD", "OPTIONS")
                    or request.path.startswith(PREFIX + "/requeue/"))  # its GET requeues too
         if changes and not _same_origin():
-            return Response("Cross-site request refused.\n", 403,
-                            {"Content-Type": "text/plain; charset=utf-8"})
+            return _cross_site()
         # Each request uses the service's current connection (it may be re-created after a fork).
         app.redis_conn = queues.get_redis()
         return None

@@ -223,7 +223,10 @@ def test_dashboard_needs_basic_auth_and_shows_jobs(env, monkeypatch):
     for headers in ({}, basic("ops", "wrong"), basic("other", "s3cret-pass")):
         denied = client.get("/rq/", headers=headers)
         assert denied.status_code == 401
-        assert denied.headers["WWW-Authenticate"].startswith("Basic")
+        assert denied.headers["WWW-Authenticate"].startswith('Basic realm="')
+        assert denied.mimetype == "application/problem+json"
+        assert denied.get_json()["status"] == 401
+        assert denied.get_json()["type"] == "/problems/unauthorized"
     assert client.get("/rq/0/data/queues.json").status_code == 401
 
     auth = basic("ops", "s3cret-pass")
@@ -239,7 +242,9 @@ def test_dashboard_needs_basic_auth_and_shows_jobs(env, monkeypatch):
     assert client.get("/rq/0/view/workers", headers=auth).status_code == 200
 
     # No CSRF protection of its own: a change needs this very site as Origin/Referer.
-    assert client.post(f"/rq/job/{job_id}/delete", headers=auth).status_code == 403
+    refused = client.post(f"/rq/job/{job_id}/delete", headers=auth)
+    assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
+    assert refused.get_json()["status"] == 403 and "WWW-Authenticate" not in refused.headers
     assert client.post(f"/rq/job/{job_id}/delete", headers={
         **auth, "Origin": "https://evil.example"}).status_code == 403
     assert client.get("/rq/requeue/failed", headers=auth).status_code == 403
