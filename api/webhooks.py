@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 
 from flask import Blueprint, g, jsonify, request, url_for
 from redis.exceptions import RedisError
@@ -22,6 +21,7 @@ from api.errors import ApiError
 from infra import batch_store, webhook_store
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
+from schemas.timestamps import iso_z
 from worker import webhook_delivery
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,7 @@ def _description(value: object) -> str | None:
     return value
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_iso = iso_z  # the one timestamp format (schemas/timestamps.py)
 
 
 def subscription_json(doc: dict, *, secret: bool = False) -> dict:

@@ -1,10 +1,11 @@
 """Batches as the API shows them: status values, counts, links."""
 from __future__ import annotations
 
-from datetime import datetime
 from enum import Enum
 
 from pydantic import BaseModel, Field
+
+from schemas.timestamps import Timestamp
 
 
 class BatchStatus(str, Enum):
@@ -49,9 +50,9 @@ class BatchOut(BaseModel):
     id: str
     status: BatchStatus
     filename: str | None
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
     rows: RowCounts
     images: ImageCounts
     progress: float = Field(ge=0, le=1)

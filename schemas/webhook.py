@@ -1,12 +1,12 @@
 """Webhook subscriptions, deliveries and the event body, as the API shows them."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.batch import BatchOut
+from schemas.timestamps import Timestamp
 
 EventName = Literal["batch.completed", "batch.completed_with_errors", "batch.failed",
                     "batch.cancelled"]
@@ -37,9 +37,9 @@ class WebhookSubscription(BaseModel):
     description: str | None = None
     enabled: bool
     disabled_reason: str | None = None
-    created_at: datetime
-    updated_at: datetime | None = None
-    previous_secret_expires_at: datetime | None = Field(
+    created_at: Timestamp
+    updated_at: Timestamp | None = None
+    previous_secret_expires_at: Timestamp | None = Field(
         None, description="Until then the previous secret signs too (after a rotation).")
 
 
@@ -55,13 +55,13 @@ class WebhookSubscriptionPage(BaseModel):
 class DeliveryAttempt(BaseModel):
     number: int | None = None
     manual: bool = False
-    at: datetime
+    at: Timestamp
     url: str | None = None
     status_code: int | None = Field(None, description="The receiver's HTTP status, if any.")
     error: str | None = Field(None, description="Why the attempt failed, without an answer.")
     duration_ms: float | None = None
     response: str | None = Field(None, description="The start of the receiver's answer.")
-    next_attempt_at: datetime | None = None
+    next_attempt_at: Timestamp | None = None
 
 
 class Delivery(BaseModel):
@@ -71,9 +71,9 @@ class Delivery(BaseModel):
     url: str
     subscription_id: str | None = None
     status: Literal["pending", "succeeded", "failed"]
-    created_at: datetime
+    created_at: Timestamp
     attempt_count: int = 0
-    next_attempt_at: datetime | None = None
+    next_attempt_at: Timestamp | None = None
     attempts: list[DeliveryAttempt] = []
 
 
@@ -85,5 +85,5 @@ class DeliveryPage(BaseModel):
 class WebhookEvent(BaseModel):
     """The body of every webhook POST (Standard Webhooks signed)."""
     type: EventName
-    timestamp: datetime
+    timestamp: Timestamp
     data: BatchOut

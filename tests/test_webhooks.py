@@ -522,3 +522,34 @@ def test_an_attempt_has_a_deadline_over_the_whole_answer(env):
     assert outcome["error"] == "timed out after 2 s" and "status_code" not in outcome
     assert not webhook_delivery._ok(outcome)
     assert took < env.webhook_timeout_s + 1.0
+
+
+
+def test_every_timestamp_has_one_format_milliseconds_and_z(client, http_server, work, env):
+    import re
+    iso_ms = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    http_server.routes["/hook"] = Route(b"", 204)
+    subscribe(client, http_server.url("/hook"))
+    batch = finished_batch(webhook_url=http_server.url("/hook"))
+    stamp = datetime(2026, 11, 22, 10, 0, 0, 251000, tzinfo=timezone.utc)
+    db.batches().update_one({"_id": batch["_id"]}, {"$set": {"created_at": stamp}})
+    work()
+
+    shown = client.get(f"/api/v1/batches/{batch['_id']}").get_json()
+    assert shown["created_at"] == "2026-11-22T10:00:00.251Z"
+    found = []
+    for name in ("created_at", "started_at", "finished_at"):
+        found.append(shown[name])
+    for sent in posts(http_server):
+        body = json.loads(sent["body"])
+        found += [body["timestamp"], body["data"]["created_at"], body["data"]["finished_at"]]
+    [sub] = client.get("/api/v1/webhooks").get_json()["items"]
+    found.append(sub["created_at"])
+    for delivery in client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]:
+        found += [delivery["created_at"]] + [a["at"] for a in delivery["attempts"]]
+    assert len(found) >= 12
+    assert [t for t in found if not iso_ms.match(t)] == []
+    round_ms = stamp.replace(microsecond=0)  # a whole second still shows its milliseconds
+    db.batches().update_one({"_id": batch["_id"]}, {"$set": {"created_at": round_ms}})
+    shown = client.get(f"/api/v1/batches/{batch['_id']}").get_json()
+    assert shown["created_at"] == "2026-11-22T10:00:00.000Z"

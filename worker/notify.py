@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from infra import batch_store, webhook_store
 from infra.settings import get_settings
+from schemas.timestamps import iso_z
 from worker import webhook_delivery
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def event_body(event: str, batch: dict) -> str:
     """The exact text every attempt of this event sends."""
     return json.dumps({
         "type": event,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": iso_z(datetime.now(timezone.utc)),
         "data": batch_store.to_json(batch, get_settings().public_api_url or ""),
     }, separators=(",", ":"), ensure_ascii=False)
 
