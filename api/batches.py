@@ -247,7 +247,8 @@ def get_batch(batch_id: str):
 
 def _limit() -> int:
     raw = request.args.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() is true for '²', which int() then refuses
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(400, "Invalid parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}",
                        kind="invalid-parameter", parameter="limit")
     return int(raw)
@@ -277,9 +278,12 @@ def list_batches():
         raise ApiError(400, "Invalid parameter",
                        f"status must be one of {', '.join(s.value for s in BatchStatus)}",
                        kind="invalid-parameter", parameter="status")
+    cursor = request.args.get("cursor") or None
+    if cursor:
+        _check_list_cursor(cursor)
     try:
         docs, cursor = batch_store.list_page(
-            owner(), limit=_limit(), cursor=request.args.get("cursor"), status=status,
+            owner(), limit=_limit(), cursor=cursor, status=status,
             created_after=_time_param("created_after"), created_before=_time_param("created_before"))
     except ValueError as error:
         raise ApiError(400, "Invalid parameter", str(error), kind="invalid-parameter",
@@ -288,16 +292,50 @@ def list_batches():
                     "next_cursor": cursor})
 
 
+def _bad_cursor() -> ApiError:
+    return ApiError(400, "Invalid parameter", "cursor is not one this API returned",
+                    kind="invalid-parameter", parameter="cursor")
+
+
+def _decode_cursor(raw: str) -> dict:
+    try:
+        return batch_store.decode_cursor(raw)
+    except ValueError:
+        raise _bad_cursor() from None
+
+
+MAX_CURSOR_LINE = 2**31
+MAX_CURSOR_ID = 64
+
+
+def _check_list_cursor(raw: str) -> None:
+    """The batches list's cursor holds the last item's `t` (an ISO time with a zone) and `i` (its
+    id); anything else (numbers, objects, naive times) is refused before it reaches a query."""
+    position = _decode_cursor(raw)
+    at, last_id = position.get("t"), position.get("i")
+    if not (isinstance(at, str) and isinstance(last_id, str)
+            and 0 < len(last_id) <= MAX_CURSOR_ID and len(at) <= 64):
+        raise _bad_cursor()
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        raise _bad_cursor() from None
+    if when.tzinfo is None:
+        raise _bad_cursor()
+
+
+def _products_cursor(raw: str) -> int:
+    """The products cursor holds `l`, the last line returned: an int with 0 <= l < 2**31."""
+    line = _decode_cursor(raw).get("l")
+    if type(line) is not int or not 0 <= line < MAX_CURSOR_LINE:  # bool, float, str: refused
+        raise _bad_cursor()
+    return line
+
+
 @bp.get("/<batch_id>/products")
 def list_products(batch_id: str):
     load_batch(batch_id)
-    after = 0
-    if request.args.get("cursor"):
-        try:
-            after = int(batch_store.decode_cursor(request.args["cursor"])["l"])
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(400, "Invalid parameter", "cursor is not one this API returned",
-                           kind="invalid-parameter", parameter="cursor") from None
+    after = _products_cursor(request.args["cursor"]) if request.args.get("cursor") else 0
     page, last = product_store.page_products(batch_id, after_line=after, limit=_limit())
     return jsonify({"items": [_product_json(row, images) for row, images in page],
                     "next_cursor": batch_store.encode_cursor({"l": last}) if last else None})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from flask import Blueprint, Response, jsonify, request
@@ -135,7 +136,7 @@ def parse_key(raw: str | None) -> tuple[int, int, int] | None:
     if not raw:
         return None
     parts = raw.strip().split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) != 3 or not all(re.fullmatch(r"[0-9]{1,18}", p) for p in parts):
         return None
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 

@@ -55,6 +55,52 @@ def test_batches_list_is_newest_first_with_a_cursor_and_filters(client, work):
     assert_problem(client.get("/api/v1/batches?created_after=yesterday"), 400, "created_after")
 
 
+@pytest.mark.parametrize("limit", ["%C2%B2", "%D9%A1", "%EF%BC%95", "+5", "5%20", "00001", "0"])
+def test_limit_takes_ascii_digits_only(client, limit):
+    batch_id = post_raw(client, (HEADER + "1,P,http://h/1.jpg\n").encode()).get_json()["id"]
+    for path in ("/api/v1/batches", f"/api/v1/batches/{batch_id}/products"):
+        assert_problem(client.get(f"{path}?limit={limit}"), 400, "limit")
+
+
+def _cursor(value) -> str:
+    import base64
+    import json
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor", [
+    "eyJsIjoxZTQwMH0",                    # {"l":1e400}: a float overflowing int()
+    _cursor({"l": 2**31}), _cursor({"l": -1}), _cursor({"l": 1.5}), _cursor({"l": "3"}),
+    _cursor({"l": True}), _cursor({"l": None}), _cursor({"x": 1}), _cursor([1]),
+    _cursor(b'{"l":NaN}'), _cursor(b'{"l":Infinity}'),
+])
+def test_crafted_products_cursor_is_400(client, cursor):
+    batch_id = post_raw(client, (HEADER + "1,P,http://h/1.jpg\n").encode()).get_json()["id"]
+    assert_problem(client.get(f"/api/v1/batches/{batch_id}/products?cursor={cursor}"), 400,
+                   "cursor")
+
+
+@pytest.mark.parametrize("cursor", [
+    _cursor({"t": "2026-11-23T10:00:00", "i": "bat_x"}),         # no time zone
+    _cursor({"t": "2026-11-23T10:00:00+00:00", "i": 1e308}),
+    _cursor({"t": "2026-11-23T10:00:00+00:00", "i": {"$gt": ""}}),
+    _cursor({"t": "2026-11-23T10:00:00+00:00", "i": "x" * 1000}),
+    _cursor({"t": 1e400, "i": "bat_x"}), _cursor({"t": ["x"], "i": "bat_x"}),
+    _cursor({"t": "2026-11-23T10:00:00+00:00"}), _cursor(b'{"t":NaN,"i":"x"}'),
+])
+def test_crafted_batches_cursor_is_400(client, cursor):
+    post_raw(client, (HEADER + "1,P,http://h/1.jpg\n").encode())
+    assert_problem(client.get(f"/api/v1/batches?cursor={cursor}"), 400, "cursor")
+
+
+def test_last_event_id_takes_ascii_digits_only():
+    from api.control import parse_key
+    assert parse_key("1.2.3") == (1, 2, 3)
+    for raw in ("\u00b2.0.0", "\u0661.0.0", "1.2.\uff13", "+1.0.0", "1.0"):
+        assert parse_key(raw) is None
+
+
 def test_products_are_paginated_in_line_order(client, work):
     rows = "".join(f"{i},P{i},http://h/{i}.jpg\n" for i in range(1, 8))
     batch_id = post_raw(client, (HEADER + rows).encode()).get_json()["id"]
