@@ -97,6 +97,11 @@ def parse_keys(value: str | None) -> ApiKeys:
     return ApiKeys(tuple(entries))
 
 
+def owner() -> str | None:
+    """The calling key's name (set by the /api/v1 guard below), or None when the API is open."""
+    return g.get("owner")
+
+
 def keys_of(app: Flask) -> ApiKeys:
     return app.extensions.get(EXTENSION) or ApiKeys(())
 

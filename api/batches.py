@@ -10,11 +10,12 @@ from datetime import datetime
 from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
-from flask import Blueprint, Response, g, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 from werkzeug.utils import secure_filename
 
+from api.auth import owner
 from api.errors import ApiError
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
@@ -30,10 +31,6 @@ bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
-
-
-def owner() -> str | None:
-    return g.get("owner")
 
 
 def base_url() -> str:

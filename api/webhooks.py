@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, g, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 from redis.exceptions import RedisError
 
+from api.auth import owner
 from api.errors import ApiError
 from infra import batch_store, webhook_store
 from infra.settings import get_settings
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1")
 
 MAX_DESCRIPTION = 500
-
-
-def owner() -> str | None:
-    return g.get("owner")
 
 
 def validated_url(value: object, field: str = "url") -> str:
