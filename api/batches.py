@@ -152,7 +152,7 @@ def _replay(record: dict | None, fingerprint: str):
         raise ApiError(409, "Conflict", "the upload that used this Idempotency-Key is not "
                        "available any more; use a new key", kind="idempotency-key-in-use")
     response = jsonify(batch_store.to_json(batch, base_url()))
-    response.status_code = 200
+    response.status_code = 202  # the contract's status for an upload, replayed or not
     response.headers["Location"] = url_for("batches.get_batch", batch_id=batch["_id"])
     response.headers["Idempotent-Replayed"] = "true"
     return response
