@@ -561,7 +561,6 @@ def test_parse_key_ignores_foreign_ids(raw):
     assert parse_key(raw) is None
 
 
-
 def test_sweeper_gives_up_on_a_parse_that_keeps_dying(client, http_server, env, monkeypatch):
     from worker import sweeper
     monkeypatch.setenv("MAX_STALL_RECOVERIES", "2")

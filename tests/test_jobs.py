@@ -147,7 +147,6 @@ def test_a_store_that_is_down_answers_503_and_leaves_no_batch(client, env, s3, m
         assert db.batches().count_documents({}) == 0
 
 
-
 def _webhook_bodies(http_server) -> list[dict]:
     import json
     return [json.loads(r["body"]) for r in http_server.requests
@@ -250,7 +249,6 @@ def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_se
 
     assert client.post(f"/api/v1/batches/{batch_id}/retry").status_code == 202
     assert db.images().find_one({"batch_id": batch_id, "url": poison})["attempts"] == 0
-
 
 
 def test_an_upload_over_a_mebibyte_is_stored_whole(client, s3, env):

@@ -467,7 +467,6 @@ def test_cancel_and_retry_through_the_api_announce_each_finish(client, http_serv
     assert [d["event"] for d in log] == ["batch.failed", "batch.completed"]
 
 
-
 class _DripReceiver:
     """A loopback webhook receiver that answers `200 OK` at once, then one header line every
     `every` seconds, `lines` times: each read is quick, the whole answer is slow."""
@@ -522,7 +521,6 @@ def test_an_attempt_has_a_deadline_over_the_whole_answer(env):
     assert outcome["error"] == "timed out after 2 s" and "status_code" not in outcome
     assert not webhook_delivery._ok(outcome)
     assert took < env.webhook_timeout_s + 1.0
-
 
 
 def test_every_timestamp_has_one_format_milliseconds_and_z(client, http_server, work, env):
