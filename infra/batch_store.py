@@ -102,11 +102,15 @@ def try_finish(batch_id: str) -> dict | None:
     )
 
 
-def fail(batch_id: str, error: str) -> dict | None:
-    """End a batch whose file itself broke; only from queued or processing."""
+def fail(batch_id: str, error: str, *, unparsed_only: bool = False) -> dict | None:
+    """End a batch whose file itself broke; only from queued or processing (and, with
+    `unparsed_only`, only while its file has not been read)."""
     stamp = now()
+    query: dict = {"_id": batch_id, "status": {"$in": ACTIVE}}
+    if unparsed_only:
+        query["parsed"] = False
     return db.batches().find_one_and_update(
-        {"_id": batch_id, "status": {"$in": ACTIVE}},
+        query,
         {"$set": {"status": BatchStatus.FAILED.value, "error": error, "finished_at": stamp,
                   "updated_at": stamp}, "$inc": {"finish_seq": 1}},
         return_document=ReturnDocument.AFTER,

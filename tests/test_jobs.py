@@ -261,3 +261,22 @@ def test_an_upload_over_a_mebibyte_is_stored_whole(client, s3, env):
     assert stored["csv_bytes"] == len(body)
     obj = s3.get_object(Bucket=env.s3_bucket, Key=stored["csv_key"])
     assert obj["ContentLength"] == len(body)
+
+
+def test_the_parse_failure_callback_leaves_a_parsed_batch_alone(client, work):
+    """RQ calls it for jobs it takes for abandoned too, even ones that succeeded (rq#2424)."""
+    import traceback
+    from rq.exceptions import AbandonedJobError
+    from rq.job import Job
+    parsed = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode()).get_json()["id"]
+    lost = post_raw(client, (HEADER + "1,P,http://h/b.jpg\n").encode()).get_json()["id"]
+    tasks.parse_batch(parsed)
+    db.batches().update_one({"_id": lost}, {"$set": {"status": "processing"}})
+    for batch_id in (parsed, lost):
+        job = Job.fetch(tasks.parse_job_id(batch_id), connection=queues.get_redis())
+        job.retries_left = 0
+        tasks.parse_failed(job, queues.get_redis(), AbandonedJobError, AbandonedJobError(),
+                           traceback.extract_stack())
+    assert db.batches().find_one({"_id": parsed})["status"] == "processing"
+    lost_batch = db.batches().find_one({"_id": lost})
+    assert lost_batch["status"] == "failed" and lost_batch["error"] == tasks.PARSE_CRASHED

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import types
 
 from rq import Callback, Retry
 
@@ -87,9 +88,13 @@ def parse_failed(job, connection, exc_type, exc_value, traceback) -> None:
     if job.retries_left:
         return
     batch_id = job.args[0]
+    # RQ also calls this for a job it takes for abandoned (a killed worker), with a stack
+    # summary for a traceback, and in 2.12 even for one that succeeded (rq#2424): a batch whose
+    # file was read is left alone (the sweeper looks after its chunks).
+    real_traceback = isinstance(traceback, types.TracebackType)
     log.error("parse job failed for good", extra={"batch_id": batch_id},
-              exc_info=(exc_type, exc_value, traceback))
-    finish(batch_store.fail(batch_id, PARSE_CRASHED))
+              exc_info=(exc_type, exc_value, traceback) if real_traceback else None)
+    finish(batch_store.fail(batch_id, PARSE_CRASHED, unparsed_only=True))
 
 
 def process_chunk(batch_id: str, chunk: int) -> dict:
