@@ -44,18 +44,27 @@ def cpu_seconds(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle (nor waiting for I/O) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
 # --------------------------------------------------------------------------- orchestration
 
 class Services:
     """The outside processes: image server, redis-server, moto. Stopped by PID."""
 
-    def __init__(self, corpus: Path):
+    def __init__(self, corpus: Path, latency_ms: float = 0.0):
         from tests.servers import RedisServer, free_port
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis = None
         try:
             images = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "imageserver.py"), str(corpus)],
+                [sys.executable, str(ROOT / "bench" / "imageserver.py"), str(corpus),
+                 "--latency-ms", str(latency_ms)],
                 stdout=subprocess.PIPE, text=True)
             self.procs["image server"] = images
             line = images.stdout.readline().split()
@@ -108,9 +117,10 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 def run(corpus: Path, names: list[str], copies: int, *, profile: str | None = None,
-        profile_rate: int = 67, extra_env: dict | None = None) -> dict:
+        profile_rate: int = 50, native: bool = False, latency_ms: float = 0.0,
+        extra_env: dict | None = None) -> dict:
     """Start the services, run the child (under py-spy when `profile`), return its report."""
-    services = Services(corpus)
+    services = Services(corpus, latency_ms)
     try:
         env = dict(os.environ)
         for name in ("API_KEYS", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "PUBLIC_BASE_URL"):
@@ -131,8 +141,9 @@ def run(corpus: Path, names: list[str], copies: int, *, profile: str | None = No
         command = [sys.executable, str(Path(__file__).resolve()), "child", json.dumps(spec)]
         if profile:
             spy = str(Path(sys.executable).parent / "py-spy")
-            command = [spy, "record", "--native", "--threads", "-r", str(profile_rate),
-                       "-f", "raw", "-o", profile, "--"] + command
+            command = [spy, "record", "--threads", "-r", str(profile_rate),
+                       "-f", "raw", "-o", profile] + (["--native"] if native else []) + [
+                       "--"] + command
             spec["pids"]["py-spy"] = -1  # filled in by the child (its parent)
             command[-1] = json.dumps(spec)
         with tempfile.TemporaryFile("w+") as errors:  # start-up warnings, tracebacks
@@ -191,13 +202,21 @@ def child(spec: dict) -> None:
         raise SystemExit(f"upload refused: {response.status_code} {response.text[:300]}")
     batch_id = response.json()["id"]
 
+    stages = _count_stages()
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):  # experiment: sys.setswitchinterval(seconds)
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     me = os.getpid()
     watched = {"service (API+worker)": me, **pids}
     cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
+    machine0 = machine_busy_seconds()
     wall0 = time.perf_counter()
     make_worker(simple=True).work(burst=True, logging_level="WARNING")
     wall = time.perf_counter() - wall0
     cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in watched.items()}
+    stages["RQ between jobs (wall only)"] = [0, 0.0, wall - sum(
+        stages.get(name, [0, 0.0, 0.0])[2]
+        for name in ("chunk job (all of it)", "parse job (CSV -> MongoDB)"))]
+    cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
 
     doc = batch_store.get(batch_id, any_owner=True)
     out = requests.get(f"{api}/batches/{batch_id}", timeout=30).json()
@@ -209,10 +228,56 @@ def child(spec: dict) -> None:
         "batch_s": (doc["finished_at"] - doc["started_at"]).total_seconds()
         if doc.get("finished_at") and doc.get("started_at") else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cpu_s": cpu, "mongo": "real" if real_mongo else "mongomock",
+        "cpu_s": cpu, "stages": stages, "mongo": "real" if real_mongo else "mongomock",
         "chunk_size": settings.chunk_size, "image_concurrency": settings.image_concurrency,
     }
     print(json.dumps(report), flush=True)
+
+
+def _count_stages() -> dict:
+    """Wrap the chunk job's steps to add up the CPU time (time.thread_time) and wall time each
+    takes, per call, in the thread that runs it: a measurement of where the service's CPU goes
+    that sampling cannot blur (a thread waiting for the GIL or a socket uses no CPU here).
+    Returns the dict that fills up: name -> [calls, cpu seconds, wall seconds]."""
+    import functools
+    import threading
+
+    from infra import batch_store, metrics, product_store, storage
+    from worker import chunks
+
+    stats: dict = {}
+    lock = threading.Lock()
+
+    def wrap(owner, attr: str, name: str) -> None:
+        original = getattr(owner, attr)
+
+        @functools.wraps(original)  # RQ names a job's function by __module__ and __qualname__
+        def timed(*args, **kwargs):
+            cpu, wall = time.thread_time(), time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+                with lock:
+                    entry = stats.setdefault(name, [0, 0.0, 0.0])
+                    entry[0] += 1
+                    entry[1] += cpu
+                    entry[2] += wall
+        setattr(owner, attr, timed)
+
+    wrap(chunks, "download", "download (requests)")
+    wrap(chunks, "compress", "decode + encode (Pillow)")
+    wrap(storage, "put_bytes", "S3 put (boto3)")
+    wrap(product_store, "mark_processed", "MongoDB mark_processed")
+    wrap(product_store, "pending_images", "MongoDB pending_images")
+    if hasattr(product_store, "start_attempt"):
+        wrap(product_store, "start_attempt", "MongoDB start_attempt")
+    wrap(batch_store, "add_image_results", "MongoDB add_image_results")
+    wrap(metrics, "_incr", "metrics (Redis pipelines)")
+    wrap(chunks, "process_chunk", "chunk job (all of it)")
+    from worker import tasks
+    wrap(tasks, "parse_batch", "parse job (CSV -> MongoDB)")
+    return stats
 
 
 if __name__ == "__main__":

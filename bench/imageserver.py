@@ -1,6 +1,6 @@
 """A loopback image server for the end-to-end benchmark, run as its own process.
 
-    python bench/imageserver.py DIR [--port 0]
+    python bench/imageserver.py DIR [--port 0] [--latency-ms MS]
 
 Serves every file of DIR at /<name> (any query string is ignored, so ?copy=N gives distinct URLs
 for the same bytes), keeps connections alive (HTTP/1.1), and prints `port <n>` on stdout once
@@ -16,11 +16,12 @@ from __future__ import annotations
 import mimetypes
 import socket
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-def make_handler(files: dict[str, tuple[bytes, str]]):
+def make_handler(files: dict[str, tuple[bytes, str]], latency_s: float = 0.0):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -32,6 +33,8 @@ def make_handler(files: dict[str, tuple[bytes, str]]):
             pass
 
         def do_GET(self) -> None:
+            if latency_s:
+                time.sleep(latency_s)  # a remote image host's response time
             name = self.path.split("?", 1)[0].lstrip("/")
             found = files.get(name)
             if found is None:
@@ -60,13 +63,15 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dir")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="wait this long before each response (a remote host's latency)")
     args = parser.parse_args(argv)
     files = {}
     for path in sorted(Path(args.dir).iterdir()):
         if path.is_file():
             ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             files[path.name] = (path.read_bytes(), ctype)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(files))
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(files, args.latency_ms / 1000))
     server.daemon_threads = True
     server.request_queue_size = 64
     print(f"port {server.server_address[1]}", flush=True)

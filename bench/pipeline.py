@@ -13,8 +13,11 @@
 Options:
     --seconds S   run each measurement of (a) for at least S seconds (default 8)
     --e2e-seconds S   size the corpus repetitions so that (b) runs about S seconds (default 30)
-    --profile FILE    run (b)'s service process under `py-spy record --native` (collapsed
-                  stacks in FILE; summarise with `python bench/profile_summary.py FILE`)
+    --profile FILE    run (b)'s service process under `py-spy record` (collapsed stacks in
+                  FILE; summarise with `python bench/profile_summary.py FILE`); --native adds C
+                  frames (py-spy then takes ~0.5 core itself: use it for where, not how fast)
+    --latency-ms MS   the image server answers after MS ms, like a remote host (default 0)
+    --limit R     skip (a), take R images/s as the limit (sweeps of (b))
     --no-e2e      only (a)
     --compare     also measure the encoder choices on one core and with threads: OUTPUT_OPTIMIZE
                   on/off, WebP `method` 0..6, BytesIO vs memfd output, 1 vs 2 threads
@@ -148,7 +151,7 @@ def measure_limit(items: list[Item], options: dict, processes: int, seconds: flo
 
 def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
                        limit_images_per_s: float, *, profile: str | None = None,
-                       ) -> tuple[Rate, dict]:
+                       native: bool = False, latency_ms: float = 0.0) -> tuple[Rate, dict]:
     """(b) The same images through the whole service (see bench/e2e.py for the processes).
 
     The corpus is repeated (distinct URLs, ?copy=N) so that the run lasts about `seconds` at
@@ -159,15 +162,33 @@ def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
 
     per_pass = len(items)
     copies = max(1, round(seconds * 0.8 * limit_images_per_s / per_pass))
-    report = e2e.run(corpus_dir(), [item.name for item in items], copies, profile=profile)
+    report = e2e.run(corpus_dir(), [item.name for item in items], copies, profile=profile,
+                     native=native, latency_ms=latency_ms)
     done = report["images"]["processed"]
+    if done == 0:
+        raise SystemExit(f"e2e: no image was processed (batch {report['status']}: "
+                         f"{report['images']})")
     if report["images"]["failed"] or done != copies * per_pass:
         print(f"warning: e2e batch {report['status']}: {report['images']}", file=sys.stderr)
     pixels = round(sum(item.pixels for item in items) * copies * done / (copies * per_pass))
     bytes_in = sum(len(item.data) for item in items) * copies
     elapsed = report["batch_s"] or report["worker_wall_s"]
-    label = f"e2e: worker+{report['mongo']}"
+    label = f"e2e: worker+{report['mongo']}" + (f", +{latency_ms:g} ms" if latency_ms else "")
     return Rate(label, done, pixels, elapsed, 0, 0, report["peak_rss_mb"]), report
+
+
+def _our_cpu() -> float:
+    """CPU seconds of this process and its finished children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def e2e_module():
+    from bench import e2e
+    return e2e
 
 
 def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int) -> None:
@@ -183,6 +204,14 @@ def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int) -> None:
         print(f"  {name:<24}{seconds:>8.1f}  {seconds / capacity:>6.1%}")
     print(f"  {'idle':<24}{max(0.0, capacity - used):>8.1f}  "
           f"{max(0.0, capacity - used) / capacity:>6.1%}")
+    stages = report.get("stages") or {}
+    if stages:
+        print(f"\nService process, per step (CPU time of the thread that ran it; wall includes "
+              f"waiting for the GIL and sockets):")
+        print(f"  {'step':<30}{'calls':>7}{'CPU s':>8}{'ms/call':>9}{'wall s':>8}")
+        for name, (calls, cpu_s, wall_s) in stages.items():
+            print(f"  {name:<30}{calls:>7}{cpu_s:>8.1f}{cpu_s / max(calls, 1) * 1e3:>9.2f}"
+                  f"{wall_s:>8.1f}")
     # What encoding alone needs for these images, at the limit's per-core speed:
     encode = e2e.images / (limit.images_per_s / cores)
     print(f"  (encoding these {e2e.images} images costs {encode:.1f} CPU-s at the limit's "
@@ -272,6 +301,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="target length of the end-to-end run (default 30)")
     parser.add_argument("--profile", metavar="FILE",
                         help="run the service process under py-spy (raw collapsed stacks)")
+    parser.add_argument("--native", action="store_true",
+                        help="with --profile: also native frames (py-spy --native; costly)")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="the image server waits this long before each response")
+    parser.add_argument("--limit", type=float, metavar="IMG_PER_S",
+                        help="skip (a) and take this as the limit (for sweeps of (b) only)")
     parser.add_argument("--no-e2e", action="store_true", help="only (a)")
     parser.add_argument("--compare", action="store_true")
     args = parser.parse_args(argv)
@@ -286,13 +321,26 @@ def main(argv: list[str] | None = None) -> None:
           f"webp method {settings.webp_method}")
 
     options = encoder_options(settings)
-    rates = [measure_limit(items, options, 1, args.seconds / 2)]
-    limit = measure_limit(items, options, cores, args.seconds)
-    rates.append(limit)
+    if args.limit:
+        pixels = sum(item.pixels for item in items)
+        limit = Rate("limit: given", len(items), pixels, len(items) / args.limit)
+        rates = [limit]
+    else:
+        rates = [measure_limit(items, options, 1, args.seconds / 2)]
+        busy0, ours0 = e2e_module().machine_busy_seconds(), _our_cpu()
+        started = time.perf_counter()
+        limit = measure_limit(items, options, cores, args.seconds)
+        rates.append(limit)
+        wall = time.perf_counter() - started
+        other = e2e_module().machine_busy_seconds() - busy0 - (_our_cpu() - ours0)
+        if other > 0.05 * wall * cores:
+            print(f"warning: other processes used ~{other:.1f} CPU-s while (a) ran on all cores; "
+                  "the limit is understated", file=sys.stderr)
     e2e = report = None
     if not args.no_e2e:
         e2e, report = measure_end_to_end(items, settings, args.e2e_seconds,
-                                         limit.images_per_s, profile=args.profile)
+                                         limit.images_per_s, profile=args.profile,
+                                         native=args.native, latency_ms=args.latency_ms)
         rates.append(e2e)
     print_table(rates)
     if report is not None:
