@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     download_timeout_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     max_redirects: int = Field(3, ge=0, le=10)
-    image_concurrency: int = Field(4, ge=1, le=64)
+    image_concurrency: int = Field(8, ge=1, le=64)  # threads; encoders capped at cores (chunks.py)
     chunk_size: int = Field(50, ge=1, le=5000)
     allow_private_urls: bool = False
 
