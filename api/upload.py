@@ -101,9 +101,3 @@ class CappedHashingReader(io.RawIOBase):
         self.sha256.update(buffer[:n])
         return n
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = 1024 * 1024
-        buffer = bytearray(size)
-        n = self.readinto(buffer)
-        return bytes(buffer[:n])
