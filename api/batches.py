@@ -19,12 +19,11 @@ from api.auth import owner
 from api.errors import ApiError
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
-from infra import batch_store, metrics, product_store, storage
+from infra import batch_store, jobs, metrics, product_store, storage
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.batch import BatchStatus
 from schemas.csv_format import map_columns
-from worker import tasks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
@@ -92,7 +91,7 @@ def upload():
         _forget_batch(batch_id, key)
         return _replay(batch_store.find_idempotency(owner(), idempotency_key), fingerprint)
     try:
-        tasks.enqueue_parse(batch_id)
+        jobs.enqueue_parse(batch_id)
     except RedisError as error:
         log.error("enqueue failed: %s", error)
         if idempotency_key:

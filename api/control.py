@@ -8,15 +8,12 @@ import time
 
 from flask import Blueprint, Response, jsonify, request
 from redis.exceptions import RedisError
-from rq.exceptions import InvalidJobOperation
-from rq.job import Job, JobStatus
 
 from api.batches import base_url, load_batch
 from api.errors import ApiError
-from infra import batch_store, product_store, queues
+from infra import batch_store, jobs, product_store
 from infra.settings import get_settings
 from schemas.batch import BatchStatus
-from worker import sweeper, tasks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("control", __name__, url_prefix="/api/v1/batches")
@@ -36,35 +33,15 @@ def cancel_batch(batch_id: str):
         batch = load_batch(batch_id)
         raise _conflict(f"the batch has already finished ({batch['status']}); only a queued or "
                         "processing batch can be cancelled", batch, "already-finished")
-    dropped = drop_queued_jobs(cancelled)
+    dropped = jobs.drop_queued_jobs(cancelled)
     log.info("batch cancelled", extra={"batch_id": batch_id, "dropped_jobs": dropped})
     try:
-        tasks.finish(cancelled)  # announces batch.cancelled (webhooks)
-    except Exception:  # noqa: BLE001 - the cancel itself is stored; the event is best effort here
-        log.exception("could not announce the cancelled batch", extra={"batch_id": batch_id})
-    return jsonify(batch_store.to_json(cancelled, base_url()))
-
-
-def drop_queued_jobs(batch: dict) -> int:
-    """Cancel the batch's jobs that have not started (ids are deterministic); running chunk jobs
-    notice the status within about a second and stop starting images."""
-    ids = sweeper.batch_job_ids(batch)
-    dropped = 0
-    try:
-        conn = queues.get_redis()
-        for job in Job.fetch_many(ids, connection=conn):
-            if job is None or job.get_status(refresh=False) not in (
-                    JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-                continue
-            try:
-                job.cancel()
-                dropped += 1
-            except InvalidJobOperation:
-                pass
+        jobs.enqueue_announce(batch_id)  # a worker sends batch.cancelled
     except RedisError as error:
-        # Not fatal: every job checks the batch status first and skips a cancelled batch.
-        log.warning("could not drop the queued jobs of a cancelled batch: %s", error)
-    return dropped
+        # The cancel itself is stored; without Redis no worker could send the event anyway.
+        log.error("could not enqueue the cancelled batch's announcement: %s", error,
+                  extra={"batch_id": batch_id})
+    return jsonify(batch_store.to_json(cancelled, base_url()))
 
 
 # --- retry ------------------------------------------------------------------------------------
@@ -90,7 +67,7 @@ def retry_batch(batch_id: str):
     product_store.reset_images([doc["_id"] for doc in failed])
     chunk_numbers = sorted({doc["chunk"] for doc in failed})
     try:
-        tasks.enqueue_chunks(batch_id, chunk_numbers)
+        jobs.enqueue_chunks(batch_id, chunk_numbers)
     except RedisError as error:
         # The reset images are stored as pending: the stall sweeper enqueues them later.
         log.error("could not enqueue the retried chunks: %s", error, extra={"batch_id": batch_id})

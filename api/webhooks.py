@@ -19,11 +19,10 @@ from redis.exceptions import RedisError
 
 from api.auth import owner
 from api.errors import ApiError
-from infra import batch_store, webhook_store
+from infra import batch_store, jobs, webhook_store
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.timestamps import iso_z
-from worker import webhook_delivery
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1")
@@ -219,7 +218,7 @@ def redeliver(delivery_id: str):
         raise ApiError(409, "Subscription deleted", "this delivery's webhook subscription was "
                        "deleted; there is nowhere to send it", kind="subscription-deleted")
     try:
-        webhook_delivery.enqueue_redelivery(delivery_id)
+        jobs.enqueue_redelivery(delivery_id)
     except RedisError as error:
         log.error("could not queue a redelivery: %s", error)
         raise ApiError(503, "Service Unavailable", "Redis is not reachable right now; try again",

@@ -16,7 +16,7 @@ from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from infra import db, queues
+from infra import db, jobs, queues
 from infra.settings import get_settings
 from tests.servers import Route
 from worker import tasks
@@ -98,7 +98,7 @@ def test_cancel_queued_batch_at_once(client, http_server, work):
     http_server.routes["/hook"] = Route(b"ok")
     urls = serve_images(http_server, 2)
     batch = upload(client, csv_text([urls]), webhook_url=http_server.url("/hook")).get_json()
-    parse_id = tasks.parse_job_id(batch["id"])
+    parse_id = jobs.parse_job_id(batch["id"])
     assert job_status(parse_id) == JobStatus.QUEUED
 
     response = client.post(f"/api/v1/batches/{batch['id']}/cancel")
@@ -148,7 +148,7 @@ def test_cancel_processing_batch_stops_within_seconds(client, http_server, work)
     fetched = sum(requests_to(http_server, f"/img{i}.jpg") for i in range(12))
     assert fetched < 12  # later images were never started
     # Chunk jobs still waiting at cancel time were dropped, not run.
-    statuses = [job_status(tasks.chunk_job_id(batch["id"], n)) for n in range(4)]
+    statuses = [job_status(jobs.chunk_job_id(batch["id"], n)) for n in range(4)]
     assert JobStatus.CANCELED in statuses
     # The output CSV still answers, with empty slots for images never processed.
     assert client.get(after["links"]["output_csv"]).status_code == 200
@@ -466,7 +466,7 @@ def test_sweeper_finishes_a_chunk_job_killed_midway(client, http_server, work, e
     # A worker ran chunk 0 for one image, then died: its job is "started" with a dead heartbeat.
     conn = queues.get_redis()
     image_queue = queues.get_queue(queues.IMAGES)
-    chunk0 = Job.fetch(tasks.chunk_job_id(batch_id, 0), connection=conn)
+    chunk0 = Job.fetch(jobs.chunk_job_id(batch_id, 0), connection=conn)
     image_queue.remove(chunk0)
     chunk0.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry(queues.IMAGES, connection=conn)
@@ -478,7 +478,7 @@ def test_sweeper_finishes_a_chunk_job_killed_midway(client, http_server, work, e
     assert chunks._one(first, batch_id, session, env, watch) == 1
     session.close()
     # Chunk 1's job is gone altogether (evicted, or Redis lost it).
-    Job.fetch(tasks.chunk_job_id(batch_id, 1), connection=conn).delete()
+    Job.fetch(jobs.chunk_job_id(batch_id, 1), connection=conn).delete()
     assert image_queue.count == 0
 
     recovered = sweeper.sweep(later(env))
@@ -499,7 +499,7 @@ def test_sweeper_leaves_running_work_alone_and_finishes_forgotten_batches(
     parse_only()
     # A started job whose worker heartbeat is fresh is alive: the sweeper leaves it alone.
     conn = queues.get_redis()
-    job = Job.fetch(tasks.chunk_job_id(batch_id, 0), connection=conn)
+    job = Job.fetch(jobs.chunk_job_id(batch_id, 0), connection=conn)
     queues.get_queue(queues.IMAGES).remove(job)
     job.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry(queues.IMAGES, connection=conn)
@@ -548,7 +548,7 @@ def test_sweeper_thread_for_a_single_process(client, http_server, env):
     stop = threading.Event()
     thread = sweeper.start_thread(stop, interval=0.05)
     try:
-        wait_for(lambda: job_status(tasks.parse_job_id(batch_id)) == JobStatus.QUEUED, timeout=5)
+        wait_for(lambda: job_status(jobs.parse_job_id(batch_id)) == JobStatus.QUEUED, timeout=5)
     finally:
         stop.set()
         thread.join(timeout=5)

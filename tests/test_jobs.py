@@ -4,7 +4,7 @@ from __future__ import annotations
 import pymongo
 import pytest
 
-from infra import db, queues, storage
+from infra import db, jobs, queues, storage
 from tests.servers import Route, free_port
 from tests.test_flow import jpeg, upload
 from tests.test_upload import HEADER, assert_problem, post_raw
@@ -158,7 +158,7 @@ def test_a_parse_job_that_crashes_on_every_retry_fails_its_batch_once(
     import worker.parse
     from tests.servers import Route
     http_server.routes["/hook"] = Route(b"", 204)
-    monkeypatch.setattr(tasks, "PARSE_RETRY_INTERVALS", [0, 0, 0])  # retries at once, same burst
+    monkeypatch.setattr(jobs, "RETRY_INTERVALS", [0, 0, 0])  # retries at once, same burst
     calls = []
 
     def crash(*args, **kwargs):
@@ -179,7 +179,7 @@ def test_a_parse_job_that_crashes_on_every_retry_fails_its_batch_once(
 
 
 def test_a_parse_job_whose_csv_is_gone_fails_its_batch(client, work, s3, env, monkeypatch):
-    monkeypatch.setattr(tasks, "PARSE_RETRY_INTERVALS", [0])
+    monkeypatch.setattr(jobs, "RETRY_INTERVALS", [0])
     batch_id = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode()).get_json()["id"]
     s3.delete_object(Bucket=env.s3_bucket, Key=db.batches().find_one({"_id": batch_id})["csv_key"])
     work()
@@ -200,7 +200,7 @@ def test_a_parse_job_with_retries_left_leaves_its_batch_processing(client, work,
     work()  # fails once; the retry waits 10 s in the scheduled registry
     assert client.get(f"/api/v1/batches/{batch_id}").get_json()["status"] == "processing"
     scheduled = ScheduledJobRegistry(queues.BATCHES, connection=queues.get_redis())
-    assert tasks.parse_job_id(batch_id) in scheduled.get_job_ids()
+    assert jobs.parse_job_id(batch_id) in scheduled.get_job_ids()
 
 
 class WorkerDied(BaseException):
@@ -273,7 +273,7 @@ def test_the_parse_failure_callback_leaves_a_parsed_batch_alone(client, work):
     tasks.parse_batch(parsed)
     db.batches().update_one({"_id": lost}, {"$set": {"status": "processing"}})
     for batch_id in (parsed, lost):
-        job = Job.fetch(tasks.parse_job_id(batch_id), connection=queues.get_redis())
+        job = Job.fetch(jobs.parse_job_id(batch_id), connection=queues.get_redis())
         job.retries_left = 0
         tasks.parse_failed(job, queues.get_redis(), AbandonedJobError, AbandonedJobError(),
                            traceback.extract_stack())

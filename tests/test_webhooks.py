@@ -10,7 +10,7 @@ from flask import g, request
 from rq.registry import ScheduledJobRegistry
 from standardwebhooks import Webhook
 
-from infra import batch_store, db, queues, settings as settings_module, webhook_store
+from infra import batch_store, db, jobs, queues, settings as settings_module, webhook_store
 from tests.servers import Route
 from tests.test_flow import jpeg, upload
 from worker import notify, tasks, webhook_delivery
@@ -309,7 +309,7 @@ def test_a_lost_scheduled_job_is_recovered_from_mongodb(http_server, work, monke
     db.deliveries().update_one({"batch_id": batch["_id"]},
                                {"$set": {"next_attempt_at": datetime(2020, 1, 1, tzinfo=timezone.utc)}})
     assert webhook_delivery.recover_overdue() == 1
-    webhook_delivery.enqueue_attempt(  # a duplicate job for the same attempt sends nothing more
+    jobs.enqueue_webhook_attempt(  # a duplicate job for the same attempt sends nothing more
         db.deliveries().find_one({"batch_id": batch["_id"]})["_id"], 1)
     work()
     assert len(posts(http_server)) == 1

@@ -13,10 +13,9 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from infra import batch_store, webhook_store
+from infra import batch_store, jobs, webhook_store
 from infra.settings import get_settings
 from schemas.timestamps import iso_z
-from worker import webhook_delivery
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def batch_finished(batch: dict) -> list[str]:
             continue  # this finish was already announced to this target
         created.append(the_id)
         try:
-            webhook_delivery.enqueue_attempt(the_id, 1)
+            jobs.enqueue_webhook_attempt(the_id, 1)
         except Exception:  # noqa: BLE001 - stored as pending and due: recover_overdue sends it
             log.exception("could not queue webhook delivery %s", the_id)
     return created

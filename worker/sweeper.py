@@ -35,20 +35,13 @@ from datetime import datetime, timedelta, timezone
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from infra import batch_store, product_store, queues
+from infra import batch_store, jobs, product_store, queues
 from infra.settings import get_settings
 from worker import tasks, webhook_delivery
 
 log = logging.getLogger(__name__)
 
 ALIVE = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-
-
-def batch_job_ids(batch: dict) -> list[str]:
-    """Every job id a batch can have (they are deterministic)."""
-    ids = [tasks.parse_job_id(batch["_id"])]
-    ids += [tasks.chunk_job_id(batch["_id"], n) for n in range(int(batch.get("chunks") or 0))]
-    return ids
 
 
 def _running_job_ids(conn, at: float) -> set[str]:
@@ -67,7 +60,7 @@ def live_jobs(batch: dict, conn=None, running: set[str] | None = None) -> list[s
     conn = conn or queues.get_redis()
     if running is None:
         running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
-    ids = batch_job_ids(batch)
+    ids = jobs.batch_job_ids(batch)
     alive = []
     for job_id, job in zip(ids, Job.fetch_many(ids, connection=conn)):
         if job is None:
@@ -82,11 +75,11 @@ def recover(batch: dict) -> dict:
     """Re-enqueue whatever work of this (claimed) batch is missing; returns what was done."""
     batch_id = batch["_id"]
     if not batch.get("parsed"):
-        tasks.enqueue_parse(batch_id)
+        jobs.enqueue_parse(batch_id)
         return {"batch_id": batch_id, "action": "parse"}
     pending = product_store.pending_chunks(batch_id)
     if pending:
-        tasks.enqueue_chunks(batch_id, pending)
+        jobs.enqueue_chunks(batch_id, pending)
         return {"batch_id": batch_id, "action": "chunks", "chunks": pending}
     counts = product_store.count_slots(batch_id)
     batch_store.set_image_counts(batch_id, processed=counts.get(product_store.PROCESSED, 0),

@@ -4,9 +4,7 @@ from __future__ import annotations
 import logging
 import types
 
-from rq import Callback, Retry
-
-from infra import batch_store, logging_setup, metrics, product_store, queues, storage
+from infra import batch_store, jobs, metrics, product_store, storage
 from infra.settings import get_settings
 from worker import chunks, notify
 from worker.csv_reader import CsvFileError
@@ -15,41 +13,8 @@ from worker.parse import parse_into_store
 log = logging.getLogger(__name__)
 
 
-def chunk_job_id(batch_id: str, chunk: int) -> str:
-    return f"{batch_id}-chunk-{chunk}"
-
-
-def parse_job_id(batch_id: str) -> str:
-    return f"{batch_id}-parse"
-
-
-PARSE_RETRY_INTERVALS = [10, 60, 300]  # seconds before each retry of a failed parse job
 PARSE_CRASHED = ("the file could not be processed: reading it failed with an internal error "
                  "on every attempt")
-
-
-def enqueue_parse(batch_id: str):
-    """Put a batch's parse job on the queue (the upload's last step)."""
-    return queues.get_queue(queues.BATCHES).enqueue(
-        parse_batch, batch_id, job_id=parse_job_id(batch_id),
-        job_timeout=get_settings().job_timeout_s, result_ttl=3600, failure_ttl=7 * 86400,
-        retry=Retry(max=len(PARSE_RETRY_INTERVALS), interval=list(PARSE_RETRY_INTERVALS)),
-        on_failure=Callback(parse_failed, timeout=60),
-        meta={"request_id": logging_setup.request_id_var.get()},  # the upload's, in job logs
-    )
-
-
-def enqueue_chunks(batch_id: str, chunk_numbers) -> None:
-    """All of a batch's chunk jobs in one Redis pipeline."""
-    settings = get_settings()
-    queue = queues.get_queue(queues.IMAGES)
-    jobs = [queue.prepare_data(
-        process_chunk, args=(batch_id, n), job_id=chunk_job_id(batch_id, n),
-        timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=7 * 86400,
-        retry=Retry(max=3, interval=[10, 60, 300]),
-    ) for n in chunk_numbers]
-    for start in range(0, len(jobs), 500):
-        queue.enqueue_many(jobs[start:start + 500])
 
 
 def parse_batch(batch_id: str) -> dict:
@@ -72,7 +37,7 @@ def parse_batch(batch_id: str) -> dict:
                              chunks=result.chunks)
     metrics.rows_parsed(result.rows_valid, result.rows_invalid)
     pending = product_store.pending_chunks(batch_id)
-    enqueue_chunks(batch_id, pending)
+    jobs.enqueue_chunks(batch_id, pending)
     finish(batch_store.try_finish(batch_id))
     return {"rows": result.rows_total, "images": result.images_total, "chunks": len(pending)}
 
@@ -105,6 +70,11 @@ def process_chunk(batch_id: str, chunk: int) -> dict:
     done = chunks.process_chunk(batch_id, chunk, settings)
     finish(batch_store.try_finish(batch_id))
     return {"images": done}
+
+
+def announce(batch_id: str) -> None:
+    """Job: announce a batch that the API moved to its final state (a cancel)."""
+    finish(batch_store.get(batch_id, any_owner=True))
 
 
 def finish(batch: dict | None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import secrets
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -18,7 +17,7 @@ import requests
 from requests_hardened.ip_filter import InvalidIPAddress
 from standardwebhooks import Webhook
 
-from infra import metrics, queues, webhook_store
+from infra import jobs, metrics, webhook_store
 from infra.batch_store import now
 from infra.settings import Settings, get_settings
 from infra.url_safety import UnsafeUrl, check_url
@@ -27,7 +26,6 @@ from worker import download
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 200          # how much of a receiver's answer is kept
-LEASE_MARGIN_S = 30          # how long past the timeout an attempt may hold its delivery
 RECOVERY_GRACE = timedelta(seconds=60)
 JITTER = 0.2                 # each wait is its scheduled value minus up to 20 %
 USER_AGENT = "Batchpress-Webhooks/1.0"
@@ -43,32 +41,6 @@ def retry_delay(settings: Settings, failed_attempt: int) -> float:
     return base * (1 - random.uniform(0, JITTER))
 
 
-# --- enqueueing -------------------------------------------------------------------------------
-
-def _job_options(settings: Settings, job_id: str) -> dict:
-    return {"job_id": job_id, "job_timeout": int(settings.webhook_timeout_s * 2) + LEASE_MARGIN_S,
-            "result_ttl": 600, "failure_ttl": 7 * 86400}
-
-
-def enqueue_attempt(delivery_id: str, number: int, at: datetime | None = None) -> None:
-    """Queue scheduled attempt `number` now, or at `at` through RQ's scheduler."""
-    settings = get_settings()
-    queue = queues.get_queue(queues.WEBHOOKS)
-    options = _job_options(settings, f"webhook-{delivery_id}-{number}")
-    if at is None or at <= datetime.now(timezone.utc):
-        queue.enqueue(attempt, delivery_id, number, **options)
-    else:
-        queue.enqueue_at(at, attempt, delivery_id, number, **options)
-
-
-def enqueue_redelivery(delivery_id: str) -> None:
-    """Queue one more send of a delivery, outside its retry schedule."""
-    settings = get_settings()
-    job_id = f"webhook-{delivery_id}-manual-{secrets.token_hex(4)}"
-    queues.get_queue(queues.WEBHOOKS).enqueue(redeliver, delivery_id,
-                                              **_job_options(settings, job_id))
-
-
 def recover_overdue() -> int:
     """Re-enqueue pending deliveries whose scheduled job went missing; returns how many.
 
@@ -76,7 +48,7 @@ def recover_overdue() -> int:
     """
     found = webhook_store.overdue(RECOVERY_GRACE)
     for doc in found:
-        enqueue_attempt(doc["_id"], doc["next_attempt_no"])
+        jobs.enqueue_webhook_attempt(doc["_id"], doc["next_attempt_no"])
     if found:
         log.warning("re-enqueued %d overdue webhook deliveries", len(found))
     return len(found)
@@ -88,7 +60,7 @@ def attempt(delivery_id: str, number: int) -> dict:
     """Scheduled attempt `number` of a delivery; schedules the next one when it fails."""
     settings = get_settings()
     started = now()
-    lease = started + timedelta(seconds=settings.webhook_timeout_s + LEASE_MARGIN_S)
+    lease = started + timedelta(seconds=settings.webhook_timeout_s + jobs.WEBHOOK_LEASE_MARGIN_S)
     delivery = webhook_store.claim_attempt(delivery_id, number, lease)
     if delivery is None:
         return {"skipped": "not this attempt's turn"}
@@ -114,7 +86,7 @@ def attempt(delivery_id: str, number: int) -> dict:
     _after(delivery, outcome)
     if next_at is not None:
         try:
-            enqueue_attempt(delivery_id, number + 1, next_at)
+            jobs.enqueue_webhook_attempt(delivery_id, number + 1, next_at)
         except Exception:  # noqa: BLE001 - next_attempt_at is stored; recover_overdue picks it up
             log.exception("could not schedule webhook attempt %d of %s", number + 1, delivery_id)
     return {"status": status, **{k: v for k, v in outcome.items() if k != "response"}}

@@ -1,0 +1,118 @@
+"""Putting work on the RQ queues: every job's id, options and enqueue call, in one place.
+
+Jobs are named by their dotted path, so the API puts work on the queues without importing the
+worker's code: data flows api -> queue -> worker -> stores. Job ids are deterministic, so a
+second enqueue of the same work is recognisable (and cancel or the sweeper can find it).
+"""
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+
+from redis.exceptions import RedisError
+from rq import Callback, Retry
+from rq.exceptions import InvalidJobOperation
+from rq.job import Job, JobStatus
+
+from infra import logging_setup, queues
+from infra.settings import get_settings
+
+PARSE_BATCH = "worker.tasks.parse_batch"
+PARSE_FAILED = "worker.tasks.parse_failed"
+PROCESS_CHUNK = "worker.tasks.process_chunk"
+ANNOUNCE = "worker.tasks.announce"
+WEBHOOK_ATTEMPT = "worker.webhook_delivery.attempt"
+WEBHOOK_REDELIVER = "worker.webhook_delivery.redeliver"
+
+RETRY_INTERVALS = [10, 60, 300]  # seconds before each retry of a failed parse or chunk job
+WEBHOOK_LEASE_MARGIN_S = 30      # how long past its timeout a webhook attempt may run
+
+
+def parse_job_id(batch_id: str) -> str:
+    return f"{batch_id}-parse"
+
+
+def chunk_job_id(batch_id: str, chunk: int) -> str:
+    return f"{batch_id}-chunk-{chunk}"
+
+
+def batch_job_ids(batch: dict) -> list[str]:
+    """Every job id a batch can have."""
+    ids = [parse_job_id(batch["_id"])]
+    ids += [chunk_job_id(batch["_id"], n) for n in range(int(batch.get("chunks") or 0))]
+    return ids
+
+
+def _retry() -> Retry:
+    return Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS))
+
+
+def enqueue_parse(batch_id: str):
+    """Put a batch's parse job on the queue (the upload's last step)."""
+    return queues.get_queue(queues.BATCHES).enqueue(
+        PARSE_BATCH, batch_id, job_id=parse_job_id(batch_id),
+        job_timeout=get_settings().job_timeout_s, result_ttl=3600, failure_ttl=7 * 86400,
+        retry=_retry(), on_failure=Callback(PARSE_FAILED, timeout=60),
+        meta={"request_id": logging_setup.request_id_var.get()},  # the upload's, in job logs
+    )
+
+
+def enqueue_chunks(batch_id: str, chunk_numbers) -> None:
+    """The batch's chunk jobs, 500 to a Redis pipeline."""
+    settings = get_settings()
+    queue = queues.get_queue(queues.IMAGES)
+    jobs = [queue.prepare_data(
+        PROCESS_CHUNK, args=(batch_id, n), job_id=chunk_job_id(batch_id, n),
+        timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=7 * 86400, retry=_retry(),
+    ) for n in chunk_numbers]
+    for start in range(0, len(jobs), 500):
+        queue.enqueue_many(jobs[start:start + 500])
+
+
+def enqueue_announce(batch_id: str) -> None:
+    """Have a worker announce a batch the API itself finished (a cancel): webhooks, metrics."""
+    queues.get_queue(queues.WEBHOOKS).enqueue(
+        ANNOUNCE, batch_id, job_id=f"{batch_id}-announce-{secrets.token_hex(4)}",
+        result_ttl=600, failure_ttl=7 * 86400, retry=_retry())
+
+
+def drop_queued_jobs(batch: dict) -> int:
+    """Cancel the batch's jobs that have not started; returns how many. Not fatal when Redis is
+    down: every job checks the batch status first and skips a batch that is not running."""
+    dropped = 0
+    try:
+        for job in Job.fetch_many(batch_job_ids(batch), connection=queues.get_redis()):
+            if job is None or job.get_status(refresh=False) not in (
+                    JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                continue
+            try:
+                job.cancel()
+                dropped += 1
+            except InvalidJobOperation:
+                pass
+    except RedisError:
+        return dropped
+    return dropped
+
+
+def _webhook_options(job_id: str) -> dict:
+    return {"job_id": job_id,
+            "job_timeout": int(get_settings().webhook_timeout_s * 2) + WEBHOOK_LEASE_MARGIN_S,
+            "result_ttl": 600, "failure_ttl": 7 * 86400}
+
+
+def enqueue_webhook_attempt(delivery_id: str, number: int, at: datetime | None = None) -> None:
+    """Queue attempt `number` of a delivery now, or at `at` through RQ's scheduler."""
+    queue = queues.get_queue(queues.WEBHOOKS)
+    options = _webhook_options(f"webhook-{delivery_id}-{number}")
+    if at is None or at <= datetime.now(timezone.utc):
+        queue.enqueue(WEBHOOK_ATTEMPT, delivery_id, number, **options)
+    else:
+        queue.enqueue_at(at, WEBHOOK_ATTEMPT, delivery_id, number, **options)
+
+
+def enqueue_redelivery(delivery_id: str) -> None:
+    """Queue one more send of a delivery, outside its retry schedule."""
+    queues.get_queue(queues.WEBHOOKS).enqueue(
+        WEBHOOK_REDELIVER, delivery_id,
+        **_webhook_options(f"webhook-{delivery_id}-manual-{secrets.token_hex(4)}"))
