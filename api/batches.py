@@ -22,8 +22,10 @@ from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLa
 from infra import batch_store, jobs, metrics, product_store, storage
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
+from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus
 from schemas.csv_format import map_columns
+from schemas.product import ImageOut
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
@@ -338,14 +340,13 @@ def list_products(batch_id: str):
 
 
 def _product_json(row: dict, images: dict[str, dict]) -> dict:
-    items = []
-    for url, digest in zip(row["input_image_urls"], row["image_hashes"]):
-        image = images.get(digest, {})
-        items.append({"input_url": url, "output_url": image.get("output_url"),
-                      "status": image.get("status", product_store.PENDING),
-                      "error": image.get("error"), "bytes_in": image.get("bytes_in"),
-                      "bytes_out": image.get("bytes_out")})
-    states = {i["status"] for i in items}
+    """A product as the API shows it, built through its schema (so the two cannot drift)."""
+    items = [ImageOut(input_url=url, output_url=image.get("output_url"),
+                      status=image.get("status", product_store.PENDING), error=image.get("error"),
+                      bytes_in=image.get("bytes_in"), bytes_out=image.get("bytes_out"))
+             for url, image in ((url, images.get(digest, {}))
+                                for url, digest in zip(row["input_image_urls"], row["image_hashes"]))]
+    states = {i.status for i in items}
     if product_store.PENDING in states:
         status = "processing"
     elif states == {product_store.PROCESSED}:
@@ -354,10 +355,10 @@ def _product_json(row: dict, images: dict[str, dict]) -> dict:
         status = "failed"
     else:
         status = "completed_with_errors"
-    return {"serial_no": row["serial_no"], "product_name": row["product_name"],
-            "line": row["line"], "input_image_urls": row["input_image_urls"],
-            "output_image_urls": [i["output_url"] for i in items], "status": status,
-            "images": items}
+    return ProductItem(serial_no=row["serial_no"], product_name=row["product_name"],
+                       line=row["line"], input_image_urls=row["input_image_urls"],
+                       output_image_urls=[i.output_url for i in items], status=status,
+                       images=items).model_dump(mode="json")
 
 
 def _csv_line(cells: list) -> str:
