@@ -15,9 +15,14 @@ BANNER = """
 """
 
 
+def in_memory_redis():
+    """The embedded default's Redis stand-in (one process, nothing on disk)."""
+    import fakeredis
+    return fakeredis.FakeStrictRedis()
+
+
 def start(port: int) -> None:
     """Install the stand-ins and point settings at them; call before anything touches a store."""
-    import fakeredis
     import mongomock
     from moto.server import ThreadedMotoServer
 
@@ -34,5 +39,5 @@ def start(port: int) -> None:
     if not current.public_base_url:
         current.public_base_url = f"http://localhost:{port}/files"
     db.use_client(mongomock.MongoClient(tz_aware=True))
-    queues.use_connection(fakeredis.FakeStrictRedis())
+    queues.use_connection(in_memory_redis())
     print(BANNER, flush=True)

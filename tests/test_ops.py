@@ -254,8 +254,8 @@ def test_dashboard_needs_basic_auth_and_shows_jobs(env, monkeypatch):
 
 
 def test_dashboard_works_on_the_embedded_in_memory_redis(env, monkeypatch):
-    import fakeredis
-    queues.use_connection(fakeredis.FakeStrictRedis())
+    from infra import embedded
+    queues.use_connection(embedded.in_memory_redis())
     client = make_app(monkeypatch, DASHBOARD_USER="ops", DASHBOARD_PASSWORD="pw-123456") \
         .test_client()
     queues.get_queue("images").enqueue(log_in_a_job, "bat_emb", job_id="bat_emb-chunk-0")
