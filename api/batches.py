@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from werkzeug.utils import secure_filename
 
 from api.auth import owner
-from api.errors import ApiError
+from api.errors import ApiError, not_found
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
 from infra import batch_store, jobs, metrics, product_store, storage
@@ -41,7 +41,7 @@ def base_url() -> str:
 def load_batch(batch_id: str) -> dict:
     batch = batch_store.get(batch_id, owner())
     if batch is None:
-        raise ApiError(404, "Not Found", f"no batch with id {batch_id!r}", kind="not-found")
+        raise not_found("batch", batch_id)
     return batch
 
 

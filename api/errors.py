@@ -26,6 +26,13 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def not_found(what: str, ident: str | None = None) -> ApiError:
+    """The one 404 of the API: `raise not_found("batch", batch_id)`. Another owner's ids answer
+    exactly like ids that do not exist."""
+    detail = f"no {what} with id {ident!r}" if ident is not None else f"no such {what}"
+    return ApiError(404, "Not Found", detail, kind="not-found")
+
+
 def problem(status: int, title: str, detail: str | None = None, *, kind: str | None = None,
             headers: dict | None = None, **extra) -> Response:
     body = {"type": PROBLEM_TYPE + (kind or title.lower().replace(" ", "-")), "title": title,

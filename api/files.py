@@ -4,7 +4,7 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 from flask import Blueprint, Response
 
-from api.errors import ApiError
+from api.errors import not_found
 from infra import storage
 
 bp = Blueprint("files", __name__, url_prefix="/files")
@@ -13,11 +13,11 @@ bp = Blueprint("files", __name__, url_prefix="/files")
 @bp.get("/<path:key>")
 def get_file(key: str):
     if not key.startswith(storage.OUTPUT_PREFIX):
-        raise ApiError(404, "Not Found", "no such file", kind="not-found")
+        raise not_found("file")
     try:
         obj = storage.get_object(key)
     except ClientError:
-        raise ApiError(404, "Not Found", "no such file", kind="not-found") from None
+        raise not_found("file") from None
     body = obj["Body"]
     return Response(body.iter_chunks(64 * 1024), mimetype=obj.get("ContentType"),
                     headers={"Content-Length": str(obj["ContentLength"]),

@@ -18,7 +18,7 @@ from flask import Blueprint, jsonify, request, url_for
 from redis.exceptions import RedisError
 
 from api.auth import owner
-from api.errors import ApiError
+from api.errors import ApiError, not_found
 from infra import batch_store, jobs, webhook_store
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
@@ -90,8 +90,7 @@ def subscription_json(doc: dict, *, secret: bool = False) -> dict:
 def _subscription(subscription_id: str) -> dict:
     doc = webhook_store.get_subscription(subscription_id, owner())
     if doc is None:
-        raise ApiError(404, "Not Found", f"no webhook subscription with id {subscription_id!r}",
-                       kind="not-found")
+        raise not_found("webhook subscription", subscription_id)
     return doc
 
 
@@ -147,16 +146,14 @@ def update_subscription(subscription_id: str):
             changes["disabled_reason"] = "disabled through the API"
     doc = webhook_store.update_subscription(subscription_id, owner(), changes)
     if doc is None:
-        raise ApiError(404, "Not Found", f"no webhook subscription with id {subscription_id!r}",
-                       kind="not-found")
+        raise not_found("webhook subscription", subscription_id)
     return jsonify(subscription_json(doc))
 
 
 @bp.delete("/webhooks/<subscription_id>")
 def delete_subscription(subscription_id: str):
     if not webhook_store.delete_subscription(subscription_id, owner()):
-        raise ApiError(404, "Not Found", f"no webhook subscription with id {subscription_id!r}",
-                       kind="not-found")
+        raise not_found("webhook subscription", subscription_id)
     return "", 204
 
 
@@ -192,7 +189,7 @@ def delivery_json(doc: dict) -> dict:
 @bp.get("/batches/<batch_id>/deliveries")
 def list_deliveries(batch_id: str):
     if batch_store.get(batch_id, owner()) is None:
-        raise ApiError(404, "Not Found", f"no batch with id {batch_id!r}", kind="not-found")
+        raise not_found("batch", batch_id)
     return jsonify({"items": [delivery_json(d) for d in webhook_store.list_deliveries(batch_id)],
                     "next_cursor": None})
 
@@ -200,8 +197,7 @@ def list_deliveries(batch_id: str):
 def _delivery(delivery_id: str) -> dict:
     doc = webhook_store.get_delivery(delivery_id, owner())
     if doc is None:
-        raise ApiError(404, "Not Found", f"no webhook delivery with id {delivery_id!r}",
-                       kind="not-found")
+        raise not_found("webhook delivery", delivery_id)
     return doc
 
 
