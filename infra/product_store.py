@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 
-from pymongo import ReplaceOne, ReturnDocument, UpdateOne
+from pymongo import ReplaceOne, UpdateOne
 
 from infra import db
 
@@ -74,10 +74,16 @@ def mark_failed(doc: dict, error: str, bytes_in: int | None = None) -> bool:
 
 def start_attempt(doc: dict) -> dict | None:
     """Count one more attempt at a pending image as a worker starts on it; returns the image
-    after the change, or None when it is no longer pending (done by another run)."""
-    return db.images().find_one_and_update(
-        {"_id": doc["_id"], "status": PENDING}, {"$inc": {"attempts": 1}},
-        return_document=ReturnDocument.AFTER)
+    after the change, or None when it is no longer pending (done by another run).
+
+    An `update_one` by `_id`, not `find_one_and_update`: the attempt count after the change is
+    the one in `doc` (as read by `pending_images`) plus one, so nothing needs to be read back.
+    (mongomock serves `find_one_and_update` by scanning every document of the collection.)"""
+    result = db.images().update_one({"_id": doc["_id"], "status": PENDING},
+                                     {"$inc": {"attempts": 1}})
+    if result.modified_count != 1:
+        return None
+    return {**doc, "attempts": (doc.get("attempts") or 0) + 1}
 
 
 def fail_pending(batch_id: str, error: str) -> int:
