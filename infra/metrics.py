@@ -4,9 +4,10 @@ Two kinds, both exposed by the API's `/metrics`:
 
 - **Pipeline metrics** (batches, rows, images, bytes, download/encode durations, webhook
   attempts) happen in RQ workers, which fork a work horse per job and may run on other hosts than
-  the API. They are kept in Redis (one hash, `HINCRBYFLOAT` in one pipeline per event), which
-  every process already shares, and read at scrape time. Counters survive worker restarts and add
-  up over any number of workers.
+  the API. They are kept in Redis (one hash, `HINCRBYFLOAT` in one pipeline per event, or per
+  `deferred()` block), which every process already shares, and read at scrape time. A histogram
+  observation writes one bucket, sum and count; the scrape makes the buckets cumulative.
+  Counters survive worker restarts and add up over any number of workers.
 - **API metrics** (HTTP requests and their durations) use `prometheus_client` in the API process.
   Under gunicorn with several workers, set `PROMETHEUS_MULTIPROC_DIR` to an empty directory (the
   environment variable itself, before start-up): every worker writes its own files there and a
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import contextlib
 import re
+import threading
 import time
+from collections.abc import Iterator
 from typing import Callable, TypeVar
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
@@ -33,6 +37,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REDIS_KEY = "batchpress:metrics"
+# Histogram buckets are kept per bucket, not cumulative, in fields `<name>_bin|...,le=<bound>`
+# (one write per observation). Fields `<name>_bucket` hold cumulative counts written before
+# that change (or by a worker not yet updated); a scrape adds both.
+BIN_SUFFIX = "_bin"
 NAMESPACE = "batchpress"
 
 DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -100,11 +108,43 @@ def _incr(items: list[tuple[str, float]]) -> None:
         log.debug("could not record metrics: %s", error)
 
 
+_deferred = threading.local()
+
+
+def _record(items: list[tuple[str, float]]) -> None:
+    """Write now, or add to the thread's pending writes inside `deferred()`."""
+    pending = getattr(_deferred, "items", None)
+    if pending is None:
+        _incr(items)
+    else:
+        pending.extend(items)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold this thread's metric writes and send them in one pipeline at the end (also when the
+    block raises), e.g. one round trip per image instead of one per observation. Nested blocks
+    join the outer one."""
+    if getattr(_deferred, "items", None) is not None:
+        yield
+        return
+    _deferred.items = []
+    try:
+        yield
+    finally:
+        items, _deferred.items = _deferred.items, None
+        if items:
+            totals: dict[str, float] = {}
+            for field, amount in items:
+                totals[field] = totals.get(field, 0) + amount
+            _incr(list(totals.items()))
+
+
 def inc(name: str, amount: float = 1, **labels: str) -> None:
     """Add to a pipeline counter, e.g. `inc("batches_finished_total", status="completed")`."""
     if name not in PIPELINE:
         raise KeyError(f"unknown metric {name!r}")
-    _incr([(_field(name, labels), amount)])
+    _record([(_field(name, labels), amount)])
 
 
 def observe(name: str, seconds: float, **labels: str) -> None:
@@ -113,10 +153,13 @@ def observe(name: str, seconds: float, **labels: str) -> None:
     if kind != "histogram":
         raise KeyError(f"{name!r} is not a histogram")
     items = [(_field(name + "_count", labels), 1), (_field(name + "_sum", labels), seconds)]
+    # Only the bucket the value falls in (none above the last bound: `_count` is `+Inf`); the
+    # scrape adds them up into Prometheus' cumulative buckets.
     for bound in buckets:
         if seconds <= bound:
-            items.append((_field(name + "_bucket", {**labels, "le": repr(float(bound))}), 1))
-    _incr(items)
+            items.append((_field(name + BIN_SUFFIX, {**labels, "le": repr(float(bound))}), 1))
+            break
+    _record(items)
 
 
 def timed(name: str, function: Callable[..., T], *args, **kwargs) -> T:
@@ -139,26 +182,27 @@ def batch_finished(status: str) -> None:
 
 
 def rows_parsed(accepted: int, rejected: int) -> None:
-    _incr([(_field("rows_total", {"result": "accepted"}), accepted),
+    _record([(_field("rows_total", {"result": "accepted"}), accepted),
            (_field("rows_total", {"result": "rejected"}), rejected)])
 
 
 def image_processed(bytes_in: int | None, bytes_out: int | None) -> None:
-    _incr([(_field("images_total", {"result": "processed", "reason": ""}), 1),
+    _record([(_field("images_total", {"result": "processed", "reason": ""}), 1),
            (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0),
            (_field("image_bytes_total", {"direction": "out"}), bytes_out or 0)])
 
 
 def image_failed(error: str | BaseException | None, bytes_in: int | None = None) -> None:
-    _incr([(_field("images_total", {"result": "failed", "reason": failure_reason(error)}), 1),
+    _record([(_field("images_total", {"result": "failed", "reason": failure_reason(error)}), 1),
            (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0)])
 
 
 def webhook_attempt(outcome: str, seconds: float | None = None) -> None:
     """outcome: `success`, `http_error` (non-2xx), `timeout`, `connection_error`, `refused`."""
-    inc("webhook_attempts_total", outcome=outcome)
-    if seconds is not None:
-        observe("webhook_seconds", seconds, outcome=outcome)
+    with deferred():
+        inc("webhook_attempts_total", outcome=outcome)
+        if seconds is not None:
+            observe("webhook_seconds", seconds, outcome=outcome)
 
 
 def webhook_outcome(outcome: dict) -> str:
@@ -251,16 +295,22 @@ def _histograms(full: str, help_text: str, buckets, name: str, values):
         series.setdefault(tuple(sorted(labels.items())), {})["count"] = value
     for labels, value in values.get(name + "_sum", []):
         series.setdefault(tuple(sorted(labels.items())), {})["sum"] = value
-    for labels, value in values.get(name + "_bucket", []):
-        le = labels.pop("le", None)
-        if le is not None:
-            series.setdefault(tuple(sorted(labels.items())), {}).setdefault("le", {})[le] = value
+    for suffix, kind in (("_bucket", "le"), (BIN_SUFFIX, "bin")):
+        for labels, value in values.get(name + suffix, []):
+            le = labels.pop("le", None)
+            if le is not None:
+                data = series.setdefault(tuple(sorted(labels.items())), {})
+                data.setdefault(kind, {})[le] = value
     label_names = sorted({k for key in series for k, _ in key})
     family = HistogramMetricFamily(full, help_text, labels=label_names)
     for key, data in series.items():
         labels = dict(key)
-        per_bound = data.get("le", {})
-        cumulative = [(repr(float(b)), per_bound.get(repr(float(b)), 0.0)) for b in buckets]
+        per_bound, per_bin = data.get("le", {}), data.get("bin", {})
+        cumulative, running = [], 0.0
+        for bound in buckets:
+            le = repr(float(bound))
+            running += per_bin.get(le, 0.0)
+            cumulative.append((le, per_bound.get(le, 0.0) + running))
         cumulative.append(("+Inf", data.get("count", 0.0)))
         family.add_metric([labels.get(k, "") for k in label_names], cumulative,
                           sum_value=data.get("sum", 0.0))
