@@ -70,14 +70,12 @@ def record_parse(batch_id: str, *, header: list[str], rows_total: int, rows_vali
     }})
 
 
-def add_image_results(batch_id: str, processed: int = 0, failed: int = 0) -> dict | None:
-    """Atomically add finished image slots; returns the batch after the change."""
-    return db.batches().find_one_and_update(
+def add_image_results(batch_id: str, processed: int = 0, failed: int = 0) -> None:
+    """Atomically add finished image slots (and mark progress for the stall sweeper)."""
+    db.batches().update_one(
         {"_id": batch_id},
         {"$inc": {"images_processed": processed, "images_failed": failed},
-         "$set": {"updated_at": now()}},
-        return_document=ReturnDocument.AFTER,
-    )
+         "$set": {"updated_at": now()}})
 
 
 def try_finish(batch_id: str) -> dict | None:
