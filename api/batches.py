@@ -19,11 +19,11 @@ from api.auth import owner
 from api.errors import ApiError, not_found
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
-from infra import batch_store, jobs, metrics, product_store, storage
+from infra import batch_store, idempotency_store, jobs, metrics, product_store, storage
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.api_bodies import ProductItem
-from schemas.batch import BatchStatus
+from schemas.batch import BatchStatus, batch_json
 from schemas.csv_format import map_columns
 from schemas.product import ImageOut
 
@@ -60,7 +60,7 @@ def upload():
     reader = CappedHashingReader(first, stream, settings.max_upload_bytes)
     if idempotency_key:
         try:
-            existing = batch_store.find_idempotency(owner(), idempotency_key)
+            existing = idempotency_store.find(owner(), idempotency_key)
         except PyMongoError as error:
             log.error("MongoDB read failed: %s", error)
             raise _unavailable("MongoDB") from None
@@ -82,7 +82,7 @@ def upload():
                                    csv_key=key, csv_sha256=reader.sha256.hexdigest(),
                                    csv_bytes=reader.size, webhook_url=webhook_url)
         # The batch exists before the key is claimed, so whoever finds the key finds its batch.
-        claimed = (batch_store.claim_idempotency(owner(), idempotency_key, batch_id=batch_id,
+        claimed = (idempotency_store.claim(owner(), idempotency_key, batch_id=batch_id,
                                                  fingerprint=fingerprint)
                    if idempotency_key else True)
     except PyMongoError as error:
@@ -91,20 +91,20 @@ def upload():
         raise _unavailable("MongoDB") from None
     if not claimed:  # a concurrent request with the same key won the race
         _forget_batch(batch_id, key)
-        return _replay(batch_store.find_idempotency(owner(), idempotency_key), fingerprint)
+        return _replay(idempotency_store.find(owner(), idempotency_key), fingerprint)
     try:
         jobs.enqueue_parse(batch_id)
     except RedisError as error:
         log.error("enqueue failed: %s", error)
         if idempotency_key:
             try:
-                batch_store.release_idempotency(owner(), idempotency_key, batch_id)
+                idempotency_store.release(owner(), idempotency_key, batch_id)
             except PyMongoError:
                 pass
         _forget_batch(batch_id, key)
         raise _unavailable("Redis") from None
     metrics.batch_created()
-    response = jsonify(batch_store.to_json(batch, base_url()))
+    response = jsonify(batch_json(batch, base_url()))
     response.status_code = 202
     response.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
     return response
@@ -152,7 +152,7 @@ def _replay(record: dict | None, fingerprint: str):
     if batch is None:
         raise ApiError(409, "Conflict", "the upload that used this Idempotency-Key is not "
                        "available any more; use a new key", kind="idempotency-key-in-use")
-    response = jsonify(batch_store.to_json(batch, base_url()))
+    response = jsonify(batch_json(batch, base_url()))
     response.status_code = 202  # the contract's status for an upload, replayed or not
     response.headers["Location"] = url_for("batches.get_batch", batch_id=batch["_id"])
     response.headers["Idempotent-Replayed"] = "true"
@@ -240,7 +240,7 @@ def _forget_upload(key: str) -> None:
 
 @bp.get("/<batch_id>")
 def get_batch(batch_id: str):
-    return jsonify(batch_store.to_json(load_batch(batch_id), base_url()))
+    return jsonify(batch_json(load_batch(batch_id), base_url()))
 
 
 def _limit() -> int:
@@ -286,7 +286,7 @@ def list_batches():
     except ValueError as error:
         raise ApiError(400, "Invalid parameter", str(error), kind="invalid-parameter",
                        parameter="cursor") from None
-    return jsonify({"items": [batch_store.to_json(d, base_url()) for d in docs],
+    return jsonify({"items": [batch_json(d, base_url()) for d in docs],
                     "next_cursor": cursor})
 
 

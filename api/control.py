@@ -13,7 +13,7 @@ from api.batches import base_url, load_batch
 from api.errors import ApiError
 from infra import batch_store, jobs, product_store
 from infra.settings import get_settings
-from schemas.batch import BatchStatus
+from schemas.batch import BatchStatus, batch_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("control", __name__, url_prefix="/api/v1/batches")
@@ -41,7 +41,7 @@ def cancel_batch(batch_id: str):
         # The cancel itself is stored; without Redis no worker could send the event anyway.
         log.error("could not enqueue the cancelled batch's announcement: %s", error,
                   extra={"batch_id": batch_id})
-    return jsonify(batch_store.to_json(cancelled, base_url()))
+    return jsonify(batch_json(cancelled, base_url()))
 
 
 # --- retry ------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def retry_batch(batch_id: str):
         # The reset images are stored as pending: the stall sweeper enqueues them later.
         log.error("could not enqueue the retried chunks: %s", error, extra={"batch_id": batch_id})
     log.info("batch retried", extra={"batch_id": batch_id, "images": len(failed)})
-    response = jsonify(batch_store.to_json(claimed, base_url()))
+    response = jsonify(batch_json(claimed, base_url()))
     response.status_code = 202
     response.headers["Location"] = f"/api/v1/batches/{batch_id}"
     return response
@@ -149,10 +149,10 @@ def batch_events(batch_id: str):
             if sent_key is None or key > sent_key:
                 sent_key = key
                 last_write = time.monotonic()
-                yield sse("progress", json.dumps(batch_store.to_json(current, root),
+                yield sse("progress", json.dumps(batch_json(current, root),
                                                  separators=(",", ":")), format_key(key))
             if BatchStatus(current["status"]).finished:
-                yield sse("status", json.dumps(batch_store.to_json(current, root),
+                yield sse("status", json.dumps(batch_json(current, root),
                                                separators=(",", ":")),
                           format_key(final_key(current)))
                 return

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pymongo import ReturnDocument
 
 from infra import db
-from schemas.batch import BatchOut, BatchStatus, final_status
+from schemas.batch import BatchStatus, final_status
 
 ACTIVE = [BatchStatus.QUEUED.value, BatchStatus.PROCESSING.value]
 
@@ -176,39 +176,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-# --- presentation -----------------------------------------------------------------------------
-
-def to_out(batch: dict, base_url: str = "") -> BatchOut:
-    """The contract's batch object for a stored batch; links are absolute when base_url is."""
-    done = batch["images_processed"] + batch["images_failed"]
-    total = batch["images_total"]
-    finished = BatchStatus(batch["status"]).finished
-    if total:
-        progress = done / total
-    else:  # nothing to do: a parsed batch with no images is done, an unparsed one has not begun
-        progress = 1.0 if finished and batch["parsed"] else 0.0
-    root = f"{base_url.rstrip('/')}/api/v1/batches/{batch['_id']}"
-    return BatchOut(
-        id=batch["_id"], status=batch["status"], filename=batch.get("filename"),
-        created_at=_aware(batch["created_at"]),
-        started_at=_aware(batch["started_at"]) if batch.get("started_at") else None,
-        finished_at=_aware(batch["finished_at"]) if batch.get("finished_at") else None,
-        rows={"total": batch["rows_total"], "valid": batch["rows_valid"],
-              "invalid": batch["rows_invalid"]},
-        images={"total": total, "processed": batch["images_processed"],
-                "failed": batch["images_failed"]},
-        progress=round(min(progress, 1.0), 4), error=batch.get("error"),
-        webhook_url=batch.get("webhook_url"),
-        links={"self": root, "products": root + "/products",
-               "output_csv": root + "/output.csv", "errors_csv": root + "/errors.csv"},
-    )
-
-
-def to_json(batch: dict, base_url: str = "") -> dict:
-    return to_out(batch, base_url).model_dump(mode="json")
-
-
-# --- control: cancel, retry, stall sweeping, idempotent uploads (issue 5) ----------------------
+# --- control: cancel, retry, stall sweeping ---------------------------------------------------
 
 RETRYABLE = [BatchStatus.COMPLETED_WITH_ERRORS.value, BatchStatus.FAILED.value]
 
@@ -267,32 +235,6 @@ def claim_stalled(batch: dict) -> dict | None:
                   "swept_progress": progress}},
         return_document=ReturnDocument.AFTER,
     )
-
-
-def idempotency_id(owner: str | None, key: str) -> str:
-    """One record per (caller, key): `_id` is unique on every MongoDB, no extra index needed."""
-    return f"{owner}:{key}"
-
-
-def find_idempotency(owner: str | None, key: str) -> dict | None:
-    return db.idempotency_keys().find_one({"_id": idempotency_id(owner, key)})
-
-
-def claim_idempotency(owner: str | None, key: str, *, batch_id: str, fingerprint: str) -> dict | None:
-    """Record that this key made this batch; None when it was recorded first (by another request)."""
-    from pymongo.errors import DuplicateKeyError
-    try:
-        doc = {"_id": idempotency_id(owner, key), "owner": owner, "key": key, "batch_id": batch_id,
-               "fingerprint": fingerprint, "created_at": now()}
-        db.idempotency_keys().insert_one(doc)
-        return doc
-    except DuplicateKeyError:
-        return None
-
-
-def release_idempotency(owner: str | None, key: str, batch_id: str) -> None:
-    """Forget a key whose request did not go through (so the caller may send it again)."""
-    db.idempotency_keys().delete_one({"_id": idempotency_id(owner, key), "batch_id": batch_id})
 
 
 def set_image_counts(batch_id: str, *, processed: int, failed: int) -> None:

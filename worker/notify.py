@@ -13,8 +13,9 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from infra import batch_store, jobs, webhook_store
+from infra import jobs, webhook_store
 from infra.settings import get_settings
+from schemas.batch import batch_json
 from schemas.timestamps import iso_z
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def event_body(event: str, batch: dict) -> str:
     return json.dumps({
         "type": event,
         "timestamp": iso_z(datetime.now(timezone.utc)),
-        "data": batch_store.to_json(batch, get_settings().public_api_url or ""),
+        "data": batch_json(batch, get_settings().public_api_url or ""),
     }, separators=(",", ":"), ensure_ascii=False)
 
 
