@@ -10,14 +10,9 @@ from pymongo import ReturnDocument
 
 from infra import db
 from schemas.batch import BatchStatus, final_status
+from schemas.timestamps import now
 
 ACTIVE = [BatchStatus.QUEUED.value, BatchStatus.PROCESSING.value]
-
-
-def now() -> datetime:
-    """UTC now, at MongoDB's millisecond precision (so a stored time reads back equal)."""
-    stamp = datetime.now(timezone.utc)
-    return stamp.replace(microsecond=stamp.microsecond // 1000 * 1000)
 
 
 def new_id() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pymongo.errors import DuplicateKeyError
 
 from infra import db
-from infra.batch_store import now
+from schemas.timestamps import now
 
 
 def record_id(owner: str | None, key: str) -> str:

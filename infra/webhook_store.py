@@ -20,7 +20,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from infra import db
-from infra.batch_store import now
+from schemas.timestamps import now
 
 EVENTS = ("batch.completed", "batch.completed_with_errors", "batch.failed", "batch.cancelled")
 ROTATION_OVERLAP = timedelta(hours=24)

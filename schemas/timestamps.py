@@ -8,6 +8,12 @@ from typing import Annotated
 from pydantic import PlainSerializer, WithJsonSchema
 
 
+def now() -> datetime:
+    """UTC now at MongoDB's millisecond precision, so a stored time reads back equal."""
+    stamp = datetime.now(timezone.utc)
+    return stamp.replace(microsecond=stamp.microsecond // 1000 * 1000)
+
+
 def iso_z(value: datetime | None) -> str | None:
     """`2026-11-22T10:00:00.251Z`; a naive datetime is taken as UTC."""
     if value is None:

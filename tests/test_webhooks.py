@@ -11,6 +11,7 @@ from rq.registry import ScheduledJobRegistry
 from standardwebhooks import Webhook
 
 from infra import batch_store, db, jobs, queues, settings as settings_module, webhook_store
+from schemas.timestamps import now
 from tests.servers import Route
 from tests.test_flow import jpeg, upload
 from worker import notify, tasks, webhook_delivery
@@ -41,7 +42,7 @@ def finished_batch(status="completed", *, owner=None, webhook_url=None) -> dict:
     batch_id = batch_store.new_id()
     batch_store.create(batch_id=batch_id, owner=owner, filename="p.csv", csv_key="k",
                        csv_sha256="0", csv_bytes=1, webhook_url=webhook_url)
-    stamp = batch_store.now()
+    stamp = now()
     db.batches().update_one({"_id": batch_id}, {
         "$set": {"status": status, "parsed": True, "rows_total": 1, "rows_valid": 1,
                  "images_total": 1, "images_processed": 1, "started_at": stamp,

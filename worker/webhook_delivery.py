@@ -18,7 +18,7 @@ from requests_hardened.ip_filter import InvalidIPAddress
 from standardwebhooks import Webhook
 
 from infra import jobs, metrics, webhook_store
-from infra.batch_store import now
+from schemas.timestamps import now
 from infra.settings import Settings, get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from worker import download
