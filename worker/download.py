@@ -346,7 +346,7 @@ def _failure(error: requests.RequestException, watch: _Watch, host: str, timeout
         return DownloadError(f"the image server at {host} stopped sending data")
     if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                           requests.exceptions.MissingSchema)):
-        return RefusedURL(f"refused: invalid URL ({_short(error)})")
+        return RefusedURL(f"refused: invalid URL ({short_error(error)})")
     if broke_off:
         return DownloadError(f"download from {host} broke off before the end")
     text = repr(error)
@@ -403,6 +403,7 @@ def _decode_location(location: str) -> str:
         return location
 
 
-def _short(error: Exception) -> str:
-    text = str(error)
-    return text if len(text) < 200 else text[:200] + "…"
+def short_error(error: Exception) -> str:
+    """An exception's message for a user, cut at 200 characters."""
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "…"

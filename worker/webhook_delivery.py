@@ -188,10 +188,10 @@ def send(delivery: dict, url: str, signing: list[str], settings: Settings) -> di
             outcome = dict(timed_out)
         except requests.ConnectionError as error:
             outcome = dict(timed_out) if watch.expired else {
-                "error": f"could not connect: {_short(error)}"}
+                "error": f"could not connect: {download.short_error(error)}"}
         except requests.RequestException as error:
             outcome = dict(timed_out) if watch.expired else {
-                "error": f"request failed: {_short(error)}"}
+                "error": f"request failed: {download.short_error(error)}"}
     outcome["duration_ms"] = int((time.monotonic() - began) * 1000)
     metrics.webhook_sent(outcome)
     return outcome
@@ -209,8 +209,3 @@ def _excerpt(response: requests.Response, deadline: float) -> str | None:
         return None
     text = raw.decode("utf-8", errors="replace")
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
-
-
-def _short(error: Exception) -> str:
-    text = str(error)
-    return text if len(text) <= 200 else text[:200] + "…"
