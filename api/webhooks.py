@@ -18,8 +18,9 @@ from flask import Blueprint, jsonify, request, url_for
 from redis.exceptions import RedisError
 
 from api.auth import owner
+from api.batches import load_batch
 from api.errors import ApiError, not_found
-from infra import batch_store, jobs, webhook_store
+from infra import jobs, webhook_store
 from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.timestamps import iso_z
@@ -188,8 +189,7 @@ def delivery_json(doc: dict) -> dict:
 
 @bp.get("/batches/<batch_id>/deliveries")
 def list_deliveries(batch_id: str):
-    if batch_store.get(batch_id, owner()) is None:
-        raise not_found("batch", batch_id)
+    load_batch(batch_id)  # 404 for unknown and other owners' batches
     return jsonify({"items": [delivery_json(d) for d in webhook_store.list_deliveries(batch_id)],
                     "next_cursor": None})
 

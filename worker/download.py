@@ -168,20 +168,22 @@ def deadline(seconds: float) -> Iterator[_Watch]:
         _current.watch = previous
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _WatchedMixin:
+    """Hands the connection to this thread's deadline watch before each request."""
+
     def request(self, *args, **kwargs):  # type: ignore[override]
         watch = getattr(_current, "watch", None)
         if watch is not None:
             watch.attach(self)
-        return super().request(*args, **kwargs)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def request(self, *args, **kwargs):  # type: ignore[override]
-        watch = getattr(_current, "watch", None)
-        if watch is not None:
-            watch.attach(self)
-        return super().request(*args, **kwargs)
+class _WatchedHTTPConnection(_WatchedMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedMixin, HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
