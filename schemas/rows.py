@@ -12,6 +12,11 @@ MAX_URL_LENGTH = 2048
 MAX_SERIAL = 2**63 - 1  # MongoDB stores integers as at most 8 bytes
 
 
+def split_url_cell(cell: str) -> list[str]:
+    """The URL cell's comma-separated parts, trimmed, empty ones kept: each is an output slot."""
+    return [part.strip() for part in cell.split(",")]
+
+
 class ProductRow(BaseModel):
     """A valid product row: serial number, name, and its image URLs in order."""
 
@@ -40,8 +45,7 @@ class ProductRow(BaseModel):
     @classmethod
     def _urls(cls, value):
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",")]
-            value = [part for part in value if part]
+            value = [part for part in split_url_cell(value) if part]
         for url in value:
             if len(url) > MAX_URL_LENGTH:
                 raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters: {url[:60]}…")

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from infra import product_store
 from infra.settings import Settings
 from schemas.csv_format import ColumnMap, HeaderError, map_columns
-from schemas.rows import ProductRow, row_error
+from schemas.rows import ProductRow, row_error, split_url_cell
 from worker.csv_reader import CsvFileError, read_csv
 
 FLUSH_ROWS = 1000
@@ -70,7 +70,7 @@ def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: C
 
     # One output slot per comma-separated part of the URL cell, empty parts included, so the
     # output CSV's slots line up with the input's (contract section 2).
-    parts = [part.strip() for part in cell(columns.urls).split(",")]
+    parts = split_url_cell(cell(columns.urls))
     doc = {"_id": product_store.product_id(batch_id, line), "batch_id": batch_id, "line": line,
            "cells": cells, "serial_raw": cell(columns.serial).strip(), "url_slots": len(parts)}
     error = None
@@ -94,14 +94,8 @@ def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: C
                            product_name=row.product_name,
                            input_image_urls=row.input_image_urls,
                            image_hashes=[product_store.url_hash(u) for u in row.input_image_urls],
-                           empty_slots=_empty_slots(parts, row.input_image_urls), error=None)
+                           empty_slots=[i for i, part in enumerate(parts) if not part],
+                           error=None)
                 return doc
     doc.update(status=product_store.REJECTED, error=error, serial_no=None, image_hashes=[])
     return doc
-
-
-def _empty_slots(parts: list[str], urls: list[str]) -> list[int]:
-    """Positions of the cell's empty parts (`"a,,b"`: [1]) when the accepted URLs are its other
-    parts in order; otherwise none (then the slots are the URLs)."""
-    empty = [index for index, part in enumerate(parts) if not part]
-    return empty if [part for part in parts if part] == list(urls) else []
