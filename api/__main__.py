@@ -25,9 +25,10 @@ def main() -> None:
     from worker.runner import run_worker
 
     app = create_app(settings)
-    server = make_server("0.0.0.0", settings.port, app, threaded=True)
+    server = make_server(settings.host, settings.port, app, threaded=True)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    print(f"Batchpress is listening on http://localhost:{settings.port}  (Ctrl-C stops it)",
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"Batchpress is listening on http://{shown}:{settings.port}  (Ctrl-C stops it)",
           flush=True)
     from worker import sweeper
     stop = threading.Event()

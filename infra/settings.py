@@ -15,7 +15,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    # Where the service listens and which outside services it uses.
+    # Where the service listens and which outside services it uses. Loopback by default: the
+    # embedded default has no API keys, so other machines must not reach it unless asked for.
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=1, le=65535)
     redis_url: str | None = None
     mongo_url: str | None = None

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from PIL import Image
 
@@ -29,6 +30,9 @@ def test_embedded_default_serves_the_whole_flow(http_server, tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(base, process)
+        # Loopback only by default: another address of this machine finds nothing listening.
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.2:{port}/healthz", timeout=2)
         csv = f"S. No.,Product Name,Input Image Urls\n1,Mug,{http_server.url('/a.jpg')}\n"
         created = requests.post(base + "/api/v1/batches", files={"file": ("p.csv", csv)}, timeout=10)
         assert created.status_code == 202, created.text
