@@ -47,6 +47,23 @@ def problem(status: int, title: str, detail: str | None = None, *, kind: str | N
     return response
 
 
+def unavailable(service: str, detail: str | None = None) -> ApiError:
+    """503 naming the outside service (MongoDB, Redis, S3) that did not answer."""
+    return ApiError(503, "Service Unavailable",
+                    detail or f"{service} is not reachable right now; try again",
+                    kind="dependency-unavailable", headers={"Retry-After": "30"}, service=service)
+
+
+def _unavailable_handler(service: str):
+    def handle(error: Exception):
+        log.error("%s unreachable on %s %s: %s", service, request.method, request.path,
+                  str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
+        answer = unavailable(service)
+        return problem(answer.status, answer.title, answer.detail, kind=answer.kind,
+                       headers=answer.headers, **answer.extra)
+    return handle
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError):
@@ -64,6 +81,15 @@ def register(app: Flask) -> None:
             detail = (f"the file is larger than MAX_UPLOAD_BYTES "
                       f"({get_settings().max_upload_bytes} bytes)")
         return problem(error.code or 500, title, detail, kind=kind, headers=headers)
+
+    # A store that is down answers 503 naming it on every endpoint, not only on uploads.
+    from botocore.exceptions import BotoCoreError
+    from pymongo.errors import PyMongoError
+    from redis.exceptions import RedisError
+
+    for error_class, service in ((PyMongoError, "MongoDB"), (RedisError, "Redis"),
+                                 (BotoCoreError, "S3")):
+        app.register_error_handler(error_class, _unavailable_handler(service))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

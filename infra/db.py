@@ -30,8 +30,8 @@ def get_client():
             settings = get_settings()
             client = pymongo.MongoClient(
                 settings.mongo_url or "mongodb://localhost:27017",
-                serverSelectionTimeoutMS=5000,
-                connectTimeoutMS=5000,
+                serverSelectionTimeoutMS=int(settings.mongo_timeout_s * 1000),
+                connectTimeoutMS=int(settings.mongo_timeout_s * 1000),
                 tz_aware=True,
             )
             _state["client"] = client

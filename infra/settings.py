@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     mongo_url: str | None = None
     mongo_db: str = "batchpress"
+    # How long a MongoDB call waits for a reachable server before it fails (the API then
+    # answers 503 naming MongoDB; a job fails and is retried).
+    mongo_timeout_s: float = Field(5.0, gt=0, le=60)
     s3_endpoint_url: str | None = None
     s3_bucket: str = Field("batchpress", min_length=3, max_length=63)
     s3_region: str = "us-east-1"

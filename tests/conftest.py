@@ -100,3 +100,32 @@ def work(env):
     def run() -> None:
         make_worker(simple=True).work(burst=True, logging_level="WARNING")
     return run
+
+
+@pytest.fixture(scope="session")
+def mongo_wire():
+    """The MongoDB wire stand-in (tests/mongo_wire.py) on a free loopback port."""
+    from tests.mongo_wire import MongoWire
+    wire = MongoWire()
+    wire.start()
+    yield wire
+    wire.stop()
+
+
+@pytest.fixture()
+def wire_env(env, monkeypatch, mongo_wire):
+    """`env`, with the stores reached through real pymongo clients over the wire stand-in."""
+    if not mongo_wire.running:
+        mongo_wire.start()
+    monkeypatch.setenv("MONGO_URL", mongo_wire.uri)
+    monkeypatch.setenv("MONGO_TIMEOUT_S", "1")
+    monkeypatch.setenv("READY_TIMEOUT_S", "1")
+    settings_module.get_settings.cache_clear()
+    db.use_client(None)
+    current = settings_module.get_settings()
+    yield current
+    db.get_client().close()
+    if not mongo_wire.running:
+        mongo_wire.start()
+    mongo_wire.client.drop_database(current.mongo_db)
+    db.use_client(None)
