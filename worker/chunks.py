@@ -11,7 +11,8 @@ from infra import batch_store, metrics, product_store, storage
 from infra.settings import Settings
 from schemas.batch import BatchStatus
 from worker.download import DownloadError, download, make_session
-from worker.encode import ImageError, compress
+from worker.encode import ImageError, compress, header_pixels
+from worker.pixel_budget import PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,21 @@ def _encode_slots() -> threading.BoundedSemaphore:
             _slots.update(pid=os.getpid(),
                           semaphore=threading.BoundedSemaphore(encode_slots_count()))
         return _slots["semaphore"]
+
+
+# Slots bound how many images are decoded at once, not how large they are: the pixel budget
+# bounds their sum, so the process's peak memory follows MAX_PIXELS_IN_FLIGHT. Same per-process
+# rule as the slots.
+_budget: dict = {"pid": None, "budget": None}
+
+
+def pixel_budget(limit: int) -> PixelBudget:
+    """This process's pixel budget (made anew when MAX_PIXELS_IN_FLIGHT changes)."""
+    with _slots_lock:
+        current = _budget["budget"]
+        if _budget["pid"] != os.getpid() or current is None or current.limit != limit:
+            _budget.update(pid=os.getpid(), budget=PixelBudget(limit))
+        return _budget["budget"]
 
 
 def output_key(batch_id: str, digest: str, extension: str) -> str:
@@ -129,10 +145,15 @@ def _process(image: dict, batch_id: str, session, settings: Settings) -> int:
 
 
 def _encode(data: bytes, settings: Settings):
-    """compress() in one of the per-core slots; encode_seconds is the encoding, not the wait."""
+    """compress() within the pixel budget and in one of the per-core slots; encode_seconds is
+    the encoding, not the waits."""
     elapsed = 0.0
+    budget = pixel_budget(settings.max_pixels_in_flight)
+    pixels = header_pixels(data)
+    if pixels > settings.max_image_pixels:
+        pixels = 0  # refused from its header, before any pixel is decoded
     try:
-        with _encode_slots():
+        with budget.admit(pixels), _encode_slots():
             started = time.perf_counter()
             try:
                 return compress(data, quality=settings.output_quality,

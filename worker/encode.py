@@ -92,6 +92,17 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
         im.close()
 
 
+def header_pixels(data: bytes) -> int:
+    """The pixel count the file's header announces (0 when it has none we read): cheap, no
+    pixel is decoded. compress() makes the real checks; this only sizes the decode in advance."""
+    try:
+        with Image.open(io.BytesIO(data), formats=SOURCE_FORMATS) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001 - compress() reports what is wrong with the file
+        return 0
+    return max(0, width) * max(0, height)
+
+
 # --------------------------------------------------------------------------- decoding
 
 def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
