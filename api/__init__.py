@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, current_app
 
 from infra.settings import Settings, get_settings, startup_warnings
 
@@ -14,6 +14,7 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     """Build the app; `prepare_stores` creates indexes and the bucket (skipped when unreachable)."""
     settings = settings or get_settings()
     app = Flask(__name__)
+    app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024  # form overhead
     app.json.sort_keys = False
 
@@ -46,3 +47,8 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
         except Exception as error:  # noqa: BLE001
             log.warning("could not prepare the S3 bucket at start-up: %s", error)
     return app
+
+
+def app_settings() -> Settings:
+    """The settings of the app serving this request (the ones given to create_app)."""
+    return current_app.config["SETTINGS"]

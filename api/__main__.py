@@ -2,9 +2,67 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from werkzeug.serving import make_server
+
+from infra.settings import Settings
+
+SERVICE_NAMES = {"redis": ("Redis", "REDIS_URL"), "mongodb": ("MongoDB", "MONGO_URL"),
+                 "s3": ("S3", "S3_ENDPOINT_URL")}
+
+
+def unreachable_services(settings: Settings) -> list[str]:
+    """One phrase per configured service that does not answer, e.g. "MongoDB (MONGO_URL=…): …"."""
+    from botocore.exceptions import ClientError
+
+    from api import health
+    from infra.logging_setup import redact
+
+    def s3_reachable(timeout: float) -> None:
+        try:
+            health.check_s3(timeout)
+        except ClientError as error:  # it answered: a missing bucket is created at start-up
+            if error.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket"}:
+                raise
+
+    checks = {**health.CHECKS, "s3": s3_reachable}
+    failures = []
+    for key, error in health.run_checks(settings.ready_timeout_s, checks).items():
+        if error is not None:
+            name, variable = SERVICE_NAMES[key]
+            value = getattr(settings, variable.lower())
+            failures.append(redact(f"{name} ({variable}={value}) does not answer: {error}"))
+    return failures
+
+
+def prepare(settings: Settings) -> Settings:
+    """The settings this process runs with: the stand-ins' in embedded mode, and absolute links
+    in webhook bodies from the address it serves on. Exits with one line when a service is down."""
+    from infra.settings import use_settings
+
+    if settings.embedded:
+        from infra import embedded
+        settings = embedded.start(settings)
+    if not settings.public_api_url:
+        settings = settings.model_copy(
+            update={"public_api_url": f"http://localhost:{settings.port}"})
+    use_settings(settings)
+    if not settings.embedded:
+        from infra.logging_setup import redact
+        print(redact(f"Using REDIS_URL={settings.redis_url}, MONGO_URL={settings.mongo_url}, "
+                     f"S3_ENDPOINT_URL={settings.s3_endpoint_url}"), flush=True)
+        failures = unreachable_services(settings)
+        if failures:
+            for failure in failures:
+                print("Batchpress cannot start: " + failure, file=sys.stderr, flush=True)
+            raise SystemExit(1)
+    elif "webhook_secret" not in settings.model_fields_set:
+        print(f"Webhooks to a batch's webhook_url are signed with WEBHOOK_SECRET="
+              f"{settings.webhook_secret}\n(random for this run only: set WEBHOOK_SECRET to keep "
+              "one across restarts)", flush=True)
+    return settings
 
 
 def main() -> None:
@@ -13,13 +71,7 @@ def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.embedded:
-        from infra import embedded
-        embedded.start(settings.port)
-    else:
-        from infra.logging_setup import redact
-        print(redact(f"Using REDIS_URL={settings.redis_url}, MONGO_URL={settings.mongo_url}, "
-                     f"S3_ENDPOINT_URL={settings.s3_endpoint_url}"), flush=True)
+    settings = prepare(settings)
 
     from api import create_app
     from worker.runner import run_worker

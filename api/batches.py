@@ -16,11 +16,11 @@ from redis.exceptions import RedisError
 from werkzeug.utils import secure_filename
 
 from api.auth import owner
+from api import app_settings
 from api.errors import ApiError, not_found
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
 from infra import batch_store, idempotency_store, jobs, metrics, product_store, storage
-from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
@@ -49,7 +49,7 @@ def load_batch(batch_id: str) -> dict:
 
 @bp.post("")
 def upload():
-    settings = get_settings()
+    settings = app_settings()
     stream, filename = _incoming_file()
     webhook_url = _webhook_url(request.args.get("webhook_url")
                                or (request.form.get("webhook_url")
@@ -217,7 +217,7 @@ def _webhook_url(value: str | None) -> str | None:
     if not value:
         return None
     try:  # https, a public host (unless ALLOW_PRIVATE_URLS): see infra/url_safety.py
-        return check_url(value, allow_private=get_settings().allow_private_urls)
+        return check_url(value, allow_private=app_settings().allow_private_urls)
     except UnsafeUrl as error:
         raise ApiError(422, "Invalid webhook_url", f"webhook_url: {error}",
                        kind="invalid-webhook-url", field="webhook_url") from None

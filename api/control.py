@@ -10,9 +10,9 @@ from flask import Blueprint, Response, jsonify, request
 from redis.exceptions import RedisError
 
 from api.batches import base_url, load_batch
+from api import app_settings
 from api.errors import ApiError
 from infra import batch_store, jobs, product_store
-from infra.settings import get_settings
 from schemas.batch import BatchStatus, batch_json
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def sse(event: str | None, data: str | None = None, event_id: str | None = None)
 @bp.get("/<batch_id>/events")
 def batch_events(batch_id: str):
     batch = load_batch(batch_id)
-    settings = get_settings()
+    settings = app_settings()
     last = parse_key(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
     if last is not None and BatchStatus(batch["status"]).finished and last >= final_key(batch):
         # The client has seen the final event: 204 tells an EventSource to stop reconnecting.

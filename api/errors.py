@@ -76,10 +76,10 @@ def register(app: Flask) -> None:
         headers.pop("Content-Type", None)
         detail, title, kind = error.description, error.name, error.name.lower().replace(" ", "-")
         if error.code == 413:  # MAX_CONTENT_LENGTH: the same problem as the streaming cap's
-            from infra.settings import get_settings
+            from api import app_settings
             title, kind = TOO_LARGE_TITLE, TOO_LARGE_KIND
             detail = (f"the file is larger than MAX_UPLOAD_BYTES "
-                      f"({get_settings().max_upload_bytes} bytes)")
+                      f"({app_settings().max_upload_bytes} bytes)")
         return problem(error.code or 500, title, detail, kind=kind, headers=headers)
 
     # A store that is down answers 503 naming it on every endpoint, not only on uploads.

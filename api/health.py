@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from flask import Blueprint, Response, jsonify
 
+from api import app_settings
 from api.errors import problem
 from infra import db, metrics, queues, storage
 from infra.settings import get_settings
@@ -34,7 +35,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    checks = run_checks(get_settings().ready_timeout_s)
+    checks = run_checks(app_settings().ready_timeout_s)
     failed = {name: error for name, error in checks.items() if error is not None}
     report = {name: ("ok" if error is None else error) for name, error in checks.items()}
     if failed:
@@ -132,10 +133,11 @@ def _executor() -> ThreadPoolExecutor:
         return _pool["pool"]
 
 
-def run_checks(timeout: float) -> dict[str, str | None]:
+def run_checks(timeout: float, checks: dict | None = None) -> dict[str, str | None]:
     """Each dependency's failure as text, or None when it answered; all checked at once."""
     started = time.monotonic()
-    futures = {name: _executor().submit(check, timeout) for name, check in CHECKS.items()}
+    futures = {name: _executor().submit(check, timeout)
+               for name, check in (checks or CHECKS).items()}
     wait(futures.values(), timeout=timeout + 0.5)
     results: dict[str, str | None] = {}
     for name, future in futures.items():

@@ -19,9 +19,9 @@ from redis.exceptions import RedisError
 
 from api.auth import owner
 from api.batches import load_batch
+from api import app_settings
 from api.errors import ApiError, not_found
 from infra import jobs, webhook_store
-from infra.settings import get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.timestamps import iso_z
 
@@ -34,7 +34,7 @@ MAX_DESCRIPTION = 500
 def validated_url(value: object, field: str = "url") -> str:
     """A webhook URL this server may call, or a 422 problem (shared with the upload endpoint)."""
     try:
-        return check_url(value, allow_private=get_settings().allow_private_urls)
+        return check_url(value, allow_private=app_settings().allow_private_urls)
     except UnsafeUrl as error:
         raise ApiError(422, f"Invalid {field}", f"{field}: {error}", kind="invalid-webhook-url",
                        field=field) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import os
 
+from infra.settings import Settings
+
 log = logging.getLogger(__name__)
 
 BANNER = """
@@ -21,23 +23,25 @@ def in_memory_redis():
     return fakeredis.FakeStrictRedis()
 
 
-def start(port: int) -> None:
-    """Install the stand-ins and point settings at them; call before anything touches a store."""
+def start(settings: Settings) -> Settings:
+    """Install the stand-ins and return the settings that go with them (outputs served by this
+    process at /files/); call before anything touches a store."""
     import mongomock
     from moto.server import ThreadedMotoServer
 
-    from infra import db, queues, settings, storage
+    from infra import db, queues, storage
 
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     host, moto_port = moto.get_host_and_port()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "embedded")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "embedded")
-    current = settings.get_settings()
     # Outputs are served by this process at /files/<key>; S3 itself listens on loopback only.
     storage.use_endpoint(f"http://{host}:{moto_port}")
-    if not current.public_base_url:
-        current.public_base_url = f"http://localhost:{port}/files"
     db.use_client(mongomock.MongoClient(tz_aware=True))
     queues.use_connection(in_memory_redis())
     print(BANNER, flush=True)
+    if settings.public_base_url:
+        return settings
+    return settings.model_copy(
+        update={"public_base_url": f"http://localhost:{settings.port}/files"})

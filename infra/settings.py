@@ -6,7 +6,7 @@ import functools
 import secrets
 import sys
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -124,6 +124,21 @@ class Settings(BaseSettings):
             raise ValueError("must list at least one non-negative delay in seconds")
         return value
 
+    @model_validator(mode="after")
+    def _all_services_or_none(self) -> "Settings":
+        # Half a configuration would quietly send the rest to localhost defaults and real AWS.
+        named = {"REDIS_URL": self.redis_url, "MONGO_URL": self.mongo_url,
+                 "S3_ENDPOINT_URL": self.s3_endpoint_url}
+        unset = [name for name, value in named.items() if not value]
+        if unset and len(unset) < len(named):
+            given = [name for name in named if name not in unset]
+            raise ValueError(
+                f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but "
+                f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not: set all three "
+                "of REDIS_URL, MONGO_URL and S3_ENDPOINT_URL for the real services, or none for "
+                "the embedded default")
+        return self
+
     @property
     def retry_delays(self) -> list[int]:
         """Seconds to wait before each webhook retry, in order."""
@@ -148,17 +163,36 @@ def startup_warnings(settings: Settings) -> list[str]:
 
 
 def describe_error(error: ValidationError) -> str:
-    """One readable line per bad setting, naming the environment variable."""
+    """One readable line per bad setting, naming the environment variable (one line for one)."""
     lines = []
     for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a rule over several settings names them in its message
+            lines.append(message)
+            continue
         name = ".".join(str(part) for part in item["loc"]).upper()
-        lines.append(f"  {name}={item.get('input')!r}: {item['msg']}")
-    return "Invalid settings:\n" + "\n".join(lines)
+        lines.append(f"{name}={item.get('input')!r}: {message}")
+    if len(lines) == 1:
+        return "Invalid settings: " + lines[0]
+    return "Invalid settings:\n" + "\n".join("  " + line for line in lines)
+
+
+_installed: dict[str, Settings | None] = {"settings": None}
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Make `settings` the process's own (`make run` builds them at start-up); None forgets them,
+    so the environment is read again."""
+    _installed["settings"] = settings
+    get_settings.cache_clear()
 
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; exits with a clear message when a value is invalid."""
+    """The process's settings: the installed ones, else read from the environment; exits with a
+    clear message when a value is invalid."""
+    if _installed["settings"] is not None:
+        return _installed["settings"]
     try:
         return Settings()
     except ValidationError as error:

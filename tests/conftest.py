@@ -50,7 +50,7 @@ def env(monkeypatch, redis_server, s3_server):
             monkeypatch.delenv(name)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    settings_module.get_settings.cache_clear()
+    settings_module.use_settings(None)
     storage.use_endpoint(None)
     client = None if REAL_MONGO_URL else mongomock.MongoClient(tz_aware=True)
     db.use_client(client)
@@ -61,7 +61,7 @@ def env(monkeypatch, redis_server, s3_server):
     if REAL_MONGO_URL:
         db.get_client().drop_database(current.mongo_db)
     queues.get_redis().flushdb()
-    settings_module.get_settings.cache_clear()
+    settings_module.use_settings(None)
     storage.use_endpoint(None)
     db.use_client(None)
     queues.use_connection(None)

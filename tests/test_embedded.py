@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from PIL import Image
+from standardwebhooks import Webhook
 
 from tests.servers import Route, free_port
 from tests.test_flow import jpeg
@@ -20,9 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_embedded_default_serves_the_whole_flow(http_server, tmp_path):
     http_server.routes["/a.jpg"] = Route(jpeg(50, 40))
+    http_server.routes["/hook"] = Route(b"", 204)
     port = free_port()
     env = {k: v for k, v in os.environ.items()
-           if k not in {"REDIS_URL", "MONGO_URL", "S3_ENDPOINT_URL", "PUBLIC_BASE_URL", "API_KEYS"}}
+           if k not in {"REDIS_URL", "MONGO_URL", "S3_ENDPOINT_URL", "PUBLIC_BASE_URL", "API_KEYS",
+                        "WEBHOOK_SECRET", "PUBLIC_API_URL"}}
     env.update(PORT=str(port), ALLOW_PRIVATE_URLS="true", PYTHONUNBUFFERED="1")
     log = open(tmp_path / "run.log", "w+")
     process = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=log,
@@ -34,7 +38,8 @@ def test_embedded_default_serves_the_whole_flow(http_server, tmp_path):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.2:{port}/healthz", timeout=2)
         csv = f"S. No.,Product Name,Input Image Urls\n1,Mug,{http_server.url('/a.jpg')}\n"
-        created = requests.post(base + "/api/v1/batches", files={"file": ("p.csv", csv)}, timeout=10)
+        created = requests.post(base + "/api/v1/batches", files={"file": ("p.csv", csv)},
+                                data={"webhook_url": http_server.url("/hook")}, timeout=10)
         assert created.status_code == 202, created.text
         batch_url = base + created.headers["Location"]
         deadline = time.monotonic() + 30
@@ -47,12 +52,27 @@ def test_embedded_default_serves_the_whole_flow(http_server, tmp_path):
         assert out_url.startswith(f"http://localhost:{port}/files/outputs/")
         image = Image.open(io.BytesIO(requests.get(out_url, timeout=5).content))
         assert image.size == (50, 40) and image.format == "JPEG"
+        hook = _wait_for_webhook(http_server)
     finally:
         process.terminate()
         process.wait(timeout=15)
         log.seek(0)
         text = log.read()
     assert "EMBEDDED MODE" in text
+    # The random secret of the run is printed once, so the batch's webhook can be verified.
+    secret = re.search(r"signed with WEBHOOK_SECRET=(whsec_\S+)", text).group(1)
+    event = Webhook(secret).verify(hook["body"], hook["headers"])
+    assert event["data"]["status"] == "completed"
+    # Links a subscriber can follow: absolute, on the address the service serves.
+    assert event["data"]["links"]["self"] == f"http://localhost:{port}{created.headers['Location']}"
+
+
+def _wait_for_webhook(http_server) -> dict:
+    deadline = time.monotonic() + 15
+    while not (hooks := [r for r in http_server.requests if r["path"] == "/hook"]):
+        assert time.monotonic() < deadline, "no webhook arrived"
+        time.sleep(0.1)
+    return {"body": hooks[0]["body"], "headers": {k.lower(): v for k, v in hooks[0]["headers"].items()}}
 
 
 def _wait_until_up(base: str, process) -> None:

@@ -58,6 +58,14 @@ def test_too_large_is_413_and_stores_nothing(client, s3, env, monkeypatch):
     assert s3.list_objects_v2(Bucket=env.s3_bucket).get("KeyCount", 0) == 0
 
 
+def test_the_upload_limit_is_the_apps_own_setting(env, s3):
+    from api import create_app
+    small = create_app(env.model_copy(update={"max_upload_bytes": 2000}), prepare_stores=False)
+    rows = "".join(f"{i},Product {i},http://x/{i}.jpg\n" for i in range(1, 200))
+    body = (HEADER + rows).encode()
+    assert_problem(post_raw(small.test_client(), body), 413, "(2000 bytes)")
+
+
 def test_wrong_content_type_and_missing_field(client):
     assert_problem(post_raw(client, b"{}", content_type="application/json"), 415, "text/csv")
     response = client.post("/api/v1/batches", data={"other": (io.BytesIO(b"x"), "a.csv")},
