@@ -37,6 +37,16 @@ def unreachable_services(settings: Settings) -> list[str]:
     return failures
 
 
+def own_address(settings: Settings) -> str:
+    """Where this process can be reached: localhost when it listens on loopback or everywhere."""
+    host = settings.host
+    if host in {"0.0.0.0", "::", "127.0.0.1", "::1"}:
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
 def prepare(settings: Settings) -> Settings:
     """The settings this process runs with: the stand-ins' in embedded mode, and absolute links
     in webhook bodies from the address it serves on. Exits with one line when a service is down."""
@@ -46,8 +56,7 @@ def prepare(settings: Settings) -> Settings:
         from infra import embedded
         settings = embedded.start(settings)
     if not settings.public_api_url:
-        settings = settings.model_copy(
-            update={"public_api_url": f"http://localhost:{settings.port}"})
+        settings = settings.model_copy(update={"public_api_url": own_address(settings)})
     use_settings(settings)
     if not settings.embedded:
         from infra.logging_setup import redact

@@ -37,6 +37,12 @@ def set_env(monkeypatch, **values) -> None:
     settings_module.get_settings.cache_clear()
 
 
+def refuse_private_urls(monkeypatch, client, **values) -> None:
+    """ALLOW_PRIVATE_URLS=false for the app under test and for the worker's side."""
+    set_env(monkeypatch, ALLOW_PRIVATE_URLS="false", **values)
+    monkeypatch.setattr(client.application.config["SETTINGS"], "allow_private_urls", False)
+
+
 def finished_batch(status="completed", *, owner=None, webhook_url=None) -> dict:
     """A batch stored in its final state, announced the way the finishing job does it."""
     batch_id = batch_store.new_id()
@@ -379,7 +385,7 @@ def test_subscription_crud_and_errors(client, http_server):
     "https://2130706433/hook", "https://100.64.0.1/hook", "https://user:pw@93.184.215.14/hook",
 ])
 def test_private_and_plain_http_urls_are_refused(client, monkeypatch, url):
-    set_env(monkeypatch, ALLOW_PRIVATE_URLS="false")
+    refuse_private_urls(monkeypatch, client)
     body = assert_problem(client.post("/api/v1/webhooks", json={"url": url}), 422,
                           "invalid-webhook-url")
     assert body["field"] == "url"
@@ -389,14 +395,14 @@ def test_private_and_plain_http_urls_are_refused(client, monkeypatch, url):
 
 
 def test_public_https_url_is_accepted(client, monkeypatch):
-    set_env(monkeypatch, ALLOW_PRIVATE_URLS="false")
+    refuse_private_urls(monkeypatch, client)
     assert client.post("/api/v1/webhooks", json={"url": "https://93.184.215.14/hook"}).status_code == 201
 
 
 def test_url_is_checked_again_when_sending(client, http_server, work, monkeypatch):
     http_server.routes["/hook"] = Route(b"", 204)
     sub = subscribe(client, http_server.url("/hook"))
-    set_env(monkeypatch, ALLOW_PRIVATE_URLS="false", WEBHOOK_RETRY_SCHEDULE="0")
+    refuse_private_urls(monkeypatch, client, WEBHOOK_RETRY_SCHEDULE="0")
     batch = finished_batch()
     work()
     assert posts(http_server) == []
