@@ -18,21 +18,25 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024  # form overhead
     app.json.sort_keys = False
 
-    from api import (auth, batches, control, dashboard, errors, files, health, openapi,
-                     request_hooks, webhooks)
+    from api import (archive, auth, batches, console, control, cors, dashboard, errors,
+                     event_tokens, files, health, openapi, request_hooks, webhooks)
     from infra import logging_setup
     logging_setup.configure(settings)
     for warning in startup_warnings(settings):
         log.warning(warning)
     errors.register(app)
     request_hooks.register(app)  # first: every later hook and error has the request id
+    cors.register(app, settings)
     auth.register(app, settings)
+    event_tokens.register(app)
     dashboard.register(app, settings)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(control.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(archive.bp)
+    app.register_blueprint(console.bp)
     if settings.embedded:
         app.register_blueprint(files.bp)
 

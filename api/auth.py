@@ -138,9 +138,17 @@ def register(app: Flask, settings: Settings) -> None:
             return None
         token = bearer_token()
         owner = keys.owner_of(token) if token else None
+        if token is None:  # a browser's EventSource sends a short-lived ?token= instead
+            from api.event_tokens import owner_from_query
+            owner = owner_from_query(keys)
         if owner is None:
-            detail = ("this API needs an 'Authorization: Bearer <key>' header" if token is None
-                      else "the API key is not valid")
+            if token is not None:
+                detail = "the API key is not valid"
+            elif request.args.get("token"):
+                detail = ("the events token is not valid for this batch or has expired; get a "
+                          "new one from POST /api/v1/batches/{id}/events-token")
+            else:
+                detail = "this API needs an 'Authorization: Bearer <key>' header"
             return problem(401, "Unauthorized", detail, kind="unauthorized",
                            headers={"WWW-Authenticate": 'Bearer realm="batchpress"'})
         g.owner = owner

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.batch import BatchOut, BatchStatus
 from schemas.problem import Problem
-from schemas.api_bodies import BatchPage, Health, ProductItem, ProductPage, Ready, UploadForm
+from schemas.api_bodies import (BatchPage, EventsToken, Health, ProductItem, ProductPage, Ready,
+                                UploadForm)
 from schemas.product import ImageOut, ProductOut
 from schemas.webhook import (Delivery, DeliveryAttempt, DeliveryPage, EventName, WebhookEvent,
                              WebhookSubscription, WebhookSubscriptionIn, WebhookSubscriptionPage,
@@ -31,7 +32,7 @@ MODELS: list[type[BaseModel]] = [
     BatchOut, BatchPage, ProductOut, ProductItem, ProductPage, ImageOut, Problem, UploadForm,
     WebhookSubscriptionIn, WebhookSubscriptionPatch, WebhookSubscription,
     WebhookSubscriptionWithSecret, WebhookSubscriptionPage, DeliveryAttempt, Delivery,
-    DeliveryPage, WebhookEvent, Health, Ready,
+    DeliveryPage, WebhookEvent, Health, Ready, EventsToken,
 ]
 
 
@@ -195,7 +196,29 @@ def _paths() -> dict:
                  "204": {"description": "The client has already seen the final event."},
                  "404": NOT_FOUND},
                 params=[BATCH_ID, {"name": "Last-Event-ID", "in": "header", "required": False,
-                                   "schema": {"type": "string"}}]),
+                                   "schema": {"type": "string"}},
+                        query_param("token", "Instead of the Authorization header (a browser's "
+                                    "EventSource cannot send one): a token from "
+                                    "`POST /api/v1/batches/{batch_id}/events-token`.",
+                                    {"type": "string"})]),
+        },
+        "/api/v1/batches/{batch_id}/events-token": {
+            "post": operation(
+                "createEventsToken", "A short-lived token for the events stream", batches,
+                {"200": json_body(EventsToken), "404": NOT_FOUND}, params=[BATCH_ID],
+                description="Bound to this batch and the calling API key, accepted as "
+                            "`?token=` by the events stream for EVENTS_TOKEN_TTL_S seconds "
+                            "(default 300). Never put an API key in a URL."),
+        },
+        "/api/v1/batches/{batch_id}/outputs.zip": {
+            "get": operation(
+                "getOutputsZip", "Every output image of the batch as one ZIP", batches,
+                {"200": {"description": "The ZIP, streamed; entries `<S. No.> <product name>/"
+                                        "<input file name>.<jpg|webp>`.",
+                         "content": {"application/zip": {"schema": {
+                             "type": "string", "format": "binary"}}}},
+                 "404": NOT_FOUND, "409": problem("No image has been processed yet.")},
+                params=[BATCH_ID]),
         },
         "/api/v1/batches/{batch_id}/deliveries": {
             "get": operation("listDeliveries", "The batch's webhook delivery log", hooks,
@@ -252,6 +275,13 @@ def _paths() -> dict:
                                "503": UNAVAILABLE},
                               params=[DELIVERY_ID]),
         },
+        "/": {"get": operation("consoleHome", "The web console: upload and batches", "Console",
+                               {"200": {"description": "HTML.", "content": {"text/html": {}}}},
+                               secured=False)},
+        "/batches/{batch_id}": {"get": operation(
+            "consoleBatch", "The web console: one batch, live", "Console",
+            {"200": {"description": "HTML.", "content": {"text/html": {}}}},
+            params=[BATCH_ID], secured=False)},
         "/healthz": {"get": operation("healthz", "The process is up (no I/O)", ops,
                                       {"200": json_body(Health)}, secured=False)},
         "/readyz": {"get": operation("readyz", "Redis, MongoDB and S3 answer", ops,
@@ -297,7 +327,8 @@ def document() -> dict:
                  "description": "Compress the product images listed in a CSV file. Errors are "
                                 "`application/problem+json` (RFC 9457)."},
         "servers": [{"url": "/"}],
-        "tags": [{"name": "Batches"}, {"name": "Webhooks"}, {"name": "Operations"}],
+        "tags": [{"name": "Batches"}, {"name": "Webhooks"}, {"name": "Operations"},
+                 {"name": "Console"}],
         "paths": _paths(),
         "webhooks": _webhooks(),
         "components": {"securitySchemes": {"bearerAuth": {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import secrets
 import sys
 
@@ -83,6 +84,9 @@ class Settings(BaseSettings):
     log_format: str = "json"  # json (one object a line) or text
     admin_key_name: str = "admin"  # the API key of this name may also open /rq
     ready_timeout_s: float = Field(2.0, gt=0, le=30)
+    # Browser origins allowed to call /api/v1 (CORS), comma-separated; none by default.
+    cors_origins: str | None = None
+    events_token_ttl_s: int = Field(300, ge=10, le=86400)  # the console's events-stream tokens
 
     @field_validator("log_level")
     @classmethod
@@ -99,6 +103,19 @@ class Settings(BaseSettings):
         if value not in {"json", "text"}:
             raise ValueError("must be json or text")
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        for origin in (part.strip() for part in (value or "").split(",") if part.strip()):
+            if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://shop.example.com "
+                                 "(scheme and host, no path) or *")
+        return value or None
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [part.strip() for part in (self.cors_origins or "").split(",") if part.strip()]
 
     @field_validator("webhook_secret")
     @classmethod

@@ -40,3 +40,11 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     checks: dict[str, str] = Field(description="`ok` for each of redis, mongodb and s3.")
+
+
+class EventsToken(BaseModel):
+    """A short-lived token for opening a batch's events stream where no header can be sent."""
+    token: str | None = Field(description="Signed, bound to this batch and API key; null when "
+                                          "the server has no API keys (none is needed).")
+    expires_in: int | None = Field(description="Seconds the token is accepted for.")
+    events_url: str = Field(description="The events stream's path, with `?token=` when needed.")

@@ -11,6 +11,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from infra import db, queues, settings as settings_module, storage
+from tests.live_service import live_service  # noqa: F401  (browser and CLI tests)
 from tests.servers import HttpServer, RedisServer
 
 REAL_MONGO_URL = os.environ.get("MONGO_URL")

@@ -1,0 +1,70 @@
+"""GET /api/v1/batches/{id}/outputs.zip: every output image of a batch in one streamed ZIP.
+
+The archive is written while it is sent (zipstream-ng, stored without recompression: the images
+are compressed already), each image read from S3 only when its turn comes, so neither the
+archive nor the batch is ever held in memory.
+"""
+from __future__ import annotations
+
+import itertools
+
+from flask import Blueprint, Response, stream_with_context
+from zipstream import ZIP_STORED, ZipStream
+
+from api.batches import clean_filename, content_disposition, load_batch
+from api.errors import ApiError
+from infra import product_store, storage
+from schemas.archive_names import ArchiveNames
+
+bp = Blueprint("archive", __name__, url_prefix="/api/v1/batches")
+READ_SIZE = 256 * 1024
+
+
+class _StoredObject:
+    """An S3 object's bytes, fetched only when the ZIP writer reaches it."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __iter__(self):
+        body = storage.open_stream(self.key)
+        try:
+            yield from body.iter_chunks(READ_SIZE)
+        finally:
+            body.close()
+
+
+def _entries(batch_id: str):
+    names = ArchiveNames()
+    for row, images in product_store.iter_rows(batch_id, status=product_store.ACCEPTED):
+        for position, (url, digest) in enumerate(
+                zip(row["input_image_urls"], row["image_hashes"]), 1):
+            image = images.get(digest) or {}
+            key = image.get("output_key")
+            if image.get("status") != product_store.PROCESSED or not key:
+                continue
+            extension = key.rsplit(".", 1)[-1]
+            yield names.name(row["serial_no"], row["product_name"], url, position,
+                             extension), key
+
+
+@bp.get("/<batch_id>/outputs.zip")
+def outputs_zip(batch_id: str):
+    batch = load_batch(batch_id)
+    entries = _entries(batch_id)
+    first = next(entries, None)
+    if first is None:
+        raise ApiError(409, "No output images",
+                       f"the batch ({batch['status']}) has no processed image yet",
+                       kind="no-outputs", batch_status=batch["status"])
+    archive = ZipStream(compress_type=ZIP_STORED)
+
+    def stream():
+        for name, key in itertools.chain([first], entries):
+            archive.add(_StoredObject(key), name)
+            yield from archive.all_files()  # this image now, before the next row is read
+        yield from archive.finalize()
+
+    name = (clean_filename(batch.get("filename")) or batch["_id"]).rsplit(".", 1)[0] + "-images.zip"
+    return Response(stream_with_context(stream()), mimetype="application/zip",
+                    headers={"Content-Disposition": content_disposition(name)})
