@@ -343,7 +343,8 @@ def _product_json(row: dict, images: dict[str, dict]) -> dict:
     """A product as the API shows it, built through its schema (so the two cannot drift)."""
     items = [ImageOut(input_url=url, output_url=image.get("output_url"),
                       status=image.get("status", product_store.PENDING), error=image.get("error"),
-                      bytes_in=image.get("bytes_in"), bytes_out=image.get("bytes_out"))
+                      bytes_in=image.get("bytes_in"), bytes_out=image.get("bytes_out"),
+                      kept_original=bool(image.get("kept_original")))
              for url, image in ((url, images.get(digest, {}))
                                 for url, digest in zip(row["input_image_urls"], row["image_hashes"]))]
     states = {i.status for i in items}

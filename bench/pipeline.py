@@ -77,7 +77,8 @@ def load_corpus(path: Path | None = None) -> list[Item]:
 
 def encoder_options(settings: Settings, **overrides) -> dict:
     options = dict(quality=settings.output_quality, max_pixels=settings.max_image_pixels,
-                   optimize=settings.output_optimize, webp_method=settings.webp_method)
+                   optimize=settings.output_optimize, webp_method=settings.webp_method,
+                   keep_original=settings.keep_original_when_smaller)
     options.update(overrides)
     return options
 

@@ -54,13 +54,13 @@ def pending_chunks(batch_id: str) -> list[int]:
 
 
 def mark_processed(doc: dict, *, key: str, output_url: str, bytes_in: int, bytes_out: int,
-                   content_type: str) -> bool:
+                   content_type: str, kept_original: bool = False) -> bool:
     """pending -> processed; True only for the one call that made the change."""
     result = db.images().update_one(
         {"_id": doc["_id"], "status": PENDING},
         {"$set": {"status": PROCESSED, "output_key": key, "output_url": output_url,
                   "bytes_in": bytes_in, "bytes_out": bytes_out, "content_type": content_type,
-                  "error": None}})
+                  "kept_original": kept_original, "error": None}})
     return result.modified_count == 1
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ImageOut(BaseModel):
@@ -13,6 +13,9 @@ class ImageOut(BaseModel):
     error: str | None = None
     bytes_in: int | None = None
     bytes_out: int | None = None
+    kept_original: bool = Field(False, description=(
+        "True when the output is the input file itself with its metadata removed, because "
+        "re-encoding it would not have made it smaller."))
 
 
 class ProductOut(BaseModel):

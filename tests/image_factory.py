@@ -54,15 +54,16 @@ def jpeg(size: tuple[int, int] = SIZE, quality: int = 90, mode: str = "RGB", **o
     return _save(photo(size, mode), "JPEG", quality=quality, **options)
 
 
-def cmyk_jpeg(size: tuple[int, int] = SIZE, **options) -> bytes:
-    return _save(photo(size).convert("CMYK"), "JPEG", quality=90, **options)
+def cmyk_jpeg(size: tuple[int, int] = SIZE, quality: int = 90, **options) -> bytes:
+    return _save(photo(size).convert("CMYK"), "JPEG", quality=quality, **options)
 
 
-def exif_rotated_jpeg(size: tuple[int, int] = SIZE, orientation: int = 6) -> bytes:
+def exif_rotated_jpeg(size: tuple[int, int] = SIZE, orientation: int = 6,
+                      quality: int = 90) -> bytes:
     """A JPEG stored sideways with EXIF Orientation telling viewers how to turn it."""
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return _save(photo(size), "JPEG", quality=90, exif=exif.tobytes())
+    return _save(photo(size), "JPEG", quality=quality, exif=exif.tobytes())
 
 
 XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'

@@ -127,9 +127,10 @@ def test_progressive_and_444_input_become_baseline_q50():
     assert not out.info.get("progressive")
 
 
-def test_small_low_quality_input_is_still_reencoded_at_q50():
-    out = open_out(compress(make.jpeg(quality=20)))
-    assert out.quantization == reference_jpeg().quantization
+def test_low_quality_input_is_reencoded_at_q50_when_keeping_originals_is_off():
+    result = compress(make.jpeg(quality=20), keep_original=False)
+    assert not result.kept_original
+    assert open_out(result).quantization == reference_jpeg().quantization
 
 
 def test_memfd_and_bytesio_give_the_same_bytes():
@@ -471,3 +472,84 @@ def test_corrupted_files_never_raise_anything_but_image_error():
             except ImageError:
                 continue
             assert result.data and result.width > 0
+
+
+# --------------------------------------------------------------------------- never larger
+
+def pixels_equal(a: bytes, b: bytes) -> bool:
+    first, second = Image.open(io.BytesIO(a)), Image.open(io.BytesIO(b))
+    return first.size == second.size and ImageChops.difference(
+        first.convert("RGBA"), second.convert("RGBA")).getbbox() is None
+
+
+@pytest.mark.parametrize("options", [{"quality": 30}, {"quality": 40, "progressive": True}])
+def test_a_jpeg_that_q50_would_make_larger_is_kept_as_it_is(options):
+    data = make.jpeg(size=(320, 240), **options)
+    assert len(compress(data, keep_original=False).data) >= len(data)  # the case at hand
+    result = compress(data)
+    assert result.kept_original and result.content_type == "image/jpeg"
+    assert len(result.data) < len(data)
+    assert pixels_equal(result.data, data)  # the same scan data, not a re-encode
+    assert bool(open_out(result).info.get("progressive")) == bool(options.get("progressive"))
+
+
+def test_a_kept_jpeg_loses_exif_gps_xmp_and_comments_but_keeps_its_profile():
+    data = make._save(make.photo((320, 240)), "JPEG", quality=30, icc_profile=make.srgb_profile(),
+                      exif=make.gps_exif().tobytes(), xmp=make.XMP, comment=b"12 Main St")
+    result = compress(data)
+    assert result.kept_original
+    assert len(result.data) < len(compress(data, keep_original=False).data)
+    assert_no_metadata(result)
+    for secret in (b"SecretCam", b"Secret Photographer", b"Main St"):
+        assert secret not in result.data
+    assert open_out(result).info["icc_profile"] == make.srgb_profile()
+    assert pixels_equal(result.data, data)
+
+
+def test_a_kept_mpo_keeps_only_its_first_picture():
+    first, second = make.photo((320, 240)), make.photo((320, 240)).rotate(180)
+    data = make._save(first, "MPO", quality=30, save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    result = compress(data)
+    assert result.kept_original and len(result.data) < len(data) // 2 + 200
+    kept = open_out(result)
+    assert kept.format == "JPEG" and getattr(kept, "n_frames", 1) == 1
+    assert pixels_equal(result.data, make._save(first, "JPEG", quality=30))
+
+
+def test_a_high_quality_jpeg_is_still_reencoded():
+    result = compress(make.jpeg(size=(320, 240), quality=90))
+    assert not result.kept_original
+    assert open_out(result).quantization == reference_jpeg().quantization
+
+
+@pytest.mark.parametrize("data", [make.exif_rotated_jpeg(orientation=6, quality=20),
+                                  make.cmyk_jpeg(quality=20)], ids=["rotated", "cmyk"])
+def test_inputs_that_need_their_pixels_changed_are_always_reencoded(data):
+    result = compress(data)
+    assert not result.kept_original
+    assert open_out(result).mode in ("RGB", "L")
+    assert open_out(result).quantization == reference_jpeg().quantization
+
+
+def test_a_tiny_png_is_kept_as_png_without_its_text():
+    from PIL import PngImagePlugin
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Author", "Secret Photographer")
+    data = make._save(Image.new("P", (16, 16), 3), "PNG", pnginfo=text, dpi=(300, 300))
+    result = compress(data)
+    assert result.kept_original and result.content_type == "image/png"
+    assert result.extension == "png" and len(result.data) < len(data)
+    assert b"Secret Photographer" not in result.data and b"pHYs" not in result.data
+    assert pixels_equal(result.data, data)
+
+
+def test_a_small_webp_is_kept_without_exif_and_xmp():
+    data = make._save(make.photo((200, 150)), "WEBP", quality=20, icc_profile=make.srgb_profile(),
+                      exif=make.gps_exif().tobytes(), xmp=make.XMP)
+    result = compress(data)
+    assert result.kept_original and result.content_type == "image/webp"
+    assert_no_metadata(result)
+    assert webp_chunks(result.data)[b"ICCP"] == make.srgb_profile()
+    assert webp_chunks(result.data)[b"VP8X"][0] & 0x0C == 0  # EXIF and XMP flags cleared
+    assert pixels_equal(result.data, data)

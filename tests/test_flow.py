@@ -7,12 +7,17 @@ import io
 import requests
 from PIL import Image
 
+from infra import settings as settings_module
+from tests.image_factory import photo
 from tests.servers import Route
 
 
 def jpeg(width=40, height=30, quality=90, color=(200, 30, 30)) -> bytes:
+    """A photo-like JPEG tinted with `color` (a flat one would be smaller as it came than at q50,
+    and be kept as it is)."""
     out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, "JPEG", quality=quality)
+    size = (width, height)
+    Image.blend(photo(size), Image.new("RGB", size, color), 0.3).save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 
@@ -78,3 +83,37 @@ def test_whole_flow(client, http_server, work):
     assert products["items"][1]["status"] == "completed_with_errors"
     assert products["items"][1]["images"][0]["status"] == "failed"
     assert products["items"][0]["images"][0]["bytes_in"] > 0
+
+
+def test_an_image_that_q50_would_make_larger_is_stored_as_it_came_without_metadata(
+        client, http_server, work, monkeypatch):
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"
+    out = io.BytesIO()
+    photo((320, 240)).save(out, "JPEG", quality=30, exif=exif.tobytes())
+    small = out.getvalue()
+    http_server.routes["/small.jpg"] = Route(small)
+    http_server.routes["/big.jpg"] = Route(jpeg(320, 240, quality=95))
+    text = ("S. No.,Product Name,Input Image Urls\n"
+            f'1,Mug,"{http_server.url("/small.jpg")},{http_server.url("/big.jpg")}"\n')
+
+    def run_batch():
+        batch = upload(client, text).get_json()
+        work()
+        return client.get(f"/api/v1/batches/{batch['id']}/products").get_json()["items"][0]
+
+    kept, reencoded = run_batch()["images"]
+    assert kept["kept_original"] is True and reencoded["kept_original"] is False
+    assert kept["bytes_out"] < kept["bytes_in"] == len(small)
+    stored = requests.get(kept["output_url"], timeout=5).content
+    assert len(stored) == kept["bytes_out"] and b"SecretCam" not in stored
+    assert Image.open(io.BytesIO(stored)).tobytes() == Image.open(io.BytesIO(small)).tobytes()
+    assert Image.open(io.BytesIO(requests.get(reencoded["output_url"], timeout=5).content)
+                      ).quantization == reference_q50_tables()
+
+    monkeypatch.setenv("KEEP_ORIGINAL_WHEN_SMALLER", "false")
+    settings_module.get_settings.cache_clear()
+    again = run_batch()["images"][0]
+    assert again["kept_original"] is False and again["bytes_out"] >= len(small) - 200
+    assert Image.open(io.BytesIO(requests.get(again["output_url"], timeout=5).content)
+                      ).quantization == reference_q50_tables()

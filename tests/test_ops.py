@@ -526,6 +526,8 @@ def test_openapi_document_is_valid_and_built_from_the_models(client):
         assert name in schemas, name
     from schemas.batch import BatchOut
     assert set(schemas["BatchOut"]["properties"]) == set(BatchOut.model_fields)
+    from schemas.product import ImageOut
+    assert set(schemas["ImageOut"]["properties"]) == set(ImageOut.model_fields)
     # Every $ref points at a schema that exists.
     refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(document)))
     assert refs and refs <= set(schemas)

@@ -137,7 +137,8 @@ def _process(image: dict, batch_id: str, session, settings: Settings) -> int:
         return _record_failure(image, batch_id, f"internal error: {type(error).__name__}", bytes_in)
     if product_store.mark_processed(image, key=key, output_url=storage.public_url(key),
                                     bytes_in=bytes_in, bytes_out=len(encoded.data),
-                                    content_type=encoded.content_type):
+                                    content_type=encoded.content_type,
+                                    kept_original=encoded.kept_original):
         batch_store.add_image_results(batch_id, processed=image["occurrences"])
         metrics.image_processed(bytes_in, len(encoded.data))
         return 1
@@ -159,7 +160,8 @@ def _encode(data: bytes, settings: Settings):
                 return compress(data, quality=settings.output_quality,
                                 max_pixels=settings.max_image_pixels,
                                 optimize=settings.output_optimize,
-                                webp_method=settings.webp_method)
+                                webp_method=settings.webp_method,
+                                keep_original=settings.keep_original_when_smaller)
             finally:
                 elapsed = time.perf_counter() - started
     finally:  # outside the slot (in _one it is only held until the image's pipeline is sent)

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
+from worker.strip import strip_metadata
+
 # Formats we decode, by Pillow plugin name. MPO is how Pillow names a JPEG with extra pictures
 # (phone cameras write them). Anything else is refused without trying its decoder.
 Image.init()
@@ -64,6 +66,7 @@ class EncodedImage:
     width: int
     height: int
     source_format: str = ""  # what the input was, e.g. "PNG"
+    kept_original: bool = False  # the input's own bytes, metadata removed (never larger)
 
     @property
     def pixels(self) -> int:
@@ -71,17 +74,24 @@ class EncodedImage:
 
 
 def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
-             optimize: bool = False, webp_method: int = 2, sink: str = "auto") -> EncodedImage:
+             optimize: bool = False, webp_method: int = 2, sink: str = "auto",
+             keep_original: bool = True) -> EncodedImage:
     """Decode `data`, apply EXIF orientation, and re-encode: JPEG, or WebP for WebP and alpha.
+
+    With `keep_original`, when `data` already shows what the output would (see `_keepable`) and,
+    with its metadata removed, is smaller than the re-encoded file, the result is that stripped
+    `data` instead (`kept_original`): an output is never larger than its input.
 
     `sink` picks where JPEG output is written: "memfd" (releases the GIL), "bytesio", or "auto"
     (memfd where the OS has it). It exists for the benchmark; the output is the same.
     """
     im, source_format = _decode(data, max_pixels)
     try:
+        keepable = keep_original and _keepable(im, source_format, data)
         im, fmt, icc = _prepare(im, source_format)
-        return _encode(im, fmt, icc, source_format, quality=quality, optimize=optimize,
-                       webp_method=webp_method, sink=sink)
+        encoded = _encode(im, fmt, icc, source_format, quality=quality, optimize=optimize,
+                          webp_method=webp_method, sink=sink)
+        return _original(data, encoded) if keepable else encoded
     except ImageError:
         raise
     except MemoryError:
@@ -155,6 +165,43 @@ def _raise_pillow_limit(max_pixels: int) -> None:
 
 
 # --------------------------------------------------------------------------- policy
+
+_KEEPABLE_MODES = {"JPEG": ("L", "RGB"), "MPO": ("L", "RGB"), "WEBP": ("RGB", "RGBA"),
+                   "PNG": ("1", "L", "LA", "P", "RGB", "RGBA")}
+
+
+def _keepable(im: Image.Image, source_format: str, data: bytes) -> bool:
+    """Whether the input file itself, metadata removed, shows what its re-encode would: a still
+    JPEG, PNG or WebP with 8-bit gray or RGB(A) samples, upright as stored, whose ICC profile (if
+    any) fits its pixels. CMYK, 16-bit, rotated and animated inputs are always re-encoded."""
+    if im.mode not in _KEEPABLE_MODES.get(source_format, ()):
+        return False
+    if source_format != "MPO" and getattr(im, "n_frames", 1) > 1:
+        return False
+    if source_format == "PNG" and (len(data) < 25 or data[24] > 8):  # IHDR bit depth
+        return False
+    try:
+        if im.getexif().get(ORIENTATION, 1) != 1:
+            return False
+    except Exception:  # unreadable EXIF is shown as stored, as in _prepare
+        pass
+    icc = im.info.get("icc_profile")
+    return not icc or (_valid_icc(icc) is not None and icc[16:20] == _pixel_space(im))
+
+
+def _original(data: bytes, encoded: EncodedImage) -> EncodedImage:
+    """`data` with its metadata removed, in place of `encoded` when that is smaller."""
+    stripped = strip_metadata(data, encoded.source_format)
+    if stripped is None or len(stripped) >= len(encoded.data):
+        return encoded
+    content_type, extension = _ORIGINAL_TYPES[encoded.source_format]
+    return EncodedImage(stripped, content_type, extension, encoded.width, encoded.height,
+                        encoded.source_format, kept_original=True)
+
+
+_ORIGINAL_TYPES = {"JPEG": ("image/jpeg", "jpg"), "MPO": ("image/jpeg", "jpg"),
+                   "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp")}
+ORIENTATION = 0x0112
 
 def _has_alpha(im: Image.Image) -> bool:
     return im.mode in _ALPHA_MODES or "transparency" in im.info
