@@ -5,7 +5,8 @@ import hashlib
 import io
 
 from api.errors import ApiError
-from schemas.csv_format import HeaderError, decoder_check, map_columns, parse_header
+from schemas.csv_format import (HeaderError, decoder_check, has_data_rows, map_columns,
+                                parse_header)
 
 FIRST_BLOCK = 64 * 1024
 CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"}
@@ -59,10 +60,11 @@ def check_first_block(block: bytes, complete: bool) -> None:
     except HeaderError as error:
         raise ApiError(422, "Missing column" if error.missing else "Bad header", str(error),
                        kind="missing-column" if error.missing else "bad-header",
-                       missing_columns=error.missing or None, header=header) from None
-    if complete and not text[parsed.length:].strip():
-        raise ApiError(422, "No data rows", "the file has a header but no data rows",
-                       kind="no-rows")
+                       missing_columns=error.missing or None, column=error.column,
+                       header=header) from None
+    if complete and not has_data_rows(text[parsed.length:], parsed.delimiter):
+        raise ApiError(422, "No data rows", "the file has a header but no data rows (lines "
+                       "with only empty cells do not count)", kind="no-rows")
 
 
 def _empty() -> ApiError:

@@ -43,9 +43,11 @@ def decoder_check(block: bytes, final: bool) -> str:
 class HeaderError(ValueError):
     """The header lacks a required column, names one twice, or cannot be read as CSV."""
 
-    def __init__(self, message: str, missing: list[str] | None = None):
+    def __init__(self, message: str, missing: list[str] | None = None,
+                 column: str | None = None):
         super().__init__(message)
         self.missing = missing or []
+        self.column = column  # the offending column's name, when one is to blame
 
 
 class ParsedHeader(NamedTuple):
@@ -97,6 +99,16 @@ def _first_record(text: str, delimiter: str) -> ParsedHeader:
                         length=sum(map(len, consumed)), lines=len(consumed), ended=ended)
 
 
+def has_data_rows(text: str, delimiter: str) -> bool:
+    """Whether the text after the header holds a record with a non-blank cell (the worker skips
+    records like `,,`). Unreadable text counts as data: the worker reports it row by row."""
+    try:
+        return any(any(cell.strip() for cell in cells)
+                   for cells in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error:
+        return True
+
+
 @dataclass(frozen=True)
 class ColumnMap:
     """Where each required column sits in the header, plus the header itself."""
@@ -124,6 +136,10 @@ def map_columns(header: list[str]) -> ColumnMap:
                         f"(columns {found[field] + 1} and {index + 1})"
                     )
                 found[field] = index
+        if key == normalise_header(OUTPUT_COLUMN):
+            raise HeaderError(
+                f"column {cell!r} (column {index + 1}) is the column Batchpress adds to the "
+                "output CSV; rename or remove it", column=cell)
     missing = [DISPLAY[f] for f in (SERIAL, NAME, URLS) if f not in found]
     if missing:
         raise HeaderError(

@@ -10,11 +10,38 @@ MAX_NAME = 300
 MAX_URLS = 50
 MAX_URL_LENGTH = 2048
 MAX_SERIAL = 2**63 - 1  # MongoDB stores integers as at most 8 bytes
+# A row's cells are stored in one document (MongoDB's limit: 16 MB); a product row of more
+# than a mebibyte is a mistake (a broken quote, a pasted file) rather than a product.
+MAX_ROW_BYTES = 1024 * 1024
 
 
 def split_url_cell(cell: str) -> list[str]:
     """The URL cell's comma-separated parts, trimmed, empty ones kept: each is an output slot."""
     return [part.strip() for part in cell.split(",")]
+
+
+def row_size_error(cells: list[str]) -> str | None:
+    """Why a row is too big to keep, or None: its cells hold more than MAX_ROW_BYTES of UTF-8."""
+    if sum(map(len, cells)) * 4 <= MAX_ROW_BYTES:  # no character takes more than 4 bytes
+        return None
+    size = sum(len(cell.encode("utf-8", "surrogatepass")) for cell in cells)
+    if size <= MAX_ROW_BYTES:
+        return None
+    return f"the row is {size} bytes long, more than the {MAX_ROW_BYTES} bytes a row may hold"
+
+
+def storable_cells(cells: list[str]) -> list[str]:
+    """The cells, keeping them in order while they fit in MAX_ROW_BYTES and leaving the rest
+    empty, so a row rejected for its size can still be stored and shown."""
+    budget, kept = MAX_ROW_BYTES, []
+    for cell in cells:
+        size = len(cell.encode("utf-8", "surrogatepass"))
+        if size <= budget:
+            kept.append(cell)
+            budget -= size
+        else:
+            kept.append("")
+    return kept
 
 
 class ProductRow(BaseModel):

@@ -154,3 +154,56 @@ def test_serial_numbers_take_ascii_digits_only_and_fit_in_int64(client, http_ser
     assert "too large" in errors[6]
     products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
     assert [p["serial_no"] for p in products] == [1, 2**63 - 1]
+
+
+def test_an_unclosed_quote_is_reported_on_the_line_it_opens(client, work):
+    lines = [
+        f"1,Good,{GOOD}",                      # line 2
+        f'2,"Teapot, large,{GOOD}',            # 3: the quote never closes
+        f"3,Swallowed,{GOOD}",                 # 4 and 5 are read as part of line 3's cell
+        f"4,Swallowed too,{GOOD}",
+    ]
+    batch_id = post_raw(client, (HEADER + "\n".join(lines) + "\n").encode()).get_json()["id"]
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["rows"] == {"total": 2, "valid": 1, "invalid": 1}
+    errors = errors_by_line(client, batch_id)
+    assert list(errors) == [3] and errors[3].startswith("unclosed quote starting on line 3")
+
+
+def test_an_unclosed_quote_inside_a_multiline_row_names_the_quotes_line():
+    import io
+
+    from worker.csv_reader import read_csv
+    text = HEADER + f'1,"Two\nlines",{GOOD}\n2,"Mug\nbig","{GOOD}\n3,x,{GOOD}\n'
+    _, rows = read_csv(io.BytesIO(text.encode()))
+    assert [(line, problem) for line, _, problem in rows][0] == (2, None)
+    _, rows = read_csv(io.BytesIO(text.encode()))
+    line, _, problem = list(rows)[1]
+    assert line == 4 and problem.startswith("unclosed quote starting on line 5")
+    # A quote inside an unquoted cell is a character, not an opening quote.
+    _, rows = read_csv(io.BytesIO((HEADER + f'1,5" mug,{GOOD}').encode()))
+    assert [problem for _, _, problem in rows] == [None]
+
+
+def test_a_row_too_big_for_one_document_is_rejected_alone(client, work):
+    from schemas.rows import MAX_ROW_BYTES
+    header = HEADER.strip() + ",Description\n"
+    big = "é" * (MAX_ROW_BYTES // 2 + 10)  # 2 bytes each: just over the limit in UTF-8
+    lines = [f"1,Mug,{GOOD},short", f"2,Huge,{GOOD},{big}", f"3,Pot,{GOOD},fine"]
+    batch_id = post_raw(client, (header + "\n".join(lines) + "\n").encode()).get_json()["id"]
+    work()
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1}
+    errors = errors_by_line(client, batch_id)
+    assert list(errors) == [3] and f"more than the {MAX_ROW_BYTES} bytes" in errors[3]
+    output = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
+    assert output[2] == ["2", "Huge", GOOD, "", ""]  # the oversized cell is left empty
+    assert output[3][-1] == "fine"
+
+
+def test_row_size_rule_counts_utf8_bytes():
+    from schemas.rows import MAX_ROW_BYTES, row_size_error, storable_cells
+    assert row_size_error(["a" * MAX_ROW_BYTES]) is None
+    assert row_size_error(["€" * (MAX_ROW_BYTES // 3 + 1)]) is not None  # 3 bytes each
+    assert storable_cells(["1", "x" * MAX_ROW_BYTES, "keep"]) == ["1", "", "keep"]

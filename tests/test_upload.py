@@ -37,12 +37,22 @@ def assert_problem(response, status: int, *words: str) -> dict:
     (b"Serial,Product Name,Input Image Urls\n1,Mug,http://x/a.jpg\n", 422, ["S. No."]),
     (b"sno,name,name,urls\n1,a,b,http://x/a.jpg\n", 422, ["twice"]),
     (HEADER.encode(), 422, ["no data rows"]),
+    ((HEADER + ",,\n").encode(), 422, ["no data rows"]),            # only empty cells
+    ((HEADER + " , ,\r\n,,\r\n").encode(), 422, ["no data rows"]),
+    (b"sno;name;urls\n;;\n", 422, ["no data rows"]),
+    ((HEADER.strip() + ",Output Image Urls\n1,Mug,http://x/a.jpg,old\n").encode(), 422,
+     ["'Output Image Urls'", "column 4", "rename"]),
 ])
 def test_bad_files_are_refused_with_a_reason(client, s3, env, body, status, words):
     assert_problem(post_raw(client, body), status, *words)
     # nothing stored: no upload object and no batch
     assert s3.list_objects_v2(Bucket=env.s3_bucket).get("KeyCount", 0) == 0
     assert client.get("/api/v1/batches").get_json()["items"] == []
+
+
+def test_an_output_column_in_the_input_is_named(client):
+    body = assert_problem(post_raw(client, b"sno,output_image_urls,name,urls\n1,a,b,c\n"), 422)
+    assert body["type"] == "/problems/bad-header" and body["column"] == "output_image_urls"
 
 
 def test_missing_column_names_each_missing_one(client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import re
 from collections.abc import Iterator
 
 from schemas.csv_format import HeaderError, parse_header
@@ -17,12 +18,14 @@ class CsvFileError(Exception):
     """The file as a whole cannot be read (the batch fails with this message)."""
 
 
-def read_csv(binary) -> tuple[list[str], Iterator[tuple[int, list[str], bool]]]:
-    """The header and an iterator of (first line of the record, cells, decoded cleanly).
+def read_csv(binary) -> tuple[list[str], Iterator[tuple[int, list[str], str | None]]]:
+    """The header and an iterator of (first line of the record, cells, problem).
 
-    The header is read by schemas.csv_format.parse_header, the very parser the upload check uses;
-    lines end at LF, CRLF or a lone CR. Undecodable bytes become U+FFFD so one bad row fails alone
-    instead of the whole file.
+    `problem` is None for a record read cleanly, else why the record cannot be trusted (bytes
+    that are not UTF-8, a quote never closed). The header is read by
+    schemas.csv_format.parse_header, the very parser the upload check uses; lines end at LF,
+    CRLF or a lone CR. Undecodable bytes become U+FFFD so one bad row fails alone instead of
+    the whole file.
     """
     text = io.TextIOWrapper(_Readable(binary), encoding="utf-8-sig", errors="replace", newline="")
     header, ahead = _read_header(text)
@@ -30,22 +33,91 @@ def read_csv(binary) -> tuple[list[str], Iterator[tuple[int, list[str], bool]]]:
         raise CsvFileError("the file is empty or its first line is blank")
     delimiter = header.delimiter
 
-    def rows() -> Iterator[tuple[int, list[str], bool]]:
+    def rows() -> Iterator[tuple[int, list[str], str | None]]:
         # Whole lines read past the header first, then the rest of the stream.
-        reader = csv.reader(itertools.chain(io.StringIO(ahead, newline=""), text),
-                            delimiter=delimiter)
+        lines = _Lines(itertools.chain(io.StringIO(ahead, newline=""), text))
+        reader = csv.reader(lines, delimiter=delimiter)
         consumed = header.lines
         try:
             for cells in reader:
                 start = consumed + 1
                 consumed = header.lines + reader.line_num
+                raw = lines.take()
                 if not cells or all(not c.strip() for c in cells):
                     continue
-                yield start, cells, not any("\ufffd" in c for c in cells)
+                problem = None
+                if lines.exhausted:  # the record ran into the end of the file
+                    problem = _unclosed_quote(raw, start, delimiter)
+                if problem is None and any("\ufffd" in c for c in cells):
+                    problem = "the row is not valid UTF-8"
+                yield start, cells, problem
         except csv.Error as error:
             raise CsvFileError(f"line {consumed + 1}: {error}") from None
 
     return header.cells, rows()
+
+
+class _Lines:
+    """The lines fed to csv.reader, kept until taken: the raw text of the record just read."""
+
+    def __init__(self, source):
+        self._taken: list[str] = []
+        self.exhausted = False
+        self._feed = self._lines(source)
+
+    def _lines(self, source):
+        keep = self._taken.append
+        for line in source:
+            keep(line)
+            yield line
+        self.exhausted = True
+
+    def __iter__(self):
+        return self._feed
+
+    def take(self) -> list[str]:
+        taken = self._taken[:]
+        self._taken.clear()
+        return taken
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _unclosed_quote(raw: list[str], start: int, delimiter: str) -> str | None:
+    """The reason for a last record whose quote never closes (csv.reader then reads the rest of
+    the file as one cell), naming the line where that quote opened; None for a sound record."""
+    text = "".join(raw)
+    try:
+        list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
+        return None
+    except csv.Error as error:
+        if "unexpected end of data" not in str(error):
+            return None
+    opened = _opening_quote(text, delimiter)
+    if opened is None:
+        return None
+    line = start + len(_LINE_BREAK.findall(text, 0, opened))
+    return (f"unclosed quote starting on line {line}: everything after it was read as one "
+            "cell, so this row and the lines after it were not read; close the quote")
+
+
+def _opening_quote(text: str, delimiter: str) -> int | None:
+    """Offset of the quote that is still open at the end of `text`, as csv.reader reads it: a
+    quote opens a quoted cell only at the start of a cell, and `""` inside one is a quote."""
+    at_cell_start = re.compile(rf'(?:^|(?<=[{re.escape(delimiter)}\r\n]))"')
+    position = 0
+    while (match := at_cell_start.search(text, position)) is not None:
+        closing = match.end()
+        while True:
+            closing = text.find('"', closing)
+            if closing < 0:
+                return match.start()
+            if not text.startswith('"', closing + 1):
+                break
+            closing += 2
+        position = closing + 1
+    return None
 
 
 def _read_header(text: io.TextIOBase):

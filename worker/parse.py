@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from infra import product_store
 from infra.settings import Settings
 from schemas.csv_format import ColumnMap, HeaderError, map_columns
-from schemas.rows import ProductRow, row_error, split_url_cell
+from schemas.rows import ProductRow, row_error, row_size_error, split_url_cell, storable_cells
 from worker.csv_reader import CsvFileError, read_csv
 
 FLUSH_ROWS = 1000
@@ -38,9 +38,9 @@ def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
     result.header = header
     seen_serials: dict[int, int] = {}
     buffer: list[dict] = []
-    for line, cells, clean in rows:
+    for line, cells, problem in rows:
         result.rows_total += 1
-        doc = _row_doc(batch_id, line, cells, clean, columns, seen_serials)
+        doc = _row_doc(batch_id, line, cells, problem, columns, seen_serials)
         if doc["status"] == product_store.ACCEPTED:
             result.rows_valid += 1
             for url in doc["input_image_urls"]:
@@ -63,8 +63,8 @@ def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
     return result
 
 
-def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: ColumnMap,
-             seen_serials: dict[int, int]) -> dict:
+def _row_doc(batch_id: str, line: int, cells: list[str], problem: str | None,
+             columns: ColumnMap, seen_serials: dict[int, int]) -> dict:
     def cell(index: int) -> str:
         return cells[index] if index < len(cells) else ""
 
@@ -73,23 +73,22 @@ def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: C
     parts = split_url_cell(cell(columns.urls))
     doc = {"_id": product_store.product_id(batch_id, line), "batch_id": batch_id, "line": line,
            "cells": cells, "serial_raw": cell(columns.serial).strip(), "url_slots": len(parts)}
-    error = None
-    if not clean:
-        error = "the row is not valid UTF-8"
-    elif len(cells) < len(columns.header) and max(columns.serial, columns.name,
-                                                  columns.urls) >= len(cells):
+    error = problem
+    if error is None and len(cells) < len(columns.header) and max(
+            columns.serial, columns.name, columns.urls) >= len(cells):
         error = f"the row has {len(cells)} fields, the header {len(columns.header)}"
-    else:
+    elif error is None:
         try:
             row = ProductRow(serial_no=cell(columns.serial), product_name=cell(columns.name),
                              input_image_urls=cell(columns.urls))
         except ValidationError as invalid:
             error = row_error(invalid)
         else:
-            first = seen_serials.setdefault(row.serial_no, line)
+            error = row_size_error(cells)
+            first = seen_serials.setdefault(row.serial_no, line) if error is None else line
             if first != line:
                 error = f"S. No.: {row.serial_no} is already used on line {first}"
-            else:
+            elif error is None:
                 doc.update(status=product_store.ACCEPTED, serial_no=row.serial_no,
                            product_name=row.product_name,
                            input_image_urls=row.input_image_urls,
@@ -97,5 +96,8 @@ def _row_doc(batch_id: str, line: int, cells: list[str], clean: bool, columns: C
                            empty_slots=[i for i, part in enumerate(parts) if not part],
                            error=None)
                 return doc
+    if row_size_error(cells):  # rejected for any reason, it must still fit in one document
+        doc["cells"] = kept = storable_cells(cells)
+        doc["serial_raw"] = kept[columns.serial].strip() if columns.serial < len(kept) else ""
     doc.update(status=product_store.REJECTED, error=error, serial_no=None, image_hashes=[])
     return doc
