@@ -41,11 +41,12 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
         app.register_blueprint(files.bp)
 
     if prepare_stores:
-        from infra import db, storage
+        from infra import storage, stores
         try:
-            db.ensure_indexes()
+            stores.current().prepare()
         except Exception as error:  # noqa: BLE001 - readiness reports it; the app still starts
-            log.warning("could not create MongoDB indexes at start-up: %s", error)
+            log.warning("could not prepare the %s store at start-up: %s",
+                        stores.current().name, error)
         try:
             storage.ensure_bucket()
         except Exception as error:  # noqa: BLE001

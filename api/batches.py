@@ -20,11 +20,14 @@ from api import app_settings
 from api.errors import ApiError, not_found
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
-from infra import batch_store, idempotency_store, jobs, metrics, product_store, storage
+from infra import jobs, metrics, storage, stores
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
 from schemas.csv_format import map_columns
+from schemas.cursor import decode_cursor, encode_cursor
+from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
+                             ProductRecord, new_batch_id)
 from schemas.product import ImageOut
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,8 @@ def base_url() -> str:
     return request.url_root.rstrip("/")
 
 
-def load_batch(batch_id: str) -> dict:
-    batch = batch_store.get(batch_id, owner())
+def load_batch(batch_id: str) -> BatchRecord:
+    batch = stores.batches().get(batch_id, owner())
     if batch is None:
         raise not_found("batch", batch_id)
     return batch
@@ -60,14 +63,14 @@ def upload():
     reader = CappedHashingReader(first, stream, settings.max_upload_bytes)
     if idempotency_key:
         try:
-            existing = idempotency_store.find(owner(), idempotency_key)
+            existing = stores.idempotency().find(owner(), idempotency_key)
         except PyMongoError as error:
             log.error("MongoDB read failed: %s", error)
             raise _unavailable("MongoDB") from None
         if existing is not None:  # a replay: hash the body without storing it again
             _drain(reader, settings)
             return _replay(existing, _fingerprint(reader.sha256.hexdigest(), webhook_url))
-    batch_id = batch_store.new_id()
+    batch_id = new_batch_id()
     key = f"{storage.UPLOAD_PREFIX}{batch_id}.csv"
     try:
         storage.upload_stream(key, reader, "text/csv; charset=utf-8")
@@ -78,12 +81,13 @@ def upload():
         raise _unavailable("S3") from None
     fingerprint = _fingerprint(reader.sha256.hexdigest(), webhook_url)
     try:
-        batch = batch_store.create(batch_id=batch_id, owner=owner(), filename=filename,
-                                   csv_key=key, csv_sha256=reader.sha256.hexdigest(),
-                                   csv_bytes=reader.size, webhook_url=webhook_url)
+        batch = stores.batches().create(BatchRecord.new(
+            batch_id=batch_id, owner=owner(), filename=filename, csv_key=key,
+            csv_sha256=reader.sha256.hexdigest(), csv_bytes=reader.size,
+            webhook_url=webhook_url))
         # The batch exists before the key is claimed, so whoever finds the key finds its batch.
-        claimed = (idempotency_store.claim(owner(), idempotency_key, batch_id=batch_id,
-                                                 fingerprint=fingerprint)
+        claimed = (stores.idempotency().claim(IdempotencyRecord.new(
+            owner(), idempotency_key, batch_id=batch_id, fingerprint=fingerprint))
                    if idempotency_key else True)
     except PyMongoError as error:
         log.error("MongoDB insert failed: %s", error)
@@ -91,14 +95,14 @@ def upload():
         raise _unavailable("MongoDB") from None
     if not claimed:  # a concurrent request with the same key won the race
         _forget_batch(batch_id, key)
-        return _replay(idempotency_store.find(owner(), idempotency_key), fingerprint)
+        return _replay(stores.idempotency().find(owner(), idempotency_key), fingerprint)
     try:
         jobs.enqueue_parse(batch_id)
     except RedisError as error:
         log.error("enqueue failed: %s", error)
         if idempotency_key:
             try:
-                idempotency_store.release(owner(), idempotency_key, batch_id)
+                stores.idempotency().release(owner(), idempotency_key, batch_id)
             except PyMongoError:
                 pass
         _forget_batch(batch_id, key)
@@ -138,23 +142,23 @@ def _drain(reader: CappedHashingReader, settings) -> None:
         raise _too_large(settings) from None
 
 
-def _replay(record: dict | None, fingerprint: str):
+def _replay(record: IdempotencyRecord | None, fingerprint: str):
     """The answer to a request whose Idempotency-Key was used before: the original batch."""
     if record is None:  # the first request failed and released its key just now
         raise ApiError(409, "Conflict", "a request with this Idempotency-Key was being processed "
                        "and did not complete; send it again", kind="idempotency-key-in-use")
-    if record.get("fingerprint") != fingerprint:
+    if record.fingerprint != fingerprint:
         raise ApiError(422, "Idempotency-Key reused",
                        "this Idempotency-Key was already used with a different file or "
                        "webhook_url; use a new key for a new upload", kind="idempotency-key-reused",
-                       batch_id=record.get("batch_id"))
-    batch = batch_store.get(record["batch_id"], owner())
+                       batch_id=record.batch_id)
+    batch = stores.batches().get(record.batch_id, owner())
     if batch is None:
         raise ApiError(409, "Conflict", "the upload that used this Idempotency-Key is not "
                        "available any more; use a new key", kind="idempotency-key-in-use")
     response = jsonify(batch_json(batch, base_url()))
     response.status_code = 202  # the contract's status for an upload, replayed or not
-    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch["_id"])
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch.id)
     response.headers["Idempotent-Replayed"] = "true"
     return response
 
@@ -168,7 +172,7 @@ def _too_large(settings) -> ApiError:
 def _forget_batch(batch_id: str, key: str) -> None:
     """Undo a half-made upload: its batch record (if any) and its stored file."""
     try:
-        batch_store.delete(batch_id)
+        stores.batches().delete(batch_id)
     except PyMongoError:
         log.warning("could not delete the record of failed upload %s", batch_id)
     _forget_upload(key)
@@ -277,17 +281,18 @@ def list_batches():
                        f"status must be one of {', '.join(s.value for s in BatchStatus)}",
                        kind="invalid-parameter", parameter="status")
     cursor = request.args.get("cursor") or None
-    if cursor:
-        _check_list_cursor(cursor)
-    try:
-        docs, cursor = batch_store.list_page(
-            owner(), limit=_limit(), cursor=cursor, status=status,
-            created_after=_time_param("created_after"), created_before=_time_param("created_before"))
-    except ValueError as error:
-        raise ApiError(400, "Invalid parameter", str(error), kind="invalid-parameter",
-                       parameter="cursor") from None
-    return jsonify({"items": [batch_json(d, base_url()) for d in docs],
-                    "next_cursor": cursor})
+    after = _check_list_cursor(cursor) if cursor else None
+    limit = _limit()
+    found = stores.batches().list_page(
+        owner(), limit=limit + 1, after=after, status=status,
+        created_after=_time_param("created_after"), created_before=_time_param("created_before"))
+    next_cursor = None
+    if len(found) > limit:
+        found = found[:limit]
+        last = found[-1]
+        next_cursor = encode_cursor({"t": last.created_at.isoformat(), "i": last.id})
+    return jsonify({"items": [batch_json(b, base_url()) for b in found],
+                    "next_cursor": next_cursor})
 
 
 def _bad_cursor() -> ApiError:
@@ -297,7 +302,7 @@ def _bad_cursor() -> ApiError:
 
 def _decode_cursor(raw: str) -> dict:
     try:
-        return batch_store.decode_cursor(raw)
+        return decode_cursor(raw)
     except ValueError:
         raise _bad_cursor() from None
 
@@ -306,7 +311,7 @@ MAX_CURSOR_LINE = 2**31
 MAX_CURSOR_ID = 64
 
 
-def _check_list_cursor(raw: str) -> None:
+def _check_list_cursor(raw: str) -> tuple[datetime, str]:
     """The batches list's cursor holds the last item's `t` (an ISO time with a zone) and `i` (its
     id); anything else (numbers, objects, naive times) is refused before it reaches a query."""
     position = _decode_cursor(raw)
@@ -320,6 +325,7 @@ def _check_list_cursor(raw: str) -> None:
         raise _bad_cursor() from None
     if when.tzinfo is None:
         raise _bad_cursor()
+    return when, last_id
 
 
 def _products_cursor(raw: str) -> int:
@@ -334,31 +340,22 @@ def _products_cursor(raw: str) -> int:
 def list_products(batch_id: str):
     load_batch(batch_id)
     after = _products_cursor(request.args["cursor"]) if request.args.get("cursor") else 0
-    page, last = product_store.page_products(batch_id, after_line=after, limit=_limit())
+    page, last = stores.products().page_products(batch_id, after_line=after, limit=_limit())
     return jsonify({"items": [_product_json(row, images) for row, images in page],
-                    "next_cursor": batch_store.encode_cursor({"l": last}) if last else None})
+                    "next_cursor": encode_cursor({"l": last}) if last else None})
 
 
-def _product_json(row: dict, images: dict[str, dict]) -> dict:
+def _product_json(row: ProductRecord, images: dict[str, ImageRecord]) -> dict:
     """A product as the API shows it, built through its schema (so the two cannot drift)."""
-    items = [ImageOut(input_url=url, output_url=image.get("output_url"),
-                      status=image.get("status", product_store.PENDING), error=image.get("error"),
-                      bytes_in=image.get("bytes_in"), bytes_out=image.get("bytes_out"),
-                      kept_original=bool(image.get("kept_original")))
-             for url, image in ((url, images.get(digest, {}))
-                                for url, digest in zip(row["input_image_urls"], row["image_hashes"]))]
-    states = {i.status for i in items}
-    if product_store.PENDING in states:
-        status = "processing"
-    elif states == {product_store.PROCESSED}:
-        status = "completed"
-    elif states == {product_store.FAILED}:
-        status = "failed"
-    else:
-        status = "completed_with_errors"
-    return ProductItem(serial_no=row["serial_no"], product_name=row["product_name"],
-                       line=row["line"], input_image_urls=row["input_image_urls"],
-                       output_image_urls=[i.output_url for i in items], status=status,
+    items = [ImageOut(input_url=url, status=PENDING) if image is None else
+             ImageOut(input_url=url, output_url=image.output_url, status=image.status,
+                      error=image.error, bytes_in=image.bytes_in, bytes_out=image.bytes_out,
+                      kept_original=image.kept_original)
+             for url, image in row.images_of(images)]
+    return ProductItem(serial_no=row.serial_no, product_name=row.product_name,
+                       line=row.line, input_image_urls=row.input_image_urls,
+                       output_image_urls=[i.output_url for i in items],
+                       status=ProductRecord.display_status({i.status for i in items}),
                        images=items).model_dump(mode="json")
 
 
@@ -368,8 +365,8 @@ def _csv_line(cells: list) -> str:
     return out.getvalue()
 
 
-def _csv_response(batch: dict, suffix: str, lines) -> Response:
-    name = (clean_filename(batch.get("filename")) or batch["_id"]).rsplit(".", 1)[0] + suffix
+def _csv_response(batch: BatchRecord, suffix: str, lines) -> Response:
+    name = (clean_filename(batch.filename) or batch.id).rsplit(".", 1)[0] + suffix
     return Response(stream_with_context(lines), mimetype="text/csv",
                     headers={"Content-Disposition": content_disposition(name)})
 
@@ -377,27 +374,21 @@ def _csv_response(batch: dict, suffix: str, lines) -> Response:
 @bp.get("/<batch_id>/output.csv")
 def output_csv(batch_id: str):
     batch = load_batch(batch_id)
-    if not batch.get("header"):
-        if BatchStatus(batch["status"]).finished:
-            raise ApiError(409, "No output", f"the batch ended {batch['status']} before its file "
-                           f"was read: {batch.get('error') or 'no rows'}", kind="no-output")
+    if not batch.header:
+        if batch.finished:
+            raise ApiError(409, "No output", f"the batch ended {batch.status.value} before its "
+                           f"file was read: {batch.error or 'no rows'}", kind="no-output")
         raise ApiError(409, "Not ready", "the batch's file has not been read yet; try again "
                        "when its status is no longer queued", kind="not-ready")
-    columns = map_columns(batch["header"])
+    columns = map_columns(batch.header)
 
     def lines():
         yield _csv_line(columns.output_header())
-        for row, images in product_store.iter_rows(batch_id):
-            cells = list(row["cells"])
+        for row, images in stores.products().iter_rows(batch_id):
+            cells = list(row.cells)
             while len(cells) <= columns.urls:
                 cells.append("")
-            outputs = [(images.get(h) or {}).get("output_url") or ""
-                       for h in row.get("image_hashes", [])]
-            for index in row.get("empty_slots", ()):  # an empty part of the cell keeps its slot
-                outputs.insert(index, "")
-            if row["status"] == product_store.REJECTED:  # every slot empty
-                outputs = [""] * row.get("url_slots", 1)
-            cells.insert(columns.urls + 1, ",".join(outputs))
+            cells.insert(columns.urls + 1, ",".join(row.output_slots(images)))
             yield _csv_line(cells)
 
     return _csv_response(batch, "-output.csv", lines())
@@ -409,15 +400,14 @@ def errors_csv(batch_id: str):
 
     def lines():
         yield _csv_line(["Line", "S. No.", "Input Image Url", "Error"])
-        if batch.get("status") == BatchStatus.FAILED.value and not batch.get("header"):
-            yield _csv_line(["", "", "", batch.get("error") or "the file could not be read"])
-        for row, images in product_store.iter_rows(batch_id):
-            if row["status"] == product_store.REJECTED:
-                yield _csv_line([row["line"], row.get("serial_raw", ""), "", row["error"]])
+        if batch.status == BatchStatus.FAILED and not batch.header:
+            yield _csv_line(["", "", "", batch.error or "the file could not be read"])
+        for row, images in stores.products().iter_rows(batch_id):
+            if not row.accepted:
+                yield _csv_line([row.line, row.serial_raw, "", row.error])
                 continue
-            for url, digest in zip(row["input_image_urls"], row["image_hashes"]):
-                image = images.get(digest)
-                if image and image["status"] == product_store.FAILED:
-                    yield _csv_line([row["line"], row["serial_no"], url, image["error"]])
+            for url, image in row.images_of(images):
+                if image and image.status == FAILED:
+                    yield _csv_line([row.line, row.serial_no, url, image.error])
 
     return _csv_response(batch, "-errors.csv", lines())

@@ -12,15 +12,16 @@ from redis.exceptions import RedisError
 from api.batches import base_url, load_batch
 from api import app_settings
 from api.errors import ApiError
-from infra import batch_store, jobs, product_store
+from infra import jobs, stores
 from schemas.batch import BatchStatus, batch_json
+from schemas.records import BatchRecord
 
 log = logging.getLogger(__name__)
 bp = Blueprint("control", __name__, url_prefix="/api/v1/batches")
 
 
-def _conflict(detail: str, batch: dict, kind: str) -> ApiError:
-    return ApiError(409, "Conflict", detail, kind=kind, batch_status=batch["status"])
+def _conflict(detail: str, batch: BatchRecord, kind: str) -> ApiError:
+    return ApiError(409, "Conflict", detail, kind=kind, batch_status=batch.status.value)
 
 
 # --- cancel -----------------------------------------------------------------------------------
@@ -28,10 +29,10 @@ def _conflict(detail: str, batch: dict, kind: str) -> ApiError:
 @bp.post("/<batch_id>/cancel")
 def cancel_batch(batch_id: str):
     batch = load_batch(batch_id)
-    cancelled = batch_store.cancel(batch_id)
+    cancelled = stores.batches().cancel(batch_id)
     if cancelled is None:
         batch = load_batch(batch_id)
-        raise _conflict(f"the batch has already finished ({batch['status']}); only a queued or "
+        raise _conflict(f"the batch has already finished ({batch.status.value}); only a queued or "
                         "processing batch can be cancelled", batch, "already-finished")
     dropped = jobs.drop_queued_jobs(cancelled)
     log.info("batch cancelled", extra={"batch_id": batch_id, "dropped_jobs": dropped})
@@ -49,23 +50,23 @@ def cancel_batch(batch_id: str):
 @bp.post("/<batch_id>/retry")
 def retry_batch(batch_id: str):
     batch = load_batch(batch_id)
-    status = BatchStatus(batch["status"])
+    status = batch.status
     if not status.finished:
         raise _conflict("the batch is still running; retry it once it has finished",
                         batch, "still-running")
     if status == BatchStatus.CANCELLED:
         raise _conflict("a cancelled batch cannot be retried; upload the file again",
                         batch, "cancelled")
-    failed = product_store.failed_images(batch_id) if batch.get("parsed") else []
+    failed = stores.products().failed_images(batch_id) if batch.parsed else []
     if not failed:
         raise _conflict("the batch has no failed images to retry", batch, "nothing-to-retry")
-    slots = sum(doc["occurrences"] for doc in failed)
-    claimed = batch_store.start_retry(batch, slots)
+    slots = sum(image.occurrences for image in failed)
+    claimed = stores.batches().start_retry(batch, slots)
     if claimed is None:
         raise _conflict("the batch changed while the retry was being set up (another retry?)",
                         load_batch(batch_id), "retry-conflict")
-    product_store.reset_images([doc["_id"] for doc in failed])
-    chunk_numbers = sorted({doc["chunk"] for doc in failed})
+    stores.products().reset_images([image.id for image in failed])
+    chunk_numbers = sorted({image.chunk for image in failed})
     try:
         jobs.enqueue_chunks(batch_id, chunk_numbers)
     except RedisError as error:
@@ -83,25 +84,24 @@ def retry_batch(batch_id: str):
 PHASE_QUEUED, PHASE_STARTED, PHASE_PARSED, PHASE_FINISHED, PHASE_FINAL = range(5)
 
 
-def event_key(batch: dict) -> tuple[int, int, int]:
+def event_key(batch: BatchRecord) -> tuple[int, int, int]:
     """A monotonic position in the batch's life: (retry run, phase, finished image slots).
 
     Within one run the phase only moves forward and the count only grows; a retry starts a new
     run. So a later state always has a larger key, and Last-Event-ID can be compared with it.
     """
-    status = BatchStatus(batch["status"])
+    status = batch.status
     if status.finished:
         phase = PHASE_FINISHED
     elif status == BatchStatus.QUEUED:
         phase = PHASE_QUEUED
     else:
-        phase = PHASE_PARSED if batch.get("parsed") else PHASE_STARTED
-    return (int(batch.get("retries") or 0), phase,
-            int(batch["images_processed"]) + int(batch["images_failed"]))
+        phase = PHASE_PARSED if batch.parsed else PHASE_STARTED
+    return (batch.retries, phase, batch.done_slots)
 
 
-def final_key(batch: dict) -> tuple[int, int, int]:
-    return (int(batch.get("retries") or 0), PHASE_FINAL, 0)
+def final_key(batch: BatchRecord) -> tuple[int, int, int]:
+    return (batch.retries, PHASE_FINAL, 0)
 
 
 def format_key(key: tuple[int, int, int]) -> str:
@@ -134,10 +134,10 @@ def batch_events(batch_id: str):
     batch = load_batch(batch_id)
     settings = app_settings()
     last = parse_key(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
-    if last is not None and BatchStatus(batch["status"]).finished and last >= final_key(batch):
+    if last is not None and batch.finished and last >= final_key(batch):
         # The client has seen the final event: 204 tells an EventSource to stop reconnecting.
         return Response(status=204)
-    owner, root = batch.get("owner"), base_url()
+    owner, root = batch.owner, base_url()
 
     def stream():
         sent_key = last
@@ -151,7 +151,7 @@ def batch_events(batch_id: str):
                 last_write = time.monotonic()
                 yield sse("progress", json.dumps(batch_json(current, root),
                                                  separators=(",", ":")), format_key(key))
-            if BatchStatus(current["status"]).finished:
+            if current.finished:
                 yield sse("status", json.dumps(batch_json(current, root),
                                                separators=(",", ":")),
                           format_key(final_key(current)))
@@ -163,7 +163,7 @@ def batch_events(batch_id: str):
             if time.monotonic() - last_write >= settings.events_heartbeat_s:
                 last_write = time.monotonic()
                 yield ": heartbeat\n\n"
-            current = batch_store.get(batch_id, owner)
+            current = stores.batches().get(batch_id, owner)
             if current is None:  # deleted meanwhile
                 yield sse("error", json.dumps({"detail": "the batch no longer exists"}))
                 return

@@ -21,14 +21,16 @@ from api.auth import owner
 from api.batches import load_batch
 from api import app_settings
 from api.errors import ApiError, not_found
-from infra import jobs, webhook_store
+from infra import jobs, stores
 from infra.url_safety import UnsafeUrl, check_url
+from schemas.records import EVENTS, DeliveryRecord, SubscriptionRecord
 from schemas.timestamps import iso_z
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1")
 
 MAX_DESCRIPTION = 500
+MAX_SUBSCRIPTIONS_PER_OWNER = 100
 
 
 def validated_url(value: object, field: str = "url") -> str:
@@ -56,12 +58,12 @@ def _events(value: object) -> list[str]:
     if (not isinstance(value, list) or not value
             or not all(isinstance(item, str) for item in value)):
         raise ApiError(422, "Invalid events", "events must be a non-empty list of event names: "
-                       + ", ".join(webhook_store.EVENTS), kind="invalid-events", field="events")
-    unknown = sorted(set(value) - set(webhook_store.EVENTS))
+                       + ", ".join(EVENTS), kind="invalid-events", field="events")
+    unknown = sorted(set(value) - set(EVENTS))
     if unknown:
         raise ApiError(422, "Invalid events", f"unknown event(s) {', '.join(unknown)}; known: "
-                       + ", ".join(webhook_store.EVENTS), kind="invalid-events", field="events")
-    return [event for event in webhook_store.EVENTS if event in value]
+                       + ", ".join(EVENTS), kind="invalid-events", field="events")
+    return [event for event in EVENTS if event in value]
 
 
 def _description(value: object) -> str | None:
@@ -76,20 +78,20 @@ def _description(value: object) -> str | None:
 _iso = iso_z  # the one timestamp format (schemas/timestamps.py)
 
 
-def subscription_json(doc: dict, *, secret: bool = False) -> dict:
-    out = {"id": doc["_id"], "url": doc["url"], "events": doc["events"],
-           "description": doc.get("description"), "enabled": doc["enabled"],
-           "disabled_reason": doc.get("disabled_reason"), "created_at": _iso(doc["created_at"]),
-           "updated_at": _iso(doc.get("updated_at"))}
-    if doc.get("previous_secret_expires_at"):
-        out["previous_secret_expires_at"] = _iso(doc["previous_secret_expires_at"])
+def subscription_json(doc: SubscriptionRecord, *, secret: bool = False) -> dict:
+    out = {"id": doc.id, "url": doc.url, "events": doc.events,
+           "description": doc.description, "enabled": doc.enabled,
+           "disabled_reason": doc.disabled_reason, "created_at": _iso(doc.created_at),
+           "updated_at": _iso(doc.updated_at)}
+    if doc.previous_secret_expires_at:
+        out["previous_secret_expires_at"] = _iso(doc.previous_secret_expires_at)
     if secret:
-        out["secret"] = doc["secret"]
+        out["secret"] = doc.secret
     return out
 
 
-def _subscription(subscription_id: str) -> dict:
-    doc = webhook_store.get_subscription(subscription_id, owner())
+def _subscription(subscription_id: str) -> SubscriptionRecord:
+    doc = stores.webhooks().get_subscription(subscription_id, owner())
     if doc is None:
         raise not_found("webhook subscription", subscription_id)
     return doc
@@ -101,24 +103,24 @@ def create_subscription():
     if "url" not in body:
         raise ApiError(422, "Invalid url", "url is required", kind="invalid-webhook-url", field="url")
     url = validated_url(body["url"])
-    events = _events(body["events"]) if "events" in body else list(webhook_store.EVENTS)
+    events = _events(body["events"]) if "events" in body else list(EVENTS)
     description = _description(body.get("description"))
-    if webhook_store.count_subscriptions(owner()) >= webhook_store.MAX_SUBSCRIPTIONS_PER_OWNER:
+    if stores.webhooks().count_subscriptions(owner()) >= MAX_SUBSCRIPTIONS_PER_OWNER:
         raise ApiError(409, "Too many subscriptions", f"at most "
-                       f"{webhook_store.MAX_SUBSCRIPTIONS_PER_OWNER} webhook subscriptions; "
+                       f"{MAX_SUBSCRIPTIONS_PER_OWNER} webhook subscriptions; "
                        "delete one first", kind="too-many-subscriptions")
-    doc = webhook_store.create_subscription(owner=owner(), url=url, events=events,
-                                            description=description)
+    doc = stores.webhooks().create_subscription(SubscriptionRecord.new(
+        owner=owner(), url=url, events=events, description=description))
     response = jsonify(subscription_json(doc, secret=True))
     response.status_code = 201
-    response.headers["Location"] = url_for("webhooks.get_subscription", subscription_id=doc["_id"])
+    response.headers["Location"] = url_for("webhooks.get_subscription", subscription_id=doc.id)
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @bp.get("/webhooks")
 def list_subscriptions():
-    return jsonify({"items": [subscription_json(d) for d in webhook_store.list_subscriptions(owner())],
+    return jsonify({"items": [subscription_json(d) for d in stores.webhooks().list_subscriptions(owner())],
                     "next_cursor": None})
 
 
@@ -145,7 +147,7 @@ def update_subscription(subscription_id: str):
         changes["enabled"] = body["enabled"]
         if not body["enabled"]:
             changes["disabled_reason"] = "disabled through the API"
-    doc = webhook_store.update_subscription(subscription_id, owner(), changes)
+    doc = stores.webhooks().update_subscription(subscription_id, owner(), changes)
     if doc is None:
         raise not_found("webhook subscription", subscription_id)
     return jsonify(subscription_json(doc))
@@ -153,7 +155,7 @@ def update_subscription(subscription_id: str):
 
 @bp.delete("/webhooks/<subscription_id>")
 def delete_subscription(subscription_id: str):
-    if not webhook_store.delete_subscription(subscription_id, owner()):
+    if not stores.webhooks().delete_subscription(subscription_id, owner()):
         raise not_found("webhook subscription", subscription_id)
     return "", 204
 
@@ -161,7 +163,7 @@ def delete_subscription(subscription_id: str):
 @bp.post("/webhooks/<subscription_id>/rotate-secret")
 def rotate_secret(subscription_id: str):
     _subscription(subscription_id)
-    doc = webhook_store.rotate_secret(subscription_id, owner())
+    doc = stores.webhooks().rotate_secret(subscription_id, owner())
     if doc is None:
         raise ApiError(409, "Conflict", "the secret changed while rotating; try again",
                        kind="conflict")
@@ -172,30 +174,30 @@ def rotate_secret(subscription_id: str):
 
 # --- deliveries -------------------------------------------------------------------------------
 
-def delivery_json(doc: dict) -> dict:
+def delivery_json(doc: DeliveryRecord) -> dict:
     return {
-        "id": doc["_id"], "batch_id": doc["batch_id"], "event": doc["event"], "url": doc["url"],
-        "subscription_id": doc.get("subscription_id"), "status": doc["status"],
-        "created_at": _iso(doc["created_at"]), "attempt_count": doc.get("attempt_count", 0),
-        "next_attempt_at": _iso(doc.get("next_attempt_at")) if doc["status"] == "pending" else None,
+        "id": doc.id, "batch_id": doc.batch_id, "event": doc.event, "url": doc.url,
+        "subscription_id": doc.subscription_id, "status": doc.status,
+        "created_at": _iso(doc.created_at), "attempt_count": doc.attempt_count,
+        "next_attempt_at": _iso(doc.next_attempt_at) if doc.status == "pending" else None,
         "attempts": [{
-            "number": a.get("number"), "manual": a.get("manual", False), "at": _iso(a["at"]),
-            "url": a.get("url"), "status_code": a.get("status_code"), "error": a.get("error"),
-            "duration_ms": a.get("duration_ms"), "response": a.get("response"),
-            "next_attempt_at": _iso(a.get("next_attempt_at")),
-        } for a in doc.get("attempts", [])],
+            "number": a.number, "manual": a.manual, "at": _iso(a.at),
+            "url": a.url, "status_code": a.status_code, "error": a.error,
+            "duration_ms": a.duration_ms, "response": a.response,
+            "next_attempt_at": _iso(a.next_attempt_at),
+        } for a in doc.attempts],
     }
 
 
 @bp.get("/batches/<batch_id>/deliveries")
 def list_deliveries(batch_id: str):
     load_batch(batch_id)  # 404 for unknown and other owners' batches
-    return jsonify({"items": [delivery_json(d) for d in webhook_store.list_deliveries(batch_id)],
+    return jsonify({"items": [delivery_json(d) for d in stores.webhooks().list_deliveries(batch_id)],
                     "next_cursor": None})
 
 
-def _delivery(delivery_id: str) -> dict:
-    doc = webhook_store.get_delivery(delivery_id, owner())
+def _delivery(delivery_id: str) -> DeliveryRecord:
+    doc = stores.webhooks().get_delivery(delivery_id, owner())
     if doc is None:
         raise not_found("webhook delivery", delivery_id)
     return doc
@@ -209,8 +211,8 @@ def get_delivery(delivery_id: str):
 @bp.post("/deliveries/<delivery_id>/redeliver")
 def redeliver(delivery_id: str):
     doc = _delivery(delivery_id)
-    if doc.get("subscription_id") and webhook_store.get_subscription(
-            doc["subscription_id"], any_owner=True) is None:
+    if doc.subscription_id and stores.webhooks().get_subscription(
+            doc.subscription_id, any_owner=True) is None:
         raise ApiError(409, "Subscription deleted", "this delivery's webhook subscription was "
                        "deleted; there is nowhere to send it", kind="subscription-deleted")
     try:

@@ -168,7 +168,7 @@ def child(spec: dict) -> None:
     import requests
     from werkzeug.serving import make_server
 
-    from infra import batch_store, db
+    from infra import db, stores
     from infra.settings import get_settings
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -218,15 +218,15 @@ def child(spec: dict) -> None:
         for name in ("chunk job (all of it)", "parse job (CSV -> MongoDB)"))]
     cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
 
-    doc = batch_store.get(batch_id, any_owner=True)
+    doc = stores.batches().get(batch_id, any_owner=True)
     out = requests.get(f"{api}/batches/{batch_id}", timeout=30).json()
     server.shutdown()
     if real_mongo:
         db.get_client().drop_database(settings.mongo_db)
     report = {
         "status": out["status"], "images": out["images"], "worker_wall_s": wall,
-        "batch_s": (doc["finished_at"] - doc["started_at"]).total_seconds()
-        if doc.get("finished_at") and doc.get("started_at") else None,
+        "batch_s": (doc.finished_at - doc.started_at).total_seconds()
+        if doc.finished_at and doc.started_at else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cpu_s": cpu, "stages": stages, "mongo": "real" if real_mongo else "mongomock",
         "chunk_size": settings.chunk_size, "image_concurrency": settings.image_concurrency,
@@ -242,7 +242,7 @@ def _count_stages() -> dict:
     import functools
     import threading
 
-    from infra import batch_store, metrics, product_store, storage
+    from infra import metrics, storage, stores
     from worker import chunks
 
     stats: dict = {}
@@ -268,11 +268,10 @@ def _count_stages() -> dict:
     wrap(chunks, "download", "download (requests)")
     wrap(chunks, "compress", "decode + encode (Pillow)")
     wrap(storage, "put_bytes", "S3 put (boto3)")
-    wrap(product_store, "mark_processed", "MongoDB mark_processed")
-    wrap(product_store, "pending_images", "MongoDB pending_images")
-    if hasattr(product_store, "start_attempt"):
-        wrap(product_store, "start_attempt", "MongoDB start_attempt")
-    wrap(batch_store, "add_image_results", "MongoDB add_image_results")
+    wrap(stores.products(), "mark_processed", "store mark_processed")
+    wrap(stores.products(), "pending_images", "store pending_images")
+    wrap(stores.products(), "start_attempt", "store start_attempt")
+    wrap(stores.batches(), "add_image_results", "store add_image_results")
     wrap(metrics, "_incr", "metrics (Redis pipelines)")
     wrap(chunks, "process_chunk", "chunk job (all of it)")
     from worker import tasks

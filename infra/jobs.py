@@ -36,10 +36,10 @@ def chunk_job_id(batch_id: str, chunk: int) -> str:
     return f"{batch_id}-chunk-{chunk}"
 
 
-def batch_job_ids(batch: dict) -> list[str]:
-    """Every job id a batch can have."""
-    ids = [parse_job_id(batch["_id"])]
-    ids += [chunk_job_id(batch["_id"], n) for n in range(int(batch.get("chunks") or 0))]
+def batch_job_ids(batch) -> list[str]:
+    """Every job id a batch (a BatchRecord) can have."""
+    ids = [parse_job_id(batch.id)]
+    ids += [chunk_job_id(batch.id, n) for n in range(batch.chunks)]
     return ids
 
 
@@ -76,7 +76,7 @@ def enqueue_announce(batch_id: str) -> None:
         result_ttl=600, failure_ttl=7 * 86400, retry=_retry())
 
 
-def drop_queued_jobs(batch: dict) -> int:
+def drop_queued_jobs(batch) -> int:
     """Cancel the batch's jobs that have not started; returns how many. Not fatal when Redis is
     down: every job checks the batch status first and skips a batch that is not running."""
     dropped = 0

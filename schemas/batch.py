@@ -1,12 +1,15 @@
 """Batches as the API shows them: status values, counts, links."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from schemas.timestamps import Timestamp
+
+if TYPE_CHECKING:
+    from schemas.records import BatchRecord
 
 
 class BatchStatus(str, Enum):
@@ -74,37 +77,22 @@ def final_status(rows_invalid: int, images_total: int, images_failed: int,
 
 # --- from the stored record ---------------------------------------------------------------------
 
-def _aware(value: datetime) -> datetime:
-    """MongoDB may hand back naive UTC datetimes (tz_aware off, mongomock)."""
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def batch_out(batch: dict, base_url: str = "") -> BatchOut:
+def batch_out(batch: "BatchRecord", base_url: str = "") -> BatchOut:
     """The contract's batch object for a stored batch; links are absolute when base_url is."""
-    done = batch["images_processed"] + batch["images_failed"]
-    total = batch["images_total"]
-    finished = BatchStatus(batch["status"]).finished
-    if total:
-        progress = done / total
-    else:  # nothing to do: a parsed batch with no images is done, an unparsed one has not begun
-        progress = 1.0 if finished and batch["parsed"] else 0.0
-    root = f"{base_url.rstrip('/')}/api/v1/batches/{batch['_id']}"
+    root = f"{base_url.rstrip('/')}/api/v1/batches/{batch.id}"
     return BatchOut(
-        id=batch["_id"], status=batch["status"], filename=batch.get("filename"),
-        created_at=_aware(batch["created_at"]),
-        started_at=_aware(batch["started_at"]) if batch.get("started_at") else None,
-        finished_at=_aware(batch["finished_at"]) if batch.get("finished_at") else None,
-        rows={"total": batch["rows_total"], "valid": batch["rows_valid"],
-              "invalid": batch["rows_invalid"]},
-        images={"total": total, "processed": batch["images_processed"],
-                "failed": batch["images_failed"]},
-        progress=round(min(progress, 1.0), 4), error=batch.get("error"),
-        webhook_url=batch.get("webhook_url"),
+        id=batch.id, status=batch.status, filename=batch.filename,
+        created_at=batch.created_at, started_at=batch.started_at, finished_at=batch.finished_at,
+        rows={"total": batch.rows_total, "valid": batch.rows_valid,
+              "invalid": batch.rows_invalid},
+        images={"total": batch.images_total, "processed": batch.images_processed,
+                "failed": batch.images_failed},
+        progress=batch.progress, error=batch.error, webhook_url=batch.webhook_url,
         links={"self": root, "products": root + "/products",
                "output_csv": root + "/output.csv", "errors_csv": root + "/errors.csv"},
     )
 
 
-def batch_json(batch: dict, base_url: str = "") -> dict:
+def batch_json(batch: "BatchRecord", base_url: str = "") -> dict:
     """The batch object as JSON-ready data (what the API answers and webhooks carry)."""
     return batch_out(batch, base_url).model_dump(mode="json")

@@ -16,7 +16,7 @@ from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from infra import db, jobs, queues
+from infra import db, jobs, queues, stores
 from infra.settings import get_settings
 from tests.servers import Route
 from worker import tasks
@@ -471,7 +471,7 @@ def test_sweeper_finishes_a_chunk_job_killed_midway(client, http_server, work, e
     chunk0.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry(queues.IMAGES, connection=conn)
     conn.zadd(registry.key, {f"{chunk0.id}:dead-execution": time.time() - 5})
-    first = db.images().find_one({"batch_id": batch_id, "chunk": 0, "url": urls[0]})
+    [first] = [im for im in stores.products().pending_images(batch_id, 0) if im.url == urls[0]]
     watch = chunks._CancelWatch(batch_id)
     from worker.download import make_session
     session = make_session(env, pool_size=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pymongo
 import pytest
 
-from infra import db, jobs, queues, storage
+from infra import db, jobs, queues, storage, stores
 from tests.servers import Route, free_port
 from tests.test_flow import jpeg, upload
 from tests.test_upload import HEADER, assert_problem, post_raw
@@ -164,7 +164,7 @@ def test_a_parse_job_that_crashes_on_every_retry_fails_its_batch_once(
     def crash(*args, **kwargs):
         calls.append(1)
         raise RuntimeError("boom: a secret internal detail")
-    monkeypatch.setattr(worker.parse, "_row_doc", crash)
+    monkeypatch.setattr(worker.parse, "_row_record", crash)
     batch_id = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode(),
                         query="?webhook_url=" + http_server.url("/hook")).get_json()["id"]
     work()
@@ -195,7 +195,7 @@ def test_a_parse_job_with_retries_left_leaves_its_batch_processing(client, work,
 
     def crash(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(worker.parse, "_row_doc", crash)
+    monkeypatch.setattr(worker.parse, "_row_record", crash)
     batch_id = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode()).get_json()["id"]
     work()  # fails once; the retry waits 10 s in the scheduled registry
     assert client.get(f"/api/v1/batches/{batch_id}").get_json()["status"] == "processing"
@@ -244,7 +244,7 @@ def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_se
     errors = client.get(f"/api/v1/batches/{batch_id}/errors.csv").get_data(as_text=True)
     assert errors.count("gave up after 3 attempts") == 2
     tasks.process_chunk(batch_id, 0)  # a late duplicate, and a sweep, count nothing twice
-    sweeper.recover(db.batches().find_one({"_id": batch_id}))
+    sweeper.recover(stores.batches().get(batch_id, any_owner=True))
     assert client.get(f"/api/v1/batches/{batch_id}").get_json()["images"]["failed"] == 2
 
     assert client.post(f"/api/v1/batches/{batch_id}/retry").status_code == 202

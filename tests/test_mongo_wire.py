@@ -8,7 +8,8 @@ import pymongo
 import pytest
 from pymongo.errors import DuplicateKeyError
 
-from infra import db, idempotency_store
+from infra import db, stores
+from schemas.records import IdempotencyRecord
 from tests.servers import Route
 from tests.test_flow import jpeg, read_csv
 
@@ -74,8 +75,8 @@ def test_duplicate_keys_raise_pymongos_own_error(wire_env):
 
     def claim():
         barrier.wait()
-        claims.append(idempotency_store.claim("alice", "key-1", batch_id="bat_x",
-                                              fingerprint="f"))
+        claims.append(stores.idempotency().claim(IdempotencyRecord.new(
+            "alice", "key-1", batch_id="bat_x", fingerprint="f")))
     threads = [threading.Thread(target=claim) for _ in range(4)]
     for thread in threads:
         thread.start()

@@ -10,7 +10,8 @@ from flask import g, request
 from rq.registry import ScheduledJobRegistry
 from standardwebhooks import Webhook
 
-from infra import batch_store, db, jobs, queues, settings as settings_module, webhook_store
+from infra import db, jobs, queues, settings as settings_module, stores
+from schemas.records import EVENTS, BatchRecord, DeliveryRecord, new_batch_id
 from schemas.timestamps import now
 from tests.servers import Route
 from tests.test_flow import jpeg, upload
@@ -43,19 +44,26 @@ def refuse_private_urls(monkeypatch, client, **values) -> None:
     monkeypatch.setattr(client.application.config["SETTINGS"], "allow_private_urls", False)
 
 
-def finished_batch(status="completed", *, owner=None, webhook_url=None) -> dict:
+def finished_batch(status="completed", *, owner=None, webhook_url=None) -> BatchRecord:
     """A batch stored in its final state, announced the way the finishing job does it."""
-    batch_id = batch_store.new_id()
-    batch_store.create(batch_id=batch_id, owner=owner, filename="p.csv", csv_key="k",
-                       csv_sha256="0", csv_bytes=1, webhook_url=webhook_url)
+    batch_id = new_batch_id()
+    stores.batches().create(BatchRecord.new(
+        batch_id=batch_id, owner=owner, filename="p.csv", csv_key="k", csv_sha256="0",
+        csv_bytes=1, webhook_url=webhook_url))
     stamp = now()
     db.batches().update_one({"_id": batch_id}, {
         "$set": {"status": status, "parsed": True, "rows_total": 1, "rows_valid": 1,
                  "images_total": 1, "images_processed": 1, "started_at": stamp,
                  "finished_at": stamp}, "$inc": {"finish_seq": 1}})
-    batch = db.batches().find_one({"_id": batch_id})
+    batch = stores.batches().get(batch_id, any_owner=True)
     tasks.finish(batch)
     return batch
+
+
+def a_delivery(delivery_id: str) -> DeliveryRecord:
+    return DeliveryRecord(id=delivery_id, batch_id="bat_x", owner=None, event="batch.completed",
+                          finish_seq=1, url="", subscription_id=None,
+                          body=json.dumps({"type": "batch.completed"}))
 
 
 def posts(server, path="/hook") -> list[dict]:
@@ -134,12 +142,12 @@ def test_subscriptions_get_the_events_they_asked_for_signed_with_their_secret(
     assert posts(http_server, "/done") == [] and posts(http_server, "/other-owner") == []
     [sent] = posts(http_server, "/failed")
     payload = Webhook(failed["secret"]).verify(sent["body"], sent["headers"])
-    assert payload["type"] == "batch.failed" and payload["data"]["id"] == batch["_id"]
+    assert payload["type"] == "batch.failed" and payload["data"]["id"] == batch.id
     with pytest.raises(Exception):
         Webhook(done["secret"]).verify(sent["body"], sent["headers"])
     with pytest.raises(Exception):
         Webhook(env.webhook_secret).verify(sent["body"], sent["headers"])
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["subscription_id"] == failed["id"] and delivery["status"] == "succeeded"
 
 
@@ -160,11 +168,11 @@ def test_exactly_one_event_per_finish_even_when_the_finish_runs_twice(client, ht
     notify.batch_finished(batch)
     work()
     assert len(posts(http_server, "/hook")) == 1 and len(posts(http_server, "/sub")) == 1
-    assert db.deliveries().count_documents({"batch_id": batch["_id"]}) == 2
+    assert db.deliveries().count_documents({"batch_id": batch.id}) == 2
 
     # A later finish (after a retry, say) is a new event with a new webhook-id.
-    db.batches().update_one({"_id": batch["_id"]}, {"$inc": {"finish_seq": 1}})
-    tasks.finish(db.batches().find_one({"_id": batch["_id"]}))
+    db.batches().update_one({"_id": batch.id}, {"$inc": {"finish_seq": 1}})
+    tasks.finish(stores.batches().get(batch.id, any_owner=True))
     work()
     hooks = posts(http_server, "/hook")
     assert len(hooks) == 2
@@ -184,7 +192,7 @@ def test_a_500_is_retried_with_the_same_id_and_body(client, http_server, work, e
     assert first["body"] == second["body"]
     for sent in (first, second):
         Webhook(env.webhook_secret).verify(sent["body"], sent["headers"])
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["status"] == "succeeded"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 204]
     assert delivery["attempts"][0]["error"] == "HTTP 500"
@@ -201,12 +209,12 @@ def test_retry_waits_in_rqs_scheduler_and_survives_the_worker(client, http_serve
     work()  # the first attempt fails; the retry waits in the scheduled-job registry (Redis)
 
     assert len(posts(http_server)) == 1
-    stored = db.deliveries().find_one({"batch_id": batch["_id"]})
+    stored = db.deliveries().find_one({"batch_id": batch.id})
     assert stored["status"] == "pending" and stored["next_attempt_no"] == 2
     due = stored["next_attempt_at"]
     registry = ScheduledJobRegistry(queues.WEBHOOKS, connection=queues.get_redis())
     assert registry.get_job_ids() == [f"webhook-{stored['_id']}-2"]
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["status"] == "pending" and delivery["next_attempt_at"]
 
     time.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds()) + 0.05)
@@ -223,7 +231,7 @@ def test_exhausted_delivery_is_failed_and_visible(client, http_server, work, mon
     batch = finished_batch(webhook_url=http_server.url("/hook"))
     work()
     assert len(posts(http_server)) == 3
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["status"] == "failed" and delivery["next_attempt_at"] is None
     assert [a["number"] for a in delivery["attempts"]] == [1, 2, 3]
     assert all(len(a["response"]) <= 201 for a in delivery["attempts"])  # an excerpt only
@@ -240,7 +248,7 @@ def test_a_slow_receiver_times_out(client, http_server, work, monkeypatch):
     began = time.monotonic()
     work()
     assert time.monotonic() - began < 3
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["status"] == "failed"
     assert [a["error"] for a in delivery["attempts"]] == ["timed out after 0.3 s"] * 2
     assert all(a["status_code"] is None for a in delivery["attempts"])
@@ -253,7 +261,7 @@ def test_redirects_are_not_followed(client, http_server, work, monkeypatch):
     batch = finished_batch(webhook_url=http_server.url("/hook"))
     work()
     assert posts(http_server, "/there") == [] and len(posts(http_server)) == 2
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["status"] == "failed"
     assert "redirects are not followed" in delivery["attempts"][0]["error"]
 
@@ -265,7 +273,7 @@ def test_410_disables_the_subscription(client, http_server, work, monkeypatch):
     batch = finished_batch()
     work()
     assert len(posts(http_server, "/gone")) == 1  # no retry after 410
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["status"] == "failed" and delivery["attempts"][0]["status_code"] == 410
     shown = client.get(f"/api/v1/webhooks/{sub['id']}").get_json()
     assert shown["enabled"] is False and "410" in shown["disabled_reason"]
@@ -284,7 +292,7 @@ def test_redeliver_sends_the_same_message_with_a_fresh_signature(client, http_se
     http_server.routes["/hook"] = answers(500, 500, 204)
     batch = finished_batch(webhook_url=http_server.url("/hook"))
     work()
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["status"] == "failed"
 
     response = client.post(f"/api/v1/deliveries/{delivery['id']}/redeliver")
@@ -313,14 +321,14 @@ def test_a_lost_scheduled_job_is_recovered_from_mongodb(http_server, work, monke
     work()
     assert posts(http_server) == []
     assert webhook_delivery.recover_overdue() == 0  # not overdue yet: within the grace period
-    db.deliveries().update_one({"batch_id": batch["_id"]},
+    db.deliveries().update_one({"batch_id": batch.id},
                                {"$set": {"next_attempt_at": datetime(2020, 1, 1, tzinfo=timezone.utc)}})
     assert webhook_delivery.recover_overdue() == 1
     jobs.enqueue_webhook_attempt(  # a duplicate job for the same attempt sends nothing more
-        db.deliveries().find_one({"batch_id": batch["_id"]})["_id"], 1)
+        db.deliveries().find_one({"batch_id": batch.id})["_id"], 1)
     work()
     assert len(posts(http_server)) == 1
-    assert db.deliveries().find_one({"batch_id": batch["_id"]})["status"] == "succeeded"
+    assert db.deliveries().find_one({"batch_id": batch.id})["status"] == "succeeded"
 
 
 # --- secrets ------------------------------------------------------------------------------------
@@ -358,7 +366,7 @@ def test_rotated_secret_signs_alongside_the_old_one(client, http_server, work):
 
 def test_subscription_crud_and_errors(client, http_server):
     sub = subscribe(client, http_server.url("/x"))
-    assert sub["events"] == list(webhook_store.EVENTS) and sub["enabled"] is True
+    assert sub["events"] == list(EVENTS) and sub["enabled"] is True
     assert client.get(f"/api/v1/webhooks/{sub['id']}", headers={"X-Test-Owner": "b"}).status_code == 404
     assert client.get("/api/v1/webhooks", headers={"X-Test-Owner": "b"}).get_json()["items"] == []
     assert_problem(client.delete(f"/api/v1/webhooks/{sub['id']}", headers={"X-Test-Owner": "b"}), 404)
@@ -406,7 +414,7 @@ def test_url_is_checked_again_when_sending(client, http_server, work, monkeypatc
     batch = finished_batch()
     work()
     assert posts(http_server) == []
-    [delivery] = client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
     assert delivery["subscription_id"] == sub["id"] and delivery["status"] == "failed"
     assert all(a["error"].startswith("refused") for a in delivery["attempts"])
 
@@ -414,7 +422,7 @@ def test_url_is_checked_again_when_sending(client, http_server, work, monkeypatc
 def test_hardened_session_refuses_a_private_address_after_dns(env, http_server):
     """The send-time guard itself: requests-hardened blocks loopback (resolved) addresses."""
     settings = env.model_copy(update={"allow_private_urls": False})
-    delivery = {"_id": "msg_x", "body": json.dumps({"type": "batch.completed"})}
+    delivery = a_delivery("msg_x")
     outcome = webhook_delivery.send(delivery, f"https://localhost:{http_server.port}/hook",
                                     [env.webhook_secret], settings)
     assert outcome["error"].startswith("refused") and "status_code" not in outcome
@@ -517,7 +525,7 @@ class _DripReceiver:
 def test_an_attempt_has_a_deadline_over_the_whole_answer(env):
     receiver = _DripReceiver(every=0.5, lines=12)  # 6 s of headers; WEBHOOK_TIMEOUT_S is 2
     try:
-        delivery = {"_id": "msg_drip", "body": json.dumps({"type": "batch.completed"})}
+        delivery = a_delivery("msg_drip")
         began = time.monotonic()
         outcome = webhook_delivery.send(delivery, f"http://127.0.0.1:{receiver.port}/hook",
                                         [env.webhook_secret], env)
@@ -537,10 +545,10 @@ def test_every_timestamp_has_one_format_milliseconds_and_z(client, http_server, 
     subscribe(client, http_server.url("/hook"))
     batch = finished_batch(webhook_url=http_server.url("/hook"))
     stamp = datetime(2026, 11, 22, 10, 0, 0, 251000, tzinfo=timezone.utc)
-    db.batches().update_one({"_id": batch["_id"]}, {"$set": {"created_at": stamp}})
+    db.batches().update_one({"_id": batch.id}, {"$set": {"created_at": stamp}})
     work()
 
-    shown = client.get(f"/api/v1/batches/{batch['_id']}").get_json()
+    shown = client.get(f"/api/v1/batches/{batch.id}").get_json()
     assert shown["created_at"] == "2026-11-22T10:00:00.251Z"
     found = []
     for name in ("created_at", "started_at", "finished_at"):
@@ -550,11 +558,11 @@ def test_every_timestamp_has_one_format_milliseconds_and_z(client, http_server, 
         found += [body["timestamp"], body["data"]["created_at"], body["data"]["finished_at"]]
     [sub] = client.get("/api/v1/webhooks").get_json()["items"]
     found.append(sub["created_at"])
-    for delivery in client.get(f"/api/v1/batches/{batch['_id']}/deliveries").get_json()["items"]:
+    for delivery in client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]:
         found += [delivery["created_at"]] + [a["at"] for a in delivery["attempts"]]
     assert len(found) >= 12
     assert [t for t in found if not iso_ms.match(t)] == []
     round_ms = stamp.replace(microsecond=0)  # a whole second still shows its milliseconds
-    db.batches().update_one({"_id": batch["_id"]}, {"$set": {"created_at": round_ms}})
-    shown = client.get(f"/api/v1/batches/{batch['_id']}").get_json()
+    db.batches().update_one({"_id": batch.id}, {"$set": {"created_at": round_ms}})
+    shown = client.get(f"/api/v1/batches/{batch.id}").get_json()
     assert shown["created_at"] == "2026-11-22T10:00:00.000Z"

@@ -7,9 +7,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from infra import batch_store, metrics, product_store, storage
+from infra import metrics, storage, stores
 from infra.settings import Settings
 from schemas.batch import BatchStatus
+from schemas.records import ImageRecord
 from worker.download import DownloadError, download, make_session
 from worker.encode import ImageError, compress, header_pixels
 from worker.pixel_budget import PixelBudget
@@ -78,13 +79,13 @@ class _CancelWatch:
         with self._lock:
             if not self._stop and time.monotonic() - self._checked > CANCEL_CHECK_S:
                 self._checked = time.monotonic()
-                self._stop = batch_store.status_of(self.batch_id) != BatchStatus.PROCESSING.value
+                self._stop = stores.batches().status_of(self.batch_id) != BatchStatus.PROCESSING
             return self._stop
 
 
 def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     """Process the chunk's pending images; returns how many this run finished."""
-    images = product_store.pending_images(batch_id, chunk)
+    images = stores.products().pending_images(batch_id, chunk)
     if not images:
         return 0
     watch = _CancelWatch(batch_id)
@@ -92,8 +93,8 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
     # one at a time, so a poison image takes down no image beside it and reaches its attempt
     # limit alone.
-    fresh = [im for im in images if not im.get("attempts")]
-    suspects = [im for im in images if im.get("attempts")]
+    fresh = [im for im in images if not im.attempts]
+    suspects = [im for im in images if im.attempts]
     finished = 0
     try:
         with ThreadPoolExecutor(max_workers=settings.image_concurrency,
@@ -107,27 +108,27 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     return finished
 
 
-def _one(image: dict, batch_id: str, session, settings: Settings, watch: _CancelWatch) -> int:
+def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch) -> int:
     if watch.should_stop():
         return 0
     with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
         return _process(image, batch_id, session, settings)
 
 
-def _process(image: dict, batch_id: str, session, settings: Settings) -> int:
-    started = product_store.start_attempt(image)  # counted before any work that could crash
+def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> int:
+    started = stores.products().start_attempt(image)  # counted before any work that could crash
     if started is None:
         return 0  # another run finished it meanwhile
-    if started["attempts"] > settings.max_image_attempts:
+    if started.attempts > settings.max_image_attempts:
         return _record_failure(image, batch_id, f"gave up after {settings.max_image_attempts} "
                                "attempts: the worker died while processing it", None)
     bytes_in = None
     try:
-        data = metrics.timed("download_seconds", download, session, image["url"], settings)
+        data = metrics.timed("download_seconds", download, session, image.url, settings)
         bytes_in = len(data)
         encoded = _encode(data, settings)
         del data
-        key = output_key(batch_id, image["hash"], encoded.extension)
+        key = output_key(batch_id, image.hash, encoded.extension)
         storage.put_bytes(key, encoded.data, encoded.content_type,
                           cache_control="public, max-age=31536000, immutable")
     except (DownloadError, ImageError) as error:
@@ -135,11 +136,11 @@ def _process(image: dict, batch_id: str, session, settings: Settings) -> int:
     except Exception as error:  # noqa: BLE001 - one image must never take the chunk down
         log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
         return _record_failure(image, batch_id, f"internal error: {type(error).__name__}", bytes_in)
-    if product_store.mark_processed(image, key=key, output_url=storage.public_url(key),
+    if stores.products().mark_processed(image, key=key, output_url=storage.public_url(key),
                                     bytes_in=bytes_in, bytes_out=len(encoded.data),
                                     content_type=encoded.content_type,
                                     kept_original=encoded.kept_original):
-        batch_store.add_image_results(batch_id, processed=image["occurrences"])
+        stores.batches().add_image_results(batch_id, processed=image.occurrences)
         metrics.image_processed(bytes_in, len(encoded.data))
         return 1
     return 0
@@ -168,9 +169,9 @@ def _encode(data: bytes, settings: Settings):
         metrics.observe("encode_seconds", elapsed)
 
 
-def _record_failure(image: dict, batch_id: str, error: str, bytes_in: int | None) -> int:
-    if product_store.mark_failed(image, error, bytes_in):
-        batch_store.add_image_results(batch_id, failed=image["occurrences"])
+def _record_failure(image: ImageRecord, batch_id: str, error: str, bytes_in: int | None) -> int:
+    if stores.products().mark_failed(image, error, bytes_in):
+        stores.batches().add_image_results(batch_id, failed=image.occurrences)
         metrics.image_failed(error, bytes_in)
         return 1
     return 0

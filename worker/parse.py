@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from infra import product_store
+from infra import stores
 from infra.settings import Settings
 from schemas.csv_format import ColumnMap, HeaderError, map_columns
+from schemas.records import ACCEPTED, REJECTED, ImageRecord, ProductRecord, product_id, url_hash
 from schemas.rows import ProductRow, row_error, row_size_error, split_url_cell, storable_cells
 from worker.csv_reader import CsvFileError, read_csv
 
@@ -15,13 +16,13 @@ FLUSH_ROWS = 1000
 class ParseResult:
     def __init__(self):
         self.rows_total = self.rows_valid = self.rows_invalid = 0
-        self.images: dict[str, dict] = {}  # url hash -> {url, hash, occurrences, chunk}
+        self.images: dict[str, ImageRecord] = {}  # by url hash
         self.chunks = 0
         self.header: list[str] = []
 
     @property
     def images_total(self) -> int:
-        return sum(im["occurrences"] for im in self.images.values())
+        return sum(im.occurrences for im in self.images.values())
 
 
 def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
@@ -37,42 +38,44 @@ def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
     result = ParseResult()
     result.header = header
     seen_serials: dict[int, int] = {}
-    buffer: list[dict] = []
+    store = stores.products()
+    buffer: list[ProductRecord] = []
     for line, cells, problem in rows:
         result.rows_total += 1
-        doc = _row_doc(batch_id, line, cells, problem, columns, seen_serials)
-        if doc["status"] == product_store.ACCEPTED:
+        row = _row_record(batch_id, line, cells, problem, columns, seen_serials)
+        if row.accepted:
             result.rows_valid += 1
-            for url in doc["input_image_urls"]:
-                digest = product_store.url_hash(url)
+            for url, digest in zip(row.input_image_urls, row.image_hashes):
                 image = result.images.get(digest)
                 if image is None:
                     chunk = len(result.images) // settings.chunk_size
-                    image = result.images[digest] = {"url": url, "hash": digest,
-                                                      "occurrences": 0, "chunk": chunk}
-                image["occurrences"] += 1
+                    image = result.images[digest] = ImageRecord.pending(batch_id, url, chunk)
+                image.occurrences += 1
         else:
             result.rows_invalid += 1
-        buffer.append(doc)
+        buffer.append(row)
         if len(buffer) >= FLUSH_ROWS:
-            product_store.write_rows(buffer)
+            store.write_rows(buffer)
             buffer = []
-    product_store.write_rows(buffer)
-    product_store.write_images(batch_id, result.images.values())
+    store.write_rows(buffer)
+    store.write_images(batch_id, result.images.values())
     result.chunks = (len(result.images) + settings.chunk_size - 1) // settings.chunk_size
     return result
 
 
-def _row_doc(batch_id: str, line: int, cells: list[str], problem: str | None,
-             columns: ColumnMap, seen_serials: dict[int, int]) -> dict:
+def _row_record(batch_id: str, line: int, cells: list[str], problem: str | None,
+                columns: ColumnMap, seen_serials: dict[int, int]) -> ProductRecord:
     def cell(index: int) -> str:
         return cells[index] if index < len(cells) else ""
 
     # One output slot per comma-separated part of the URL cell, empty parts included, so the
     # output CSV's slots line up with the input's (contract section 2).
     parts = split_url_cell(cell(columns.urls))
-    doc = {"_id": product_store.product_id(batch_id, line), "batch_id": batch_id, "line": line,
-           "cells": cells, "serial_raw": cell(columns.serial).strip(), "url_slots": len(parts)}
+    def record(**values) -> ProductRecord:
+        return ProductRecord(id=product_id(batch_id, line), batch_id=batch_id, line=line,
+                             cells=cells, serial_raw=cell(columns.serial).strip(),
+                             url_slots=len(parts), **values)
+
     error = problem
     if error is None and len(cells) < len(columns.header) and max(
             columns.serial, columns.name, columns.urls) >= len(cells):
@@ -89,15 +92,13 @@ def _row_doc(batch_id: str, line: int, cells: list[str], problem: str | None,
             if first != line:
                 error = f"S. No.: {row.serial_no} is already used on line {first}"
             elif error is None:
-                doc.update(status=product_store.ACCEPTED, serial_no=row.serial_no,
-                           product_name=row.product_name,
-                           input_image_urls=row.input_image_urls,
-                           image_hashes=[product_store.url_hash(u) for u in row.input_image_urls],
-                           empty_slots=[i for i, part in enumerate(parts) if not part],
-                           error=None)
-                return doc
+                return record(status=ACCEPTED, serial_no=row.serial_no,
+                              product_name=row.product_name,
+                              input_image_urls=list(row.input_image_urls),
+                              image_hashes=[url_hash(u) for u in row.input_image_urls],
+                              empty_slots=[i for i, part in enumerate(parts) if not part])
+    rejected = record(status=REJECTED, error=error)
     if row_size_error(cells):  # rejected for any reason, it must still fit in one document
-        doc["cells"] = kept = storable_cells(cells)
-        doc["serial_raw"] = kept[columns.serial].strip() if columns.serial < len(kept) else ""
-    doc.update(status=product_store.REJECTED, error=error, serial_no=None, image_hashes=[])
-    return doc
+        rejected.cells = kept = storable_cells(cells)
+        rejected.serial_raw = kept[columns.serial].strip() if columns.serial < len(kept) else ""
+    return rejected

@@ -35,8 +35,9 @@ from datetime import datetime, timedelta, timezone
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from infra import batch_store, jobs, product_store, queues
+from infra import jobs, queues, stores
 from infra.settings import get_settings
+from schemas.records import FAILED, PROCESSED, BatchRecord
 from worker import tasks, webhook_delivery
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _running_job_ids(conn, at: float) -> set[str]:
     return running
 
 
-def live_jobs(batch: dict, conn=None, running: set[str] | None = None) -> list[str]:
+def live_jobs(batch: BatchRecord, conn=None, running: set[str] | None = None) -> list[str]:
     """The batch's jobs still alive in Redis (waiting, or running with a fresh heartbeat)."""
     conn = conn or queues.get_redis()
     if running is None:
@@ -71,40 +72,45 @@ def live_jobs(batch: dict, conn=None, running: set[str] | None = None) -> list[s
     return alive
 
 
-def recover(batch: dict) -> dict:
+def recover(batch: BatchRecord) -> dict:
     """Re-enqueue whatever work of this (claimed) batch is missing; returns what was done."""
-    batch_id = batch["_id"]
-    if not batch.get("parsed"):
+    batch_id = batch.id
+    if not batch.parsed:
         jobs.enqueue_parse(batch_id)
         return {"batch_id": batch_id, "action": "parse"}
-    pending = product_store.pending_chunks(batch_id)
+    pending = stores.products().pending_chunks(batch_id)
     if pending:
         jobs.enqueue_chunks(batch_id, pending)
         return {"batch_id": batch_id, "action": "chunks", "chunks": pending}
-    counts = product_store.count_slots(batch_id)
-    batch_store.set_image_counts(batch_id, processed=counts.get(product_store.PROCESSED, 0),
-                                 failed=counts.get(product_store.FAILED, 0))
-    tasks.finish(batch_store.try_finish(batch_id))
-    return {"batch_id": batch_id, "action": "finish",
-            "status": batch_store.status_of(batch_id)}
+    _recount_and_finish(batch_id)
+    return {"batch_id": batch_id, "action": "finish", "status": _status(batch_id)}
 
 
-def give_up(batch: dict, recoveries: int) -> dict:
+def _status(batch_id: str) -> str | None:
+    status = stores.batches().status_of(batch_id)
+    return status.value if status else None
+
+
+def _recount_and_finish(batch_id: str) -> None:
+    counts = stores.products().count_slots(batch_id)
+    stores.batches().set_image_counts(batch_id, processed=counts.get(PROCESSED, 0),
+                                      failed=counts.get(FAILED, 0))
+    tasks.finish(stores.batches().try_finish(batch_id))
+
+
+def give_up(batch: BatchRecord, recoveries: int) -> dict:
     """End a (claimed) batch whose work was re-enqueued `recoveries` times in a row without any
     progress: workers keep dying on it. Unparsed, it fails; parsed, its pending images fail
     (what was done stays done) and it finishes as its counts say."""
-    batch_id = batch["_id"]
+    batch_id = batch.id
     why = (f"gave up after {recoveries} recoveries: its jobs kept stalling (workers lost or "
            "killed while processing it)")
-    if not batch.get("parsed"):
-        tasks.finish(batch_store.fail(batch_id, f"the file could not be processed: {why}"))
+    if not batch.parsed:
+        tasks.finish(stores.batches().fail(batch_id, f"the file could not be processed: {why}"))
     else:
-        product_store.fail_pending(batch_id, why)
-        counts = product_store.count_slots(batch_id)
-        batch_store.set_image_counts(batch_id, processed=counts.get(product_store.PROCESSED, 0),
-                                     failed=counts.get(product_store.FAILED, 0))
-        tasks.finish(batch_store.try_finish(batch_id))
-    return {"batch_id": batch_id, "action": "gave_up", "status": batch_store.status_of(batch_id)}
+        stores.products().fail_pending(batch_id, why)
+        _recount_and_finish(batch_id)
+    return {"batch_id": batch_id, "action": "gave_up", "status": _status(batch_id)}
 
 
 def sweep(now: datetime | None = None) -> list[dict]:
@@ -115,29 +121,29 @@ def sweep(now: datetime | None = None) -> list[dict]:
     conn = queues.get_redis()
     running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
     done = []
-    for batch in batch_store.stalled(cutoff, limit=settings.sweep_limit):
+    for batch in stores.batches().stalled(cutoff, limit=settings.sweep_limit):
         alive = live_jobs(batch, conn, running)
         if alive:
-            log.debug("stalled batch still has live jobs", extra={"batch_id": batch["_id"]})
+            log.debug("stalled batch still has live jobs", extra={"batch_id": batch.id})
             continue
-        claimed = batch_store.claim_stalled(batch)
+        claimed = stores.batches().claim_stalled(batch)
         if claimed is None:
             continue  # it moved (or another sweep took it) since it was read
         try:
-            if claimed.get("sweeps", 0) > settings.max_stall_recoveries:
+            if claimed.sweeps > settings.max_stall_recoveries:
                 outcome = give_up(claimed, settings.max_stall_recoveries)
             else:
                 outcome = recover(claimed)
         except Exception:  # noqa: BLE001 - one batch must not stop the sweep
-            log.exception("could not recover stalled batch", extra={"batch_id": batch["_id"]})
+            log.exception("could not recover stalled batch", extra={"batch_id": batch.id})
             continue
         if outcome["action"] == "gave_up":
             log.error("gave up on a batch whose work kept stalling",
-                      extra={"batch_id": batch["_id"], "status": outcome["status"]})
+                      extra={"batch_id": batch.id, "status": outcome["status"]})
             done.append(outcome)
             continue
         log.warning("re-enqueued the work of a stalled batch",
-                    extra={"batch_id": batch["_id"], "action": outcome["action"]})
+                    extra={"batch_id": batch.id, "action": outcome["action"]})
         done.append(outcome)
     return done
 

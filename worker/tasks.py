@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 import types
 
-from infra import batch_store, jobs, metrics, product_store, storage
+from infra import jobs, metrics, storage, stores
 from infra.settings import get_settings
 from worker import chunks, notify
 from worker.csv_reader import CsvFileError
+from schemas.batch import BatchStatus
+from schemas.records import BatchRecord
 from worker.parse import parse_into_store
 
 log = logging.getLogger(__name__)
@@ -20,25 +22,26 @@ PARSE_CRASHED = ("the file could not be processed: reading it failed with an int
 def parse_batch(batch_id: str) -> dict:
     """Read the batch's CSV from S3, store its rows, and fan the images out as chunk jobs."""
     settings = get_settings()
-    batch = batch_store.start(batch_id)
+    batch = stores.batches().start(batch_id)
     if batch is None:
         return {"skipped": "batch is not queued or processing"}
     try:
-        body = storage.open_stream(batch["csv_key"])
+        body = storage.open_stream(batch.csv_key)
         try:
             result = parse_into_store(batch_id, body, settings)
         finally:
             body.close()
     except CsvFileError as error:
-        finish(batch_store.fail(batch_id, f"the file could not be read: {error}"))
+        finish(stores.batches().fail(batch_id, f"the file could not be read: {error}"))
         return {"failed": str(error)}
-    batch_store.record_parse(batch_id, header=result.header, rows_total=result.rows_total, rows_valid=result.rows_valid,
-                             rows_invalid=result.rows_invalid, images_total=result.images_total,
-                             chunks=result.chunks)
+    stores.batches().record_parse(
+        batch_id, header=result.header, rows_total=result.rows_total,
+        rows_valid=result.rows_valid, rows_invalid=result.rows_invalid,
+        images_total=result.images_total, chunks=result.chunks)
     metrics.rows_parsed(result.rows_valid, result.rows_invalid)
-    pending = product_store.pending_chunks(batch_id)
+    pending = stores.products().pending_chunks(batch_id)
     jobs.enqueue_chunks(batch_id, pending)
-    finish(batch_store.try_finish(batch_id))
+    finish(stores.batches().try_finish(batch_id))
     return {"rows": result.rows_total, "images": result.images_total, "chunks": len(pending)}
 
 
@@ -59,27 +62,27 @@ def parse_failed(job, connection, exc_type, exc_value, traceback) -> None:
     real_traceback = isinstance(traceback, types.TracebackType)
     log.error("parse job failed for good", extra={"batch_id": batch_id},
               exc_info=(exc_type, exc_value, traceback) if real_traceback else None)
-    finish(batch_store.fail(batch_id, PARSE_CRASHED, unparsed_only=True))
+    finish(stores.batches().fail(batch_id, PARSE_CRASHED, unparsed_only=True))
 
 
 def process_chunk(batch_id: str, chunk: int) -> dict:
     """Process one chunk's pending images, then finish the batch if that was the last work."""
     settings = get_settings()
-    if batch_store.status_of(batch_id) != "processing":
+    if stores.batches().status_of(batch_id) != BatchStatus.PROCESSING:
         return {"skipped": "batch is not processing"}
     done = chunks.process_chunk(batch_id, chunk, settings)
-    finish(batch_store.try_finish(batch_id))
+    finish(stores.batches().try_finish(batch_id))
     return {"images": done}
 
 
 def announce(batch_id: str) -> None:
     """Job: announce a batch that the API moved to its final state (a cancel)."""
-    finish(batch_store.get(batch_id, any_owner=True))
+    finish(stores.batches().get(batch_id, any_owner=True))
 
 
-def finish(batch: dict | None) -> None:
+def finish(batch: BatchRecord | None) -> None:
     """Announce a batch that has just reached its final state (called by the one that did)."""
     if batch is not None:
-        log.info("batch finished", extra={"batch_id": batch["_id"], "status": batch["status"]})
-        metrics.batch_finished(batch["status"])
+        log.info("batch finished", extra={"batch_id": batch.id, "status": batch.status.value})
+        metrics.batch_finished(batch.status.value)
         notify.batch_finished(batch)

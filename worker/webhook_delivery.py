@@ -17,10 +17,11 @@ import requests
 from requests_hardened.ip_filter import InvalidIPAddress
 from standardwebhooks import Webhook
 
-from infra import jobs, metrics, webhook_store
+from infra import jobs, metrics, stores
 from schemas.timestamps import now
 from infra.settings import Settings, get_settings
 from infra.url_safety import UnsafeUrl, check_url
+from schemas.records import FAILED, PENDING, SUCCEEDED, AttemptRecord, DeliveryRecord
 from worker import download
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,9 @@ def recover_overdue() -> int:
 
     Safe to run at any time and from many processes: attempts are claimed in MongoDB.
     """
-    found = webhook_store.overdue(RECOVERY_GRACE)
-    for doc in found:
-        jobs.enqueue_webhook_attempt(doc["_id"], doc["next_attempt_no"])
+    found = stores.webhooks().overdue(RECOVERY_GRACE)
+    for delivery in found:
+        jobs.enqueue_webhook_attempt(delivery.id, delivery.next_attempt_no)
     if found:
         log.warning("re-enqueued %d overdue webhook deliveries", len(found))
     return len(found)
@@ -61,7 +62,7 @@ def attempt(delivery_id: str, number: int) -> dict:
     settings = get_settings()
     started = now()
     lease = started + timedelta(seconds=settings.webhook_timeout_s + jobs.WEBHOOK_LEASE_MARGIN_S)
-    delivery = webhook_store.claim_attempt(delivery_id, number, lease)
+    delivery = stores.webhooks().claim_attempt(delivery_id, number, lease)
     if delivery is None:
         return {"skipped": "not this attempt's turn"}
     url, signing, stop_reason = _target(delivery, manual=False)
@@ -74,15 +75,16 @@ def attempt(delivery_id: str, number: int) -> dict:
     ok = _ok(outcome)
     next_at = None
     if ok:
-        status = webhook_store.SUCCEEDED
+        status = SUCCEEDED
     elif final or number >= max_attempts(settings):
-        status = webhook_store.FAILED
+        status = FAILED
     else:
-        status = webhook_store.PENDING
+        status = PENDING
         next_at = now() + timedelta(seconds=retry_delay(settings, number))
-    record = {"number": number, "manual": False, "at": started, "url": url, **outcome,
-              "next_attempt_at": next_at}
-    webhook_store.record_attempt(delivery_id, number, record, status=status, next_attempt_at=next_at)
+    record = AttemptRecord.of(at=started, number=number, manual=False, url=url,
+                              outcome=outcome, next_attempt_at=next_at)
+    stores.webhooks().record_attempt(delivery_id, number, record, status=status,
+                                     next_attempt_at=next_at)
     _after(delivery, outcome)
     if next_at is not None:
         try:
@@ -95,15 +97,15 @@ def attempt(delivery_id: str, number: int) -> dict:
 def redeliver(delivery_id: str) -> dict:
     """Send a delivery once more (same webhook-id, fresh timestamp and signature)."""
     settings = get_settings()
-    delivery = webhook_store.get_delivery(delivery_id, any_owner=True)
+    delivery = stores.webhooks().get_delivery(delivery_id, any_owner=True)
     if delivery is None:
         return {"skipped": "no such delivery"}
     started = now()
     url, signing, stop_reason = _target(delivery, manual=True)
     outcome = {"error": stop_reason} if stop_reason else send(delivery, url, signing, settings)
-    record = {"number": delivery.get("attempt_count", 0) + 1, "manual": True, "at": started,
-              "url": url, **outcome, "next_attempt_at": None}
-    webhook_store.record_manual_attempt(delivery_id, record, succeeded=_ok(outcome))
+    record = AttemptRecord.of(at=started, number=delivery.attempt_count + 1, manual=True,
+                              url=url, outcome=outcome)
+    stores.webhooks().record_manual_attempt(delivery_id, record, succeeded=_ok(outcome))
     _after(delivery, outcome)
     return {k: v for k, v in outcome.items() if k != "response"}
 
@@ -113,25 +115,25 @@ def _ok(outcome: dict) -> bool:
     return code is not None and 200 <= code < 300
 
 
-def _after(delivery: dict, outcome: dict) -> None:
+def _after(delivery: DeliveryRecord, outcome: dict) -> None:
     """410 Gone from a subscription's endpoint switches the subscription off."""
-    if outcome.get("status_code") == 410 and delivery.get("subscription_id"):
-        webhook_store.disable_subscription(
-            delivery["subscription_id"], "the endpoint answered 410 Gone")
-        log.info("webhook subscription %s disabled after 410", delivery["subscription_id"])
+    if outcome.get("status_code") == 410 and delivery.subscription_id:
+        stores.webhooks().disable_subscription(
+            delivery.subscription_id, "the endpoint answered 410 Gone")
+        log.info("webhook subscription %s disabled after 410", delivery.subscription_id)
 
 
-def _target(delivery: dict, *, manual: bool) -> tuple[str | None, list[str], str | None]:
+def _target(delivery: DeliveryRecord, *, manual: bool) -> tuple[str | None, list[str], str | None]:
     """(url, signing secrets, reason not to send)."""
-    subscription_id = delivery.get("subscription_id")
+    subscription_id = delivery.subscription_id
     if not subscription_id:
-        return delivery["url"], [get_settings().webhook_secret], None
-    subscription = webhook_store.get_subscription(subscription_id, any_owner=True)
+        return delivery.url, [get_settings().webhook_secret], None
+    subscription = stores.webhooks().get_subscription(subscription_id, any_owner=True)
     if subscription is None:
-        return delivery["url"], [], "the subscription was deleted"
-    if not subscription.get("enabled") and not manual:
-        return subscription["url"], [], "the subscription is disabled"
-    return subscription["url"], webhook_store.signing_secrets(subscription), None
+        return delivery.url, [], "the subscription was deleted"
+    if not subscription.enabled and not manual:
+        return subscription.url, [], "the subscription is disabled"
+    return subscription.url, subscription.signing_secrets(), None
 
 
 # --- one HTTP request -------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def sign_headers(delivery_id: str, body: str, signing: list[str],
             "webhook-signature": " ".join(Webhook(s).sign(delivery_id, at, body) for s in signing)}
 
 
-def send(delivery: dict, url: str, signing: list[str], settings: Settings) -> dict:
+def send(delivery: DeliveryRecord, url: str, signing: list[str], settings: Settings) -> dict:
     """POST the stored body once; returns {status_code, response, duration_ms} or {error, ...}."""
     timeout = settings.webhook_timeout_s
     timed_out = {"error": f"timed out after {timeout:g} s"}
@@ -165,9 +167,9 @@ def send(delivery: dict, url: str, signing: list[str], settings: Settings) -> di
     with download.deadline(timeout) as watch:
         try:
             check_url(url, allow_private=settings.allow_private_urls, resolve=False)
-            headers = sign_headers(delivery["_id"], delivery["body"], signing)
+            headers = sign_headers(delivery.id, delivery.body, signing)
             with make_session(settings) as session, session.post(
-                    url, data=delivery["body"].encode("utf-8"), headers=headers,
+                    url, data=delivery.body.encode("utf-8"), headers=headers,
                     timeout=(min(settings.connect_timeout_s, timeout), timeout),
                     allow_redirects=False, stream=True) as response:
                 if watch.expired:  # cut off in the headers, which then merely look complete

@@ -1,0 +1,45 @@
+"""The stores the service uses: one implementation of every store interface (interfaces.py),
+MongoDB unless another is installed (the embedded default installs SQLite).
+
+    from infra import stores
+    stores.batches().get(batch_id, owner)
+"""
+from __future__ import annotations
+
+import threading
+
+from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, Stores,
+                                     WebhookStore)
+
+_lock = threading.Lock()
+_state: dict = {"stores": None}
+
+
+def use(implementation: Stores | None) -> None:
+    """Install the stores to use (SQLite for the embedded default, tests); None: MongoDB."""
+    with _lock:
+        _state["stores"] = implementation
+
+
+def current() -> Stores:
+    with _lock:
+        if _state["stores"] is None:
+            from infra.stores.mongo import MongoStores
+            _state["stores"] = MongoStores()
+        return _state["stores"]
+
+
+def batches() -> BatchStore:
+    return current().batches
+
+
+def products() -> ProductStore:
+    return current().products
+
+
+def webhooks() -> WebhookStore:
+    return current().webhooks
+
+
+def idempotency() -> IdempotencyStore:
+    return current().idempotency

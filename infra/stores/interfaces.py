@@ -1,0 +1,276 @@
+"""What each store does, one interface per concern; MongoDB and SQLite implement them alike.
+
+Exactly-once rests on these methods being atomic conditional updates: a state change (an image
+pending -> processed, a batch processing -> finished, an attempt claimed) returns True or the
+record only to the one caller that made it, whatever other processes do at the same time.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+
+from schemas.batch import BatchStatus
+from schemas.records import (AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
+                             ImageRecord, ProductRecord, SubscriptionRecord)
+
+
+class BatchStore(abc.ABC):
+    """Batch records: create, read, page through, count atomically, finish exactly once."""
+
+    @abc.abstractmethod
+    def create(self, batch: BatchRecord) -> BatchRecord: ...
+
+    @abc.abstractmethod
+    def get(self, batch_id: str, owner: str | None = None, *,
+            any_owner: bool = False) -> BatchRecord | None: ...
+
+    @abc.abstractmethod
+    def delete(self, batch_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def status_of(self, batch_id: str) -> BatchStatus | None: ...
+
+    @abc.abstractmethod
+    def start(self, batch_id: str) -> BatchRecord | None:
+        """queued -> processing (no-op when already processing); None when it must not run."""
+
+    @abc.abstractmethod
+    def record_parse(self, batch_id: str, *, header: list[str], rows_total: int, rows_valid: int,
+                     rows_invalid: int, images_total: int, chunks: int) -> None:
+        """Store the counts found by parsing (set, not added: a re-run parse writes the same)."""
+
+    @abc.abstractmethod
+    def add_image_results(self, batch_id: str, processed: int = 0, failed: int = 0) -> None:
+        """Atomically add finished image slots (and mark progress for the stall sweeper)."""
+
+    @abc.abstractmethod
+    def try_finish(self, batch_id: str) -> BatchRecord | None:
+        """Finish the batch when every image is done; returns it only to the one caller that did."""
+
+    @abc.abstractmethod
+    def fail(self, batch_id: str, error: str, *, unparsed_only: bool = False) -> BatchRecord | None:
+        """End a batch whose file itself broke; only from queued or processing (and, with
+        `unparsed_only`, only while its file has not been read)."""
+
+    @abc.abstractmethod
+    def list_page(self, owner: str | None, *, limit: int, after: tuple[datetime, str] | None,
+                  status: str | None, created_after: datetime | None,
+                  created_before: datetime | None) -> list[BatchRecord]:
+        """At most `limit` batches of `owner`, newest first (created_at, then id), strictly
+        after the position `after` (the created_at and id of the previous page's last one)."""
+
+    @abc.abstractmethod
+    def cancel(self, batch_id: str) -> BatchRecord | None:
+        """queued/processing -> cancelled, exactly once; the batch only to the caller that did."""
+
+    @abc.abstractmethod
+    def start_retry(self, batch: BatchRecord, failed_slots: int) -> BatchRecord | None:
+        """A finished batch back to processing, its failed count lowered by `failed_slots`.
+
+        Conditional on the status and finish_seq read by the caller, so of two concurrent
+        retries only one wins (the other gets None). `retries` counts the runs."""
+
+    @abc.abstractmethod
+    def stalled(self, before: datetime, limit: int = 1000) -> list[BatchRecord]:
+        """Active batches whose last recorded progress (updated_at) is older than `before`."""
+
+    @abc.abstractmethod
+    def claim_stalled(self, batch: BatchRecord) -> BatchRecord | None:
+        """Mark a stalled batch as swept now, only if nothing touched it since it was read.
+
+        Bumping updated_at restarts its stall clock, so the same batch is not re-enqueued by
+        every sweep while its recovered work waits in the queue (see BatchRecord.next_sweep)."""
+
+    @abc.abstractmethod
+    def set_image_counts(self, batch_id: str, *, processed: int, failed: int) -> None:
+        """Overwrite a processing batch's image counters with values re-derived from its images."""
+
+
+class ProductStore(abc.ABC):
+    """Product rows and their images: bulk writes, state changes, pages and joins."""
+
+    @abc.abstractmethod
+    def write_rows(self, rows: list[ProductRecord]) -> None:
+        """Upsert rows by their id (a re-run parse writes the same rows)."""
+
+    @abc.abstractmethod
+    def write_images(self, batch_id: str, images: Iterable[ImageRecord]) -> None:
+        """Create images, keeping the state of any that a previous run already finished."""
+
+    @abc.abstractmethod
+    def pending_images(self, batch_id: str, chunk: int) -> list[ImageRecord]: ...
+
+    @abc.abstractmethod
+    def pending_chunks(self, batch_id: str) -> list[int]:
+        """The chunk numbers that still hold pending images, in order."""
+
+    @abc.abstractmethod
+    def mark_processed(self, image: ImageRecord, *, key: str, output_url: str, bytes_in: int,
+                       bytes_out: int, content_type: str, kept_original: bool = False) -> bool:
+        """pending -> processed; True only for the one call that made the change."""
+
+    @abc.abstractmethod
+    def mark_failed(self, image: ImageRecord, error: str, bytes_in: int | None = None) -> bool:
+        """pending -> failed; True only for the one call that made the change."""
+
+    @abc.abstractmethod
+    def start_attempt(self, image: ImageRecord) -> ImageRecord | None:
+        """Count one more attempt at a pending image as a worker starts on it; the image after
+        the change, or None when it is no longer pending (done by another run)."""
+
+    @abc.abstractmethod
+    def fail_pending(self, batch_id: str, error: str) -> int:
+        """pending -> failed for every pending image of a batch; returns how many."""
+
+    @abc.abstractmethod
+    def images_for(self, batch_id: str, hashes: Iterable[str]) -> dict[str, ImageRecord]:
+        """The batch's images with these URL hashes, by hash."""
+
+    @abc.abstractmethod
+    def rows_after(self, batch_id: str, *, after_line: int, limit: int,
+                   status: str | None = None) -> list[ProductRecord]:
+        """Up to `limit` rows with a line above `after_line`, in line order."""
+
+    @abc.abstractmethod
+    def failed_images(self, batch_id: str) -> list[ImageRecord]: ...
+
+    @abc.abstractmethod
+    def reset_images(self, ids: list[str]) -> int:
+        """failed -> pending (attempts back to 0) for exactly these images; how many changed."""
+
+    @abc.abstractmethod
+    def count_slots(self, batch_id: str) -> dict[str, int]:
+        """Image slots (occurrences) per image status, re-derived from the images."""
+
+    # Built on the methods above, the same for every implementation.
+
+    def iter_rows(self, batch_id: str, *, status: str | None = None, after_line: int = 0,
+                  block: int = 500) -> Iterator[tuple[ProductRecord, dict[str, ImageRecord]]]:
+        """Every row in line order with the images it refers to, read block by block."""
+        while True:
+            rows = self.rows_after(batch_id, after_line=after_line, limit=block, status=status)
+            if not rows:
+                return
+            images = self.images_for(batch_id, (h for r in rows for h in r.image_hashes))
+            for row in rows:
+                yield row, images
+            after_line = rows[-1].line
+            if len(rows) < block:
+                return
+
+    def page_products(self, batch_id: str, *, after_line: int, limit: int
+                      ) -> tuple[list[tuple[ProductRecord, dict[str, ImageRecord]]], int | None]:
+        """A page of accepted rows; returns ([(row, images)], last line if more follow)."""
+        from schemas.records import ACCEPTED
+        rows = self.rows_after(batch_id, after_line=after_line, limit=limit + 1, status=ACCEPTED)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        images = self.images_for(batch_id, (h for r in rows for h in r.image_hashes))
+        return [(r, images) for r in rows], (rows[-1].line if more and rows else None)
+
+
+class WebhookStore(abc.ABC):
+    """Webhook subscriptions and the delivery log."""
+
+    @abc.abstractmethod
+    def create_subscription(self, subscription: SubscriptionRecord) -> SubscriptionRecord: ...
+
+    @abc.abstractmethod
+    def count_subscriptions(self, owner: str | None) -> int: ...
+
+    @abc.abstractmethod
+    def list_subscriptions(self, owner: str | None) -> list[SubscriptionRecord]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    def get_subscription(self, subscription_id: str, owner: str | None = None, *,
+                         any_owner: bool = False) -> SubscriptionRecord | None: ...
+
+    @abc.abstractmethod
+    def update_subscription(self, subscription_id: str, owner: str | None,
+                            changes: dict) -> SubscriptionRecord | None:
+        """Set these fields (see SubscriptionRecord.changed); None when it is not there."""
+
+    @abc.abstractmethod
+    def delete_subscription(self, subscription_id: str, owner: str | None) -> bool: ...
+
+    @abc.abstractmethod
+    def rotate_secret(self, subscription_id: str, owner: str | None) -> SubscriptionRecord | None:
+        """A new secret, the old one kept for the overlap; None when it is not there or its
+        secret changed meanwhile (a concurrent rotation)."""
+
+    @abc.abstractmethod
+    def disable_subscription(self, subscription_id: str, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    def subscribers_for(self, owner: str | None, event: str) -> list[SubscriptionRecord]:
+        """Enabled subscriptions of `owner` that asked for `event`, oldest first."""
+
+    @abc.abstractmethod
+    def insert_delivery(self, delivery: DeliveryRecord) -> bool:
+        """Store a new delivery; False when one with the same id exists (already announced)."""
+
+    @abc.abstractmethod
+    def get_delivery(self, delivery_id: str, owner: str | None = None, *,
+                     any_owner: bool = False) -> DeliveryRecord | None: ...
+
+    @abc.abstractmethod
+    def list_deliveries(self, batch_id: str) -> list[DeliveryRecord]:
+        """A batch's deliveries, oldest first (their bodies may be left out)."""
+
+    @abc.abstractmethod
+    def claim_attempt(self, delivery_id: str, number: int,
+                      lease_until: datetime) -> DeliveryRecord | None:
+        """Take scheduled attempt `number` of a pending delivery; None when it is not this
+        attempt's turn (already made, delivery finished, or another worker holds it)."""
+
+    @abc.abstractmethod
+    def record_attempt(self, delivery_id: str, number: int, attempt: AttemptRecord, *,
+                       status: str, next_attempt_at: datetime | None) -> None:
+        """Log scheduled attempt `number` and move the delivery on (next attempt or its end)."""
+
+    @abc.abstractmethod
+    def record_manual_attempt(self, delivery_id: str, attempt: AttemptRecord, *,
+                              succeeded: bool) -> None:
+        """Log a redelivery; a success marks the delivery succeeded (and stops its retries)."""
+
+    @abc.abstractmethod
+    def overdue(self, grace: timedelta, limit: int = 1000) -> list[DeliveryRecord]:
+        """Pending deliveries late by more than `grace` and not held by a worker (their
+        scheduled job was lost); only id and next_attempt_no need be filled."""
+
+
+class IdempotencyStore(abc.ABC):
+    """Idempotency keys of uploads: one record per (caller, key), kept for 24 hours."""
+
+    TTL = timedelta(hours=24)
+
+    @abc.abstractmethod
+    def find(self, owner: str | None, key: str) -> IdempotencyRecord | None: ...
+
+    @abc.abstractmethod
+    def claim(self, record: IdempotencyRecord) -> IdempotencyRecord | None:
+        """Record that this key made this batch; None when it was recorded first."""
+
+    @abc.abstractmethod
+    def release(self, owner: str | None, key: str, batch_id: str) -> None:
+        """Forget a key whose request did not go through (so the caller may send it again)."""
+
+
+class Stores(abc.ABC):
+    """One implementation of every store, and what the service needs of its database."""
+
+    name: str  # what /readyz and start-up messages call it
+    batches: BatchStore
+    products: ProductStore
+    webhooks: WebhookStore
+    idempotency: IdempotencyStore
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Create tables or indexes behind every query (idempotent)."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise unless the database answers."""
