@@ -13,8 +13,9 @@ from zipstream import ZIP_STORED, ZipStream
 
 from api.batches import clean_filename, content_disposition, load_batch
 from api.errors import ApiError
-from infra import product_store, storage
+from infra import storage, stores
 from schemas.archive_names import ArchiveNames
+from schemas.records import ACCEPTED, PROCESSED
 
 bp = Blueprint("archive", __name__, url_prefix="/api/v1/batches")
 READ_SIZE = 256 * 1024
@@ -36,16 +37,13 @@ class _StoredObject:
 
 def _entries(batch_id: str):
     names = ArchiveNames()
-    for row, images in product_store.iter_rows(batch_id, status=product_store.ACCEPTED):
-        for position, (url, digest) in enumerate(
-                zip(row["input_image_urls"], row["image_hashes"]), 1):
-            image = images.get(digest) or {}
-            key = image.get("output_key")
-            if image.get("status") != product_store.PROCESSED or not key:
+    for row, images in stores.products().iter_rows(batch_id, status=ACCEPTED):
+        for position, (url, image) in enumerate(row.images_of(images), 1):
+            if image is None or image.status != PROCESSED or not image.output_key:
                 continue
-            extension = key.rsplit(".", 1)[-1]
-            yield names.name(row["serial_no"], row["product_name"], url, position,
-                             extension), key
+            extension = image.output_key.rsplit(".", 1)[-1]
+            yield names.name(row.serial_no, row.product_name, url, position,
+                             extension), image.output_key
 
 
 @bp.get("/<batch_id>/outputs.zip")
@@ -55,8 +53,8 @@ def outputs_zip(batch_id: str):
     first = next(entries, None)
     if first is None:
         raise ApiError(409, "No output images",
-                       f"the batch ({batch['status']}) has no processed image yet",
-                       kind="no-outputs", batch_status=batch["status"])
+                       f"the batch ({batch.status.value}) has no processed image yet",
+                       kind="no-outputs", batch_status=batch.status.value)
     archive = ZipStream(compress_type=ZIP_STORED)
 
     def stream():
@@ -65,6 +63,6 @@ def outputs_zip(batch_id: str):
             yield from archive.all_files()  # this image now, before the next row is read
         yield from archive.finalize()
 
-    name = (clean_filename(batch.get("filename")) or batch["_id"]).rsplit(".", 1)[0] + "-images.zip"
+    name = (clean_filename(batch.filename) or batch.id).rsplit(".", 1)[0] + "-images.zip"
     return Response(stream_with_context(stream()), mimetype="application/zip",
                     headers={"Content-Disposition": content_disposition(name)})
