@@ -26,6 +26,7 @@ from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
 from schemas.csv_format import map_columns
 from schemas.cursor import decode_cursor, encode_cursor
+from schemas.failures import FailureCode
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
                              ProductRecord, new_batch_id)
 from schemas.product import ImageOut
@@ -349,8 +350,8 @@ def _product_json(row: ProductRecord, images: dict[str, ImageRecord]) -> dict:
     """A product as the API shows it, built through its schema (so the two cannot drift)."""
     items = [ImageOut(input_url=url, status=PENDING) if image is None else
              ImageOut(input_url=url, output_url=image.output_url, status=image.status,
-                      error=image.error, bytes_in=image.bytes_in, bytes_out=image.bytes_out,
-                      kept_original=image.kept_original)
+                      error=image.error, code=image.error_code, bytes_in=image.bytes_in,
+                      bytes_out=image.bytes_out, kept_original=image.kept_original)
              for url, image in row.images_of(images)]
     return ProductItem(serial_no=row.serial_no, product_name=row.product_name,
                        line=row.line, input_image_urls=row.input_image_urls,
@@ -399,15 +400,17 @@ def errors_csv(batch_id: str):
     batch = load_batch(batch_id)
 
     def lines():
-        yield _csv_line(["Line", "S. No.", "Input Image Url", "Error"])
+        yield _csv_line(["Line", "S. No.", "Input Image Url", "Error", "Code"])
         if batch.status == BatchStatus.FAILED and not batch.header:
-            yield _csv_line(["", "", "", batch.error or "the file could not be read"])
+            yield _csv_line(["", "", "", batch.error or "the file could not be read",
+                             FailureCode.FILE_UNREADABLE])
         for row, images in stores.products().iter_rows(batch_id):
             if not row.accepted:
-                yield _csv_line([row.line, row.serial_raw, "", row.error])
+                yield _csv_line([row.line, row.serial_raw, "", row.error, FailureCode.INVALID_ROW])
                 continue
             for url, image in row.images_of(images):
                 if image and image.status == FAILED:
-                    yield _csv_line([row.line, row.serial_no, url, image.error])
+                    yield _csv_line([row.line, row.serial_no, url, image.error,
+                                     image.error_code or ""])
 
     return _csv_response(batch, "-errors.csv", lines())

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -53,7 +52,7 @@ PIPELINE = {
     "batches_finished_total": ("counter", "Batches that reached a final status, by status.", None),
     "rows_total": ("counter", "CSV data rows read, by result (accepted, rejected).", None),
     "images_total": ("counter", "Distinct images finished, by result (processed, failed) and "
-                                "failure reason.", None),
+                                "failure code.", None),
     "image_bytes_total": ("counter", "Image bytes downloaded (in) and stored (out).", None),
     "download_seconds": ("histogram", "Time to download one image.", DOWNLOAD_BUCKETS),
     "encode_seconds": ("histogram", "Time to decode and re-encode one image.", ENCODE_BUCKETS),
@@ -61,31 +60,6 @@ PIPELINE = {
     "webhook_seconds": ("histogram", "Duration of one webhook delivery attempt.",
                         WEBHOOK_BUCKETS),
 }
-
-FAILURE_REASONS = ("timeout", "http_error", "too_large", "too_many_pixels", "not_an_image",
-                   "refused_url", "connection", "too_many_redirects", "internal", "other")
-
-_REASON_RULES = (
-    (re.compile(r"^refused:", re.I), "refused_url"),
-    (re.compile(r"longer than|timed out|timeout|stopped sending", re.I), "timeout"),
-    (re.compile(r"\bHTTP \d{3}\b", re.I), "http_error"),
-    (re.compile(r"byte limit|too large|bytes, over", re.I), "too_large"),
-    (re.compile(r"pixel", re.I), "too_many_pixels"),
-    (re.compile(r"more than \d+ redirects", re.I), "too_many_redirects"),
-    (re.compile(r"decodable|broken image|not an image|unsupported|format", re.I), "not_an_image"),
-    (re.compile(r"connect|resolve|TLS|broke off", re.I), "connection"),
-    (re.compile(r"internal error", re.I), "internal"),
-)
-
-
-def failure_reason(error: str | BaseException | None) -> str:
-    """A small, fixed set of reasons for a failed image (label values must stay few)."""
-    text = str(error or "")
-    for pattern, reason in _REASON_RULES:
-        if pattern.search(text):
-            return reason
-    return "other"
-
 
 # --- recording (any process) --------------------------------------------------------------------
 
@@ -192,8 +166,9 @@ def image_processed(bytes_in: int | None, bytes_out: int | None) -> None:
            (_field("image_bytes_total", {"direction": "out"}), bytes_out or 0)])
 
 
-def image_failed(error: str | BaseException | None, bytes_in: int | None = None) -> None:
-    _record([(_field("images_total", {"result": "failed", "reason": failure_reason(error)}), 1),
+def image_failed(code: str, bytes_in: int | None = None) -> None:
+    """A failed image, labelled by its FailureCode (a small, fixed set of label values)."""
+    _record([(_field("images_total", {"result": "failed", "reason": str(code)}), 1),
            (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0)])
 
 

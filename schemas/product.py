@@ -5,12 +5,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.failures import FailureCode
+
 
 class ImageOut(BaseModel):
     input_url: str
     output_url: str | None = None
     status: Literal["pending", "processed", "failed"]
     error: str | None = None
+    code: FailureCode | None = Field(None, description=(
+        "Why the image failed, as a stable code (the `error` message may change wording)."))
     bytes_in: int | None = None
     bytes_out: int | None = None
     kept_original: bool = Field(False, description=(

@@ -173,6 +173,7 @@ class ImageRecord:
     output_url: str | None = None
     output_key: str | None = None
     error: str | None = None
+    error_code: str | None = None  # a schemas.failures.FailureCode value
     bytes_in: int | None = None
     bytes_out: int | None = None
     content_type: str | None = None

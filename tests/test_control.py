@@ -603,3 +603,4 @@ def test_sweeper_gives_up_only_after_recoveries_in_a_row_without_progress(
     assert batch["images"] == {"total": 4, "processed": 1, "failed": 3}
     errors = client.get(f"/api/v1/batches/{batch_id}/errors.csv").get_data(as_text=True)
     assert errors.count("gave up after 2 recoveries") == 3
+    assert errors.count(",stalled\r\n") == 3

@@ -10,6 +10,7 @@ import pytest
 from urllib.parse import unquote
 
 from infra.settings import Settings
+from schemas.failures import FailureCode
 from worker.download import DownloadError, RefusedURL, download, is_public_address, make_session
 
 BODY = bytes(range(256)) * 40  # 10 240 bytes; download() does not look at what it is
@@ -171,8 +172,9 @@ def test_ok_returns_the_body(server):
 
 
 def test_http_error_status_fails_with_the_status(server):
-    with pytest.raises(DownloadError, match="HTTP 404"):
+    with pytest.raises(DownloadError, match="HTTP 404") as caught:
         fetch(server.url("/nothing"))
+    assert caught.value.code == FailureCode.HTTP_STATUS
 
 
 def test_connections_are_pooled_and_reused(server):
@@ -198,8 +200,9 @@ def test_redirect_chain_within_the_limit_is_followed(server):
 
 
 def test_redirect_chain_over_the_limit_fails(server):
-    with pytest.raises(DownloadError, match="more than 3 redirects"):
+    with pytest.raises(DownloadError, match="more than 3 redirects") as caught:
         fetch(server.url("/hops/4"), max_redirects=3)
+    assert caught.value.code == FailureCode.TOO_MANY_REDIRECTS
     assert server.paths == ["/hops/4", "/hops/3", "/hops/2", "/hops/1"]  # never /ok
 
 
@@ -212,8 +215,9 @@ def test_zero_redirects_allowed(server):
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://example.com/a.jpg",
                                     "gopher://127.0.0.1:6379/_INFO"])
 def test_redirect_to_another_scheme_is_refused(server, target):
-    with pytest.raises(RefusedURL, match="refused: redirected to"):
+    with pytest.raises(RefusedURL, match="refused: redirected to") as caught:
         fetch(server.url("/to/" + target))
+    assert caught.value.code == FailureCode.REFUSED_URL
 
 
 def test_redirect_to_userinfo_is_refused(server):
@@ -227,8 +231,9 @@ def test_redirect_to_userinfo_is_refused(server):
                                  "data:image/png;base64,AAAA", "/relative/a.jpg",
                                  "javascript:alert(1)"])
 def test_non_http_schemes_are_refused(url):
-    with pytest.raises(RefusedURL, match="only http and https"):
+    with pytest.raises(RefusedURL, match="only http and https") as caught:
         fetch(url)
+    assert caught.value.code == FailureCode.REFUSED_URL
 
 
 @pytest.mark.parametrize("netloc", ["user:pw@{host}", "user@{host}", "@{host}"])
@@ -253,8 +258,9 @@ LOOPBACK_SPELLINGS = ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "213070643
 
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
 def test_loopback_is_refused_and_never_connected(server, host):
-    with pytest.raises(RefusedURL, match="refused: the host resolves to a loopback, private"):
+    with pytest.raises(RefusedURL, match="refused: the host resolves to a loopback, private") as caught:
         fetch(f"http://{host}:{server.port}/ok", allow_private_urls=False)
+    assert caught.value.code == FailureCode.REFUSED_ADDRESS
     assert server.connections == 0
 
 
@@ -363,12 +369,14 @@ def test_https_through_the_pinned_address_verifies_and_keeps_the_deadline(tls_pu
         assert download(session, base + "/ok", cfg) == BODY
         assert srv.connections == 1  # pooled over TLS too
         started = time.monotonic()
-        with pytest.raises(DownloadError, match="longer than 1 s"):
+        with pytest.raises(DownloadError, match="longer than 1 s") as caught:
             download(session, base + "/drip", cfg)
+        assert caught.value.code == FailureCode.DOWNLOAD_TIMEOUT
         assert time.monotonic() - started < 2.0
     with _public_session(cfg) as session:  # the default trust store does not know this cert
-        with pytest.raises(DownloadError, match="TLS"):
+        with pytest.raises(DownloadError, match="TLS") as caught:
             download(session, base + "/ok", cfg)
+        assert caught.value.code == FailureCode.CONNECTION_FAILED
 
 
 def test_only_loopback_can_be_exempted():
@@ -380,22 +388,25 @@ def test_only_loopback_can_be_exempted():
 
 def test_dripping_body_hits_the_whole_download_deadline(server):
     started = time.monotonic()
-    with pytest.raises(DownloadError, match="longer than 1 s"):
+    with pytest.raises(DownloadError, match="longer than 1 s") as caught:
         fetch(server.url("/drip"), download_timeout_s=1)
+    assert caught.value.code == FailureCode.DOWNLOAD_TIMEOUT
     assert 0.9 < time.monotonic() - started < 2.0
 
 
 def test_dripping_headers_hit_the_whole_download_deadline(server):
     started = time.monotonic()
-    with pytest.raises(DownloadError, match="longer than 1 s"):
+    with pytest.raises(DownloadError, match="longer than 1 s") as caught:
         fetch(server.url("/drip-headers"), download_timeout_s=1)
+    assert caught.value.code == FailureCode.DOWNLOAD_TIMEOUT
     assert 0.9 < time.monotonic() - started < 2.0
 
 
 def test_deadline_covers_the_redirects_too(server):
     started = time.monotonic()
-    with pytest.raises(DownloadError, match="longer than 1 s"):
+    with pytest.raises(DownloadError, match="longer than 1 s") as caught:
         fetch(server.url("/to/" + server.url("/drip")), download_timeout_s=1)
+    assert caught.value.code == FailureCode.DOWNLOAD_TIMEOUT
     assert time.monotonic() - started < 2.0
 
 
@@ -403,8 +414,9 @@ def test_a_stalled_server_hits_the_read_timeout(server):
     cfg = settings(download_timeout_s=5)
     started = time.monotonic()
     with make_session(cfg) as session:
-        with pytest.raises(DownloadError, match="stopped sending data"):
+        with pytest.raises(DownloadError, match="stopped sending data") as caught:
             download(session, server.url("/stall"), cfg, read_timeout_s=0.3)
+        assert caught.value.code == FailureCode.DOWNLOAD_TIMEOUT
     assert time.monotonic() - started < 1
 
 
@@ -427,8 +439,9 @@ def test_a_session_survives_a_timed_out_download(server):
 # ---------------------------------------------------------------- size cap
 
 def test_content_length_over_the_cap_is_refused_before_reading(server):
-    with pytest.raises(DownloadError, match="10000000 bytes, over the 100000-byte limit"):
+    with pytest.raises(DownloadError, match="10000000 bytes, over the 100000-byte limit") as caught:
         fetch(server.url("/declared-big"), max_download_bytes=100_000)
+    assert caught.value.code == FailureCode.TOO_LARGE
     assert server.big_started.wait(1)
     # The connection was closed at once: the server could not push the 10 MB through.
     time.sleep(0.2)
@@ -437,14 +450,16 @@ def test_content_length_over_the_cap_is_refused_before_reading(server):
 
 def test_chunked_body_that_lies_is_cut_at_the_cap(server):
     started = time.monotonic()
-    with pytest.raises(DownloadError, match="over the 100000-byte limit"):
+    with pytest.raises(DownloadError, match="over the 100000-byte limit") as caught:
         fetch(server.url("/chunked-endless"), max_download_bytes=100_000)
+    assert caught.value.code == FailureCode.TOO_LARGE
     assert time.monotonic() - started < 1
 
 
 def test_close_delimited_body_is_cut_at_the_cap(server):
-    with pytest.raises(DownloadError, match="over the 100000-byte limit"):
+    with pytest.raises(DownloadError, match="over the 100000-byte limit") as caught:
         fetch(server.url("/close-delimited"), max_download_bytes=100_000)
+    assert caught.value.code == FailureCode.TOO_LARGE
 
 
 def test_body_exactly_at_the_cap_is_accepted(server):

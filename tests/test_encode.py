@@ -10,6 +10,7 @@ import warnings
 import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
+from schemas.failures import FailureCode
 from tests import image_factory as make
 from worker.encode import EncodedImage, ImageError, compress
 
@@ -395,28 +396,32 @@ def test_content_is_decided_by_the_bytes():
 def test_pixel_limit_is_inclusive():
     w, h = make.SIZE
     assert compress(make.jpeg(), max_pixels=w * h).width == w
-    with pytest.raises(ImageError, match="over the"):
+    with pytest.raises(ImageError, match="over the") as caught:
         compress(make.jpeg(), max_pixels=w * h - 1)
+    assert caught.value.code == FailureCode.TOO_MANY_PIXELS
 
 
 @pytest.mark.parametrize("w,h", [(100_000, 100_000), (60_000, 1_000), (1, 60_000_000)])
 def test_huge_header_is_refused_before_decoding(w, h):
-    with pytest.raises(ImageError, match="pixel"):
+    with pytest.raises(ImageError, match="pixel") as caught:
         compress(make.png_header_claiming(w, h), max_pixels=50_000_000)
+    assert caught.value.code == FailureCode.TOO_MANY_PIXELS
 
 
 def test_pillow_bomb_warning_is_an_error(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with pytest.raises(ImageError, match="pixel"):
+        with pytest.raises(ImageError, match="pixel") as caught:
             compress(make.jpeg(), max_pixels=5000)  # 6144 pixels: Pillow warns
+        assert caught.value.code == FailureCode.TOO_MANY_PIXELS
 
 
 def test_pillow_bomb_error_is_an_image_error(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageError, match="pixel"):
+    with pytest.raises(ImageError, match="pixel") as caught:
         compress(make.jpeg(), max_pixels=1000)  # over twice Pillow's limit: it raises
+    assert caught.value.code == FailureCode.TOO_MANY_PIXELS
 
 
 def test_our_limit_never_lowers_pillows():
@@ -443,8 +448,9 @@ def test_garbage_is_an_image_error(data, message):
 
 
 def test_truncated_jpeg_is_an_image_error():
-    with pytest.raises(ImageError, match="truncated"):
+    with pytest.raises(ImageError, match="truncated") as caught:
         compress(make.truncated_jpeg())
+    assert caught.value.code == FailureCode.BROKEN_IMAGE
 
 
 @pytest.mark.parametrize("source", [make.jpeg, make.png, make.webp, make.animated_gif, make.tiff,

@@ -74,14 +74,18 @@ def test_whole_flow(client, http_server, work):
         assert image.quantization == reference_q50_tables()
 
     errors = read_csv(client.get(batch["links"]["errors_csv"]))
-    assert errors[0] == ["Line", "S. No.", "Input Image Url", "Error"]
+    assert errors[0] == ["Line", "S. No.", "Input Image Url", "Error", "Code"]
     assert errors[1][:3] == ["3", "2", missing] and "404" in errors[1][3]
+    assert errors[1][4] == "http_status"
     assert errors[2][:2] == ["4", "3"] and "Product Name" in errors[2][3]
+    assert errors[2][4] == "invalid_row"
 
     products = client.get(f"/api/v1/batches/{batch['id']}/products").get_json()
     assert [p["serial_no"] for p in products["items"]] == [1, 2]
     assert products["items"][1]["status"] == "completed_with_errors"
     assert products["items"][1]["images"][0]["status"] == "failed"
+    assert products["items"][1]["images"][0]["code"] == "http_status"
+    assert products["items"][1]["images"][1]["code"] is None
     assert products["items"][0]["images"][0]["bytes_in"] > 0
 
 
@@ -117,3 +121,31 @@ def test_an_image_that_q50_would_make_larger_is_stored_as_it_came_without_metada
     assert again["kept_original"] is False and again["bytes_out"] >= len(small) - 200
     assert Image.open(io.BytesIO(requests.get(again["output_url"], timeout=5).content)
                       ).quantization == reference_q50_tables()
+
+
+def test_every_failed_image_carries_a_stable_code_in_the_api_the_csv_and_the_metrics(
+        client, http_server, work):
+    from tests import image_factory as make
+    from tests.test_ops import metric
+    cases = {  # path -> (body, status, expected code)
+        "/gone.jpg": (b"gone", 410, "http_status"),
+        "/page.jpg": (b"<html>a web page</html>", 200, "not_an_image"),
+        "/cut.jpg": (make.truncated_jpeg(), 200, "broken_image"),
+        "/huge.png": (make.png_header_claiming(20_000, 20_000), 200, "too_many_pixels"),
+    }
+    for path, (body, status, _) in cases.items():
+        http_server.routes[path] = Route(body, status)
+    urls = [http_server.url(path) for path in cases] + ["ftp://example.com/x.jpg"]
+    text = "S. No.,Product Name,Input Image Urls\n" + "".join(
+        f"{n},Item {n},{url}\n" for n, url in enumerate(urls, 1))
+    batch = upload(client, text).get_json()
+    work()
+
+    expected = [code for _, _, code in cases.values()]
+    products = client.get(f"/api/v1/batches/{batch['id']}/products").get_json()["items"]
+    assert [p["images"][0]["code"] for p in products] == expected
+    errors = read_csv(client.get(f"/api/v1/batches/{batch['id']}/errors.csv"))
+    assert [row[4] for row in errors[1:]] == expected + ["invalid_row"]  # ftp: a rejected row
+    body = client.get("/metrics").get_data(as_text=True)
+    for code in expected:
+        assert metric(body, "batchpress_images_total", result="failed", reason=code) == 1, code

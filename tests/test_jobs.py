@@ -243,6 +243,7 @@ def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_se
     assert image["error"] == ("gave up after 3 attempts: the worker died while processing it")
     errors = client.get(f"/api/v1/batches/{batch_id}/errors.csv").get_data(as_text=True)
     assert errors.count("gave up after 3 attempts") == 2
+    assert errors.count(",worker_died\r\n") == 2
     tasks.process_chunk(batch_id, 0)  # a late duplicate, and a sweep, count nothing twice
     sweeper.recover(stores.batches().get(batch_id, any_owner=True))
     assert client.get(f"/api/v1/batches/{batch_id}").get_json()["images"]["failed"] == 2

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from infra import metrics, storage, stores
 from infra.settings import Settings
 from schemas.batch import BatchStatus
+from schemas.failures import FailureCode
 from schemas.records import ImageRecord
 from worker.download import DownloadError, download, make_session
 from worker.encode import ImageError, compress, header_pixels
@@ -121,7 +122,8 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> 
         return 0  # another run finished it meanwhile
     if started.attempts > settings.max_image_attempts:
         return _record_failure(image, batch_id, f"gave up after {settings.max_image_attempts} "
-                               "attempts: the worker died while processing it", None)
+                               "attempts: the worker died while processing it",
+                               FailureCode.WORKER_DIED, None)
     bytes_in = None
     try:
         data = metrics.timed("download_seconds", download, session, image.url, settings)
@@ -132,10 +134,11 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> 
         storage.put_bytes(key, encoded.data, encoded.content_type,
                           cache_control="public, max-age=31536000, immutable")
     except (DownloadError, ImageError) as error:
-        return _record_failure(image, batch_id, str(error), bytes_in)
+        return _record_failure(image, batch_id, str(error), error.code, bytes_in)
     except Exception as error:  # noqa: BLE001 - one image must never take the chunk down
         log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
-        return _record_failure(image, batch_id, f"internal error: {type(error).__name__}", bytes_in)
+        return _record_failure(image, batch_id, f"internal error: {type(error).__name__}",
+                               FailureCode.INTERNAL_ERROR, bytes_in)
     if stores.products().mark_processed(image, key=key, output_url=storage.public_url(key),
                                     bytes_in=bytes_in, bytes_out=len(encoded.data),
                                     content_type=encoded.content_type,
@@ -169,9 +172,10 @@ def _encode(data: bytes, settings: Settings):
         metrics.observe("encode_seconds", elapsed)
 
 
-def _record_failure(image: ImageRecord, batch_id: str, error: str, bytes_in: int | None) -> int:
-    if stores.products().mark_failed(image, error, bytes_in):
+def _record_failure(image: ImageRecord, batch_id: str, error: str, code: FailureCode,
+                    bytes_in: int | None) -> int:
+    if stores.products().mark_failed(image, error, code, bytes_in):
         stores.batches().add_image_results(batch_id, failed=image.occurrences)
-        metrics.image_failed(error, bytes_in)
+        metrics.image_failed(code, bytes_in)
         return 1
     return 0

@@ -43,17 +43,28 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from infra.settings import Settings
+from schemas.failures import FailureCode
 from infra.url_safety import is_public_address
 
 CHUNK = 64 * 1024
 USER_AGENT = "Batchpress/1.0 (+image compression)"
 
 class DownloadError(Exception):
-    """The image could not be fetched; the message is shown to the user."""
+    """The image could not be fetched; the message is shown to the user, `code` says why."""
+
+    def __init__(self, message: str, code: FailureCode):
+        super().__init__(message)
+        self.code = code
 
 
 class RefusedURL(DownloadError):
     """The URL was refused before any connection was opened (SSRF rule, scheme, userinfo)."""
+
+    def __init__(self, message: str, code: FailureCode = FailureCode.REFUSED_URL):
+        super().__init__(message, code)
+
+
+_CONNECTION = FailureCode.CONNECTION_FAILED
 
 
 # --------------------------------------------------------------------------- address policy
@@ -292,7 +303,7 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: _W
         host = _check_url(url, redirected=hop > 0)
         remaining = watch.deadline - time.monotonic()
         if remaining <= 0:
-            raise DownloadError(f"download took longer than {timeout:g} s")
+            raise DownloadError(f"download took longer than {timeout:g} s", FailureCode.DOWNLOAD_TIMEOUT)
         try:
             response = session.get(
                 url, stream=True, allow_redirects=False,
@@ -302,7 +313,7 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: _W
         except InvalidIPAddress:
             where = "redirected to a host that" if hop else "the host"
             raise RefusedURL(f"refused: {where} resolves to a loopback, private, link-local or "
-                             "reserved address") from None
+                             "reserved address", FailureCode.REFUSED_ADDRESS) from None
         except requests.RequestException as error:
             raise _failure(error, watch, host, timeout) from None
         with response:
@@ -311,12 +322,15 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: _W
                 url = urljoin(url, _decode_location(location))
                 continue
             if response.status_code != 200:
-                raise DownloadError(f"HTTP {response.status_code} from the image server")
+                raise DownloadError(f"HTTP {response.status_code} from the image server",
+                                    FailureCode.HTTP_STATUS)
             declared = response.headers.get("Content-Length", "").strip()
             if declared.isdigit() and int(declared) > limit:
-                raise DownloadError(f"image is {int(declared)} bytes, over the {limit}-byte limit")
+                raise DownloadError(f"image is {int(declared)} bytes, over the {limit}-byte limit",
+                                    FailureCode.TOO_LARGE)
             return _read_capped(response, limit, watch, host, timeout)
-    raise DownloadError(f"more than {settings.max_redirects} redirects")
+    raise DownloadError(f"more than {settings.max_redirects} redirects",
+                        FailureCode.TOO_MANY_REDIRECTS)
 
 
 def _read_capped(response: requests.Response, limit: int, watch: _Watch, host: str,
@@ -327,38 +341,38 @@ def _read_capped(response: requests.Response, limit: int, watch: _Watch, host: s
         for piece in response.iter_content(CHUNK):
             size += len(piece)
             if size > limit:
-                raise DownloadError(f"image is over the {limit}-byte limit")
+                raise DownloadError(f"image is over the {limit}-byte limit", FailureCode.TOO_LARGE)
             chunks.append(piece)
             if watch.expired or time.monotonic() > watch.deadline:
-                raise DownloadError(f"download took longer than {timeout:g} s")
+                raise DownloadError(f"download took longer than {timeout:g} s", FailureCode.DOWNLOAD_TIMEOUT)
     except requests.RequestException as error:
         raise _failure(error, watch, host, timeout, broke_off=True) from None
     if watch.expired:  # the watchdog's shutdown looks like a clean end of a close-delimited body
-        raise DownloadError(f"download took longer than {timeout:g} s")
+        raise DownloadError(f"download took longer than {timeout:g} s", FailureCode.DOWNLOAD_TIMEOUT)
     return b"".join(chunks)
 
 
 def _failure(error: requests.RequestException, watch: _Watch, host: str, timeout: float,
              broke_off: bool = False) -> DownloadError:
     if watch.expired or time.monotonic() >= watch.deadline:
-        return DownloadError(f"download took longer than {timeout:g} s")
+        return DownloadError(f"download took longer than {timeout:g} s", FailureCode.DOWNLOAD_TIMEOUT)
     if isinstance(error, requests.ConnectTimeout):
-        return DownloadError(f"could not connect to {host}: timed out")
+        return DownloadError(f"could not connect to {host}: timed out", FailureCode.CONNECTION_FAILED)
     if isinstance(error, requests.Timeout) or _caused_by(error, ReadTimeoutError, socket.timeout):
-        return DownloadError(f"the image server at {host} stopped sending data")
+        return DownloadError(f"the image server at {host} stopped sending data", FailureCode.DOWNLOAD_TIMEOUT)
     if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                           requests.exceptions.MissingSchema)):
         return RefusedURL(f"refused: invalid URL ({short_error(error)})")
     if broke_off:
-        return DownloadError(f"download from {host} broke off before the end")
+        return DownloadError(f"download from {host} broke off before the end", _CONNECTION)
     text = repr(error)
     if "resolve" in text or "NameResolution" in text or "gaierror" in text:
-        return DownloadError(f"could not resolve host {host}")
+        return DownloadError(f"could not resolve host {host}", _CONNECTION)
     if "SSLError" in text or isinstance(error, requests.exceptions.SSLError):
-        return DownloadError(f"TLS error talking to {host}")
+        return DownloadError(f"TLS error talking to {host}", _CONNECTION)
     if "Connection refused" in text or "ConnectionRefused" in text:
-        return DownloadError(f"connection refused by {host}")
-    return DownloadError(f"could not fetch from {host}: connection failed")
+        return DownloadError(f"connection refused by {host}", _CONNECTION)
+    return DownloadError(f"could not fetch from {host}: connection failed", _CONNECTION)
 
 
 def _caused_by(error: BaseException, *kinds: type[BaseException]) -> bool:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
+from schemas.failures import FailureCode
 from worker.strip import strip_metadata
 
 # Formats we decode, by Pillow plugin name. MPO is how Pillow names a JPEG with extra pictures
@@ -55,7 +56,15 @@ _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "CMYK": b"CMYK"}
 
 
 class ImageError(Exception):
-    """The bytes are not an image we can re-encode; the message is shown to the user."""
+    """The bytes are not an image we can re-encode; the message is shown to the user, `code`
+    says why."""
+
+    def __init__(self, message: str, code: FailureCode):
+        super().__init__(message)
+        self.code = code
+
+
+_BROKEN, _PIXELS = FailureCode.BROKEN_IMAGE, FailureCode.TOO_MANY_PIXELS
 
 
 @dataclass(frozen=True)
@@ -95,9 +104,10 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
     except ImageError:
         raise
     except MemoryError:
-        raise ImageError("not enough memory to re-encode this image") from None
+        raise ImageError("not enough memory to re-encode this image", FailureCode.ENCODE_FAILED) from None
     except Exception as error:  # a decoder or encoder failure must fail this image only
-        raise ImageError(f"could not re-encode the image: {_short(error)}") from None
+        raise ImageError(f"could not re-encode the image: {_short(error)}",
+                         FailureCode.ENCODE_FAILED) from None
     finally:
         im.close()
 
@@ -121,36 +131,36 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
         im = Image.open(io.BytesIO(data), formats=SOURCE_FORMATS)
     except UnidentifiedImageError:
         raise ImageError("not an image in a supported format "
-                         "(JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF)") from None
+                         "(JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF)", FailureCode.NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image has more than the {max_pixels:,}-pixel limit") from None
+        raise ImageError(f"image has more than the {max_pixels:,}-pixel limit", _PIXELS) from None
     except Exception as error:
-        raise ImageError(f"broken image header: {_short(error)}") from None
+        raise ImageError(f"broken image header: {_short(error)}", _BROKEN) from None
     try:
         width, height = im.size
         if width < 1 or height < 1:
-            raise ImageError("image has no pixels")
+            raise ImageError("image has no pixels", _BROKEN)
         if width * height > max_pixels:
             raise ImageError(f"image is {width}x{height} = {width * height:,} pixels, over the "
-                             f"{max_pixels:,}-pixel limit")
+                             f"{max_pixels:,}-pixel limit", _PIXELS)
         source_format = im.format or "?"
         im.load()  # frame 0; loading now also avoids a full copy in save()
         if im.size != (width, height) and im.size[0] * im.size[1] > max_pixels:
-            raise ImageError("image frame is over the pixel limit")
+            raise ImageError("image frame is over the pixel limit", _PIXELS)
     except ImageError:
         im.close()
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         im.close()
-        raise ImageError(f"image has more than the {max_pixels:,}-pixel limit") from None
+        raise ImageError(f"image has more than the {max_pixels:,}-pixel limit", _PIXELS) from None
     except MemoryError:
         im.close()
-        raise ImageError("not enough memory to decode this image") from None
+        raise ImageError("not enough memory to decode this image", FailureCode.ENCODE_FAILED) from None
     except Exception as error:
         im.close()
         if "truncated" in str(error):
-            raise ImageError("image file is truncated") from None
-        raise ImageError(f"broken image data: {_short(error)}") from None
+            raise ImageError("image file is truncated", _BROKEN) from None
+        raise ImageError(f"broken image data: {_short(error)}", _BROKEN) from None
     return im, source_format
 
 

@@ -37,6 +37,7 @@ from rq.registry import StartedJobRegistry
 
 from infra import jobs, queues, stores
 from infra.settings import get_settings
+from schemas.failures import FailureCode
 from schemas.records import FAILED, PROCESSED, BatchRecord
 from worker import tasks, webhook_delivery
 
@@ -108,7 +109,7 @@ def give_up(batch: BatchRecord, recoveries: int) -> dict:
     if not batch.parsed:
         tasks.finish(stores.batches().fail(batch_id, f"the file could not be processed: {why}"))
     else:
-        stores.products().fail_pending(batch_id, why)
+        stores.products().fail_pending(batch_id, why, FailureCode.STALLED)
         _recount_and_finish(batch_id)
     return {"batch_id": batch_id, "action": "gave_up", "status": _status(batch_id)}
 

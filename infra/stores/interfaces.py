@@ -111,8 +111,10 @@ class ProductStore(abc.ABC):
         """pending -> processed; True only for the one call that made the change."""
 
     @abc.abstractmethod
-    def mark_failed(self, image: ImageRecord, error: str, bytes_in: int | None = None) -> bool:
-        """pending -> failed; True only for the one call that made the change."""
+    def mark_failed(self, image: ImageRecord, error: str, code: str,
+                    bytes_in: int | None = None) -> bool:
+        """pending -> failed with a message and its FailureCode; True only for the one call
+        that made the change."""
 
     @abc.abstractmethod
     def start_attempt(self, image: ImageRecord) -> ImageRecord | None:
@@ -120,8 +122,9 @@ class ProductStore(abc.ABC):
         the change, or None when it is no longer pending (done by another run)."""
 
     @abc.abstractmethod
-    def fail_pending(self, batch_id: str, error: str) -> int:
-        """pending -> failed for every pending image of a batch; returns how many."""
+    def fail_pending(self, batch_id: str, error: str, code: str) -> int:
+        """pending -> failed (message and FailureCode) for every pending image of a batch;
+        returns how many."""
 
     @abc.abstractmethod
     def images_for(self, batch_id: str, hashes: Iterable[str]) -> dict[str, ImageRecord]:

@@ -213,13 +213,14 @@ class MongoProductStore(ProductStore):
             {"_id": image.id, "status": PENDING},
             {"$set": {"status": PROCESSED, "output_key": key, "output_url": output_url,
                       "bytes_in": bytes_in, "bytes_out": bytes_out, "content_type": content_type,
-                      "kept_original": kept_original, "error": None}})
+                      "kept_original": kept_original, "error": None, "error_code": None}})
         return result.modified_count == 1
 
-    def mark_failed(self, image, error, bytes_in=None):
+    def mark_failed(self, image, error, code, bytes_in=None):
         result = db.images().update_one(
             {"_id": image.id, "status": PENDING},
-            {"$set": {"status": FAILED, "error": error, "bytes_in": bytes_in}})
+            {"$set": {"status": FAILED, "error": error, "error_code": str(code),
+                      "bytes_in": bytes_in}})
         return result.modified_count == 1
 
     def start_attempt(self, image):
@@ -232,9 +233,10 @@ class MongoProductStore(ProductStore):
         image.attempts = (image.attempts or 0) + 1
         return image
 
-    def fail_pending(self, batch_id, error):
-        return db.images().update_many({"batch_id": batch_id, "status": PENDING},
-                                       {"$set": {"status": FAILED, "error": error}}).modified_count
+    def fail_pending(self, batch_id, error, code):
+        return db.images().update_many(
+            {"batch_id": batch_id, "status": PENDING},
+            {"$set": {"status": FAILED, "error": error, "error_code": str(code)}}).modified_count
 
     def images_for(self, batch_id, hashes):
         ids = [image_id(batch_id, h) for h in set(hashes)]
@@ -258,7 +260,8 @@ class MongoProductStore(ProductStore):
             return 0
         return db.images().update_many(
             {"_id": {"$in": ids}, "status": FAILED},
-            {"$set": {"status": PENDING, "error": None, "attempts": 0}}).modified_count
+            {"$set": {"status": PENDING, "error": None, "error_code": None,
+                      "attempts": 0}}).modified_count
 
     def count_slots(self, batch_id):
         counts: dict[str, int] = {}
