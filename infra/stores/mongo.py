@@ -379,17 +379,24 @@ class MongoWebhookStore(WebhookStore):
 
 
 class MongoIdempotencyStore(IdempotencyStore):
+    """The TTL index removes expired keys about once a minute; until then they are ignored."""
+
     def find(self, owner, key):
-        return from_doc(IdempotencyRecord,
-                        db.idempotency_keys().find_one({"_id": idempotency_id(owner, key)}))
+        return from_doc(IdempotencyRecord, db.idempotency_keys().find_one(
+            {"_id": idempotency_id(owner, key), "created_at": {"$gt": now() - self.TTL}}))
 
     def claim(self, record):
         # `_id` is unique on every MongoDB: no extra index needed.
-        try:
-            db.idempotency_keys().insert_one(to_doc(record))
-        except DuplicateKeyError:
-            return None
-        return record
+        for _ in range(2):
+            try:
+                db.idempotency_keys().insert_one(to_doc(record))
+                return record
+            except DuplicateKeyError:
+                expired = db.idempotency_keys().delete_one(
+                    {"_id": record.id, "created_at": {"$lte": now() - self.TTL}})
+                if not expired.deleted_count:
+                    return None
+        return None
 
     def release(self, owner, key, batch_id):
         db.idempotency_keys().delete_one({"_id": idempotency_id(owner, key), "batch_id": batch_id})

@@ -1,0 +1,411 @@
+"""The store interfaces, each test run on every implementation: MongoDB (mongomock, or a real
+server when MONGO_URL is set) and SQLite (a file in the test's folder)."""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from infra import stores
+from infra.stores.mongo import MongoStores
+from infra.stores.sqlite import SqliteStores
+from schemas.batch import BatchStatus
+from schemas.records import (ACCEPTED, FAILED, PENDING, PROCESSED, REJECTED, SUCCEEDED,
+                             AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
+                             ImageRecord, ProductRecord, SubscriptionRecord, new_batch_id,
+                             product_id)
+from schemas.timestamps import now
+
+
+@pytest.fixture(params=["mongodb", "sqlite"])
+def store(request, env, tmp_path):
+    implementation = (SqliteStores(str(tmp_path / "batchpress.sqlite3"))
+                      if request.param == "sqlite" else MongoStores())
+    implementation.prepare()
+    stores.use(implementation)
+    yield implementation
+    stores.use(None)
+
+
+def a_batch(store, owner="alice", **changes) -> BatchRecord:
+    batch = BatchRecord.new(batch_id=new_batch_id(), owner=owner, filename="p.csv",
+                            csv_key="uploads/x.csv", csv_sha256="ab", csv_bytes=10,
+                            webhook_url=None)
+    return store.batches.create(replace(batch, **changes))
+
+
+def parsed_batch(store, *, images_total=4, rows_valid=2, rows_invalid=0) -> BatchRecord:
+    batch = a_batch(store)
+    store.batches.start(batch.id)
+    store.batches.record_parse(batch.id, header=["S. No.", "Product Name", "Input Image Urls"],
+                               rows_total=rows_valid + rows_invalid, rows_valid=rows_valid,
+                               rows_invalid=rows_invalid, images_total=images_total, chunks=2)
+    return store.batches.get(batch.id, any_owner=True)
+
+
+def race(count: int, call) -> list:
+    """`call()` from `count` threads released at the same moment; their results."""
+    barrier, results = threading.Barrier(count), []
+
+    def run():
+        barrier.wait()
+        results.append(call())
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+def test_a_batch_reads_back_as_it_was_written_and_only_for_its_owner(store):
+    batch = a_batch(store, webhook_url="https://hooks.example.com/x")
+    assert store.batches.get(batch.id, "alice") == batch
+    assert store.batches.get(batch.id, "bob") is None
+    assert store.batches.get(batch.id, None) is None
+    assert store.batches.get(batch.id, any_owner=True) == batch
+    assert store.batches.status_of(batch.id) == BatchStatus.QUEUED
+    store.batches.delete(batch.id)
+    assert store.batches.get(batch.id, any_owner=True) is None
+    assert store.batches.status_of(batch.id) is None
+
+
+def test_a_batch_of_no_owner_is_found_by_no_owner_only(store):
+    batch = a_batch(store, owner=None)
+    assert store.batches.get(batch.id, None) == batch
+    assert store.batches.get(batch.id, "alice") is None
+    assert [b.id for b in store.batches.list_page(None, limit=5, after=None, status=None,
+                                                  created_after=None, created_before=None)] == [batch.id]
+
+
+def test_a_batch_finishes_exactly_once_when_its_last_images_are_counted(store):
+    batch = parsed_batch(store, images_total=4, rows_valid=2, rows_invalid=1)
+    assert batch.status == BatchStatus.PROCESSING and batch.started_at is not None
+    assert batch.header == ["S. No.", "Product Name", "Input Image Urls"] and batch.chunks == 2
+    assert store.batches.start(batch.id).status == BatchStatus.PROCESSING  # started: no-op
+    store.batches.add_image_results(batch.id, processed=3)
+    assert store.batches.try_finish(batch.id) is None  # one slot to go
+    store.batches.add_image_results(batch.id, failed=1)
+    finished = [b for b in race(6, lambda: store.batches.try_finish(batch.id)) if b]
+    assert len(finished) == 1
+    [done] = finished
+    assert done.status == BatchStatus.COMPLETED_WITH_ERRORS and done.finish_seq == 1
+    assert done.finished_at is not None and done.progress == 1.0
+    assert store.batches.try_finish(batch.id) is None
+    assert store.batches.cancel(batch.id) is None
+
+
+def test_a_batch_whose_every_image_failed_fails_with_a_reason(store):
+    batch = parsed_batch(store, images_total=2)
+    store.batches.add_image_results(batch.id, failed=2)
+    done = store.batches.try_finish(batch.id)
+    assert done.status == BatchStatus.FAILED and done.error == "every image failed; see errors.csv"
+
+
+def test_failing_an_unparsed_batch_leaves_a_parsed_one_alone(store):
+    parsed = parsed_batch(store)
+    assert store.batches.fail(parsed.id, "broke", unparsed_only=True) is None
+    unparsed = a_batch(store)
+    failed = store.batches.fail(unparsed.id, "the file could not be read", unparsed_only=True)
+    assert failed.status == BatchStatus.FAILED and failed.error == "the file could not be read"
+    assert failed.finish_seq == 1
+    assert store.batches.fail(unparsed.id, "again") is None  # finished already
+    assert store.batches.start(unparsed.id) is None  # must not run
+
+
+def test_cancel_happens_once_and_a_retry_is_won_by_one_caller(store):
+    batch = a_batch(store)
+    cancels = [b for b in race(4, lambda: store.batches.cancel(batch.id)) if b]
+    assert len(cancels) == 1 and cancels[0].status == BatchStatus.CANCELLED
+    assert cancels[0].cancelled_at is not None
+
+    batch = parsed_batch(store, images_total=3)
+    store.batches.add_image_results(batch.id, processed=1, failed=2)
+    done = store.batches.try_finish(batch.id)
+    retried = [b for b in race(4, lambda: store.batches.start_retry(done, 2)) if b]
+    assert len(retried) == 1
+    [again] = retried
+    assert again.status == BatchStatus.PROCESSING and again.images_failed == 0
+    assert again.retries == 1 and again.finished_at is None and again.error is None
+    assert store.batches.start_retry(done, 2) is None  # not finished any more
+
+
+def test_batches_page_newest_first_with_filters_and_a_position(store):
+    base = now() - timedelta(hours=5)
+    made = [a_batch(store, created_at=base + timedelta(hours=n // 2)) for n in range(6)]
+    store.batches.cancel(made[1].id)
+    store.batches.cancel(made[4].id)
+    a_batch(store, owner="bob")
+    expected = sorted(made, key=lambda b: (b.created_at, b.id), reverse=True)
+
+    def page(**options):
+        values = {"limit": 10, "after": None, "status": None, "created_after": None,
+                  "created_before": None, **options}
+        return [b.id for b in store.batches.list_page("alice", **values)]
+
+    assert page() == [b.id for b in expected]
+    first = page(limit=3)
+    last = next(b for b in expected if b.id == first[-1])
+    assert first + page(after=(last.created_at, last.id)) == [b.id for b in expected]
+    assert page(status="cancelled") == [b.id for b in expected if b.id in {made[1].id, made[4].id}]
+    middle = base + timedelta(hours=1)
+    assert set(page(created_after=middle - timedelta(minutes=1),
+                    created_before=middle + timedelta(minutes=1))) == {made[2].id, made[3].id}
+
+
+def test_a_stalled_batch_is_claimed_once_and_counts_sweeps_without_progress(store):
+    batch = parsed_batch(store)
+    later = now() + timedelta(seconds=5)
+    [stalled] = [b for b in store.batches.stalled(later) if b.id == batch.id]
+    claims = [b for b in race(3, lambda: store.batches.claim_stalled(stalled)) if b]
+    assert len(claims) == 1 and claims[0].sweeps == 1
+    again = store.batches.claim_stalled(claims[0])
+    assert again.sweeps == 2  # no progress in between
+    store.batches.add_image_results(batch.id, processed=1)
+    progressed = store.batches.claim_stalled(store.batches.get(batch.id, any_owner=True))
+    assert progressed.sweeps == 1
+    store.batches.set_image_counts(batch.id, processed=3, failed=1)
+    current = store.batches.get(batch.id, any_owner=True)
+    assert (current.images_processed, current.images_failed) == (3, 1)
+    assert store.batches.stalled(now() - timedelta(hours=1)) == []
+
+
+# --- product rows and images --------------------------------------------------------------------
+
+def rows_and_images(batch_id: str, count: int, urls_per_row: int = 2, chunk_size: int = 3):
+    rows, images = [], {}
+    for line in range(2, count + 2):
+        urls = [f"https://img.example.com/{(line + k) % (count + 1)}.jpg"
+                for k in range(urls_per_row)]
+        row = ProductRecord(id=product_id(batch_id, line), batch_id=batch_id, line=line,
+                            cells=[str(line - 1), f"P {line}", ",".join(urls), "extra"],
+                            serial_raw=str(line - 1), url_slots=len(urls), status=ACCEPTED,
+                            serial_no=line - 1, product_name=f"P {line}",
+                            input_image_urls=urls)
+        for url in urls:
+            image = images.get(url) or ImageRecord.pending(batch_id, url, len(images) // chunk_size)
+            images[url] = image
+            image.occurrences += 1
+            row.image_hashes.append(image.hash)
+        rows.append(row)
+    return rows, list(images.values())
+
+
+def test_rows_and_images_read_back_in_line_order_joined(store):
+    batch_id = new_batch_id()
+    rows, images = rows_and_images(batch_id, 7)
+    rejected = ProductRecord(id=product_id(batch_id, 9), batch_id=batch_id, line=9,
+                             cells=["x", ""], serial_raw="x", url_slots=1, status=REJECTED,
+                             error="S. No. must be a positive whole number")
+    store.products.write_rows(rows[3:] + [rejected])
+    store.products.write_rows(rows[:3])
+    store.products.write_rows(rows[:3])  # a re-run parse writes the same rows again
+    store.products.write_images(batch_id, images)
+    seen = [(row, found) for row, found in store.products.iter_rows(batch_id, block=2)]
+    assert [row for row, _ in seen] == rows + [rejected]
+    for row, found in seen:
+        assert all(found[h].url == u for u, h in zip(row.input_image_urls, row.image_hashes))
+    assert [r.line for r, _ in store.products.iter_rows(batch_id, status=REJECTED)] == [9]
+    page, last = store.products.page_products(batch_id, after_line=0, limit=5)
+    assert [r.line for r, _ in page] == [2, 3, 4, 5, 6] and last == 6
+    page, last = store.products.page_products(batch_id, after_line=last, limit=5)
+    assert [r.line for r, _ in page] == [7, 8] and last is None
+    assert store.products.images_for(batch_id, []) == {}
+
+
+def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
+    batch_id = new_batch_id()
+    _, images = rows_and_images(batch_id, 5)
+    store.products.write_images(batch_id, images)
+    assert store.products.pending_chunks(batch_id) == [0, 1]
+    [image, *_] = store.products.pending_images(batch_id, 0)
+    started = store.products.start_attempt(image)
+    assert started.attempts == 1
+    wins = race(6, lambda: store.products.mark_processed(
+        image, key="outputs/k.jpg", output_url="http://x/k.jpg", bytes_in=100, bytes_out=40,
+        content_type="image/jpeg", kept_original=True))
+    assert wins.count(True) == 1
+    assert store.products.start_attempt(image) is None  # no longer pending
+    assert not store.products.mark_failed(image, "late")
+    stored = store.products.images_for(batch_id, [image.hash])[image.hash]
+    assert (stored.status, stored.output_key, stored.bytes_out, stored.kept_original) == (
+        PROCESSED, "outputs/k.jpg", 40, True)
+
+
+def test_a_re_parse_keeps_what_was_done_and_retry_resets_only_failures(store):
+    batch_id = new_batch_id()
+    _, images = rows_and_images(batch_id, 5)
+    store.products.write_images(batch_id, images)
+    first, second, third = store.products.pending_images(batch_id, 0)
+    assert store.products.mark_processed(first, key="k", output_url="u", bytes_in=1,
+                                         bytes_out=1, content_type="image/jpeg")
+    assert store.products.mark_failed(second, "HTTP 404", bytes_in=None)
+    store.products.start_attempt(third)
+    store.products.write_images(batch_id, images)  # the parse job ran again
+    found = store.products.images_for(batch_id, [im.hash for im in images])
+    assert found[first.hash].status == PROCESSED and found[second.hash].error == "HTTP 404"
+    assert found[third.hash].attempts == 1
+    assert [im.id for im in store.products.failed_images(batch_id)] == [second.id]
+    slots = {im.id: im.occurrences for im in images}
+    assert store.products.count_slots(batch_id) == {
+        PROCESSED: slots[first.id], FAILED: slots[second.id],
+        PENDING: sum(slots.values()) - slots[first.id] - slots[second.id]}
+    assert store.products.reset_images([second.id, first.id]) == 1  # only the failed one
+    reset = store.products.images_for(batch_id, [second.hash])[second.hash]
+    assert (reset.status, reset.error, reset.attempts) == (PENDING, None, 0)
+    assert store.products.fail_pending(batch_id, "gave up") == len(images) - 1
+    assert store.products.pending_chunks(batch_id) == []
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+def test_subscriptions_are_kept_per_owner_and_rotate_their_secret(store):
+    hooks = store.webhooks
+    first = hooks.create_subscription(SubscriptionRecord.new(
+        owner="alice", url="https://a.example.com/h", events=["batch.completed"],
+        description="first"))
+    second = hooks.create_subscription(SubscriptionRecord.new(
+        owner="alice", url="https://b.example.com/h",
+        events=["batch.failed", "batch.completed"], description=None))
+    hooks.create_subscription(SubscriptionRecord.new(
+        owner="bob", url="https://c.example.com/h", events=["batch.failed"], description=None))
+    assert hooks.get_subscription(first.id, "alice") == first
+    assert hooks.get_subscription(first.id, "bob") is None
+    assert [s.id for s in hooks.list_subscriptions("alice")] == [
+        s.id for s in sorted([first, second], key=lambda s: (s.created_at, s.id))]
+    assert hooks.count_subscriptions("alice") == 2
+    assert [s.id for s in hooks.subscribers_for("alice", "batch.failed")] == [second.id]
+
+    hooks.disable_subscription(second.id, "the endpoint answered 410 Gone")
+    assert hooks.subscribers_for("alice", "batch.failed") == []
+    enabled = hooks.update_subscription(second.id, "alice", {"enabled": True,
+                                                             "events": ["batch.failed"]})
+    assert enabled.enabled and enabled.disabled_reason is None and enabled.events == ["batch.failed"]
+    assert hooks.update_subscription(second.id, "bob", {"enabled": False}) is None
+
+    rotated = hooks.rotate_secret(first.id, "alice")
+    assert rotated.secret != first.secret and rotated.previous_secret == first.secret
+    assert rotated.signing_secrets() == [rotated.secret, first.secret]
+    assert rotated.signing_secrets(at=now() + timedelta(hours=25)) == [rotated.secret]
+    assert hooks.get_subscription(first.id, "alice") == rotated
+    assert not hooks.delete_subscription(first.id, "bob")
+    assert hooks.delete_subscription(first.id, "alice")
+    assert hooks.get_subscription(first.id, any_owner=True) is None
+
+
+def test_a_delivery_is_stored_once_and_each_attempt_is_claimed_once(store):
+    hooks = store.webhooks
+    delivery = DeliveryRecord(id="msg_b_1_u1", batch_id="bat_b", owner="alice",
+                              event="batch.completed", finish_seq=1, url="https://h/x",
+                              subscription_id=None, body='{"type":"batch.completed"}')
+    assert hooks.insert_delivery(delivery)
+    assert not hooks.insert_delivery(delivery)
+    assert hooks.get_delivery(delivery.id, "alice") == delivery
+    assert hooks.get_delivery(delivery.id, "bob") is None
+    lease = now() + timedelta(seconds=40)
+    claims = [d for d in race(4, lambda: hooks.claim_attempt(delivery.id, 1, lease)) if d]
+    assert len(claims) == 1 and claims[0].lease_until == lease
+    assert hooks.claim_attempt(delivery.id, 2, lease) is None  # not its turn
+    retry_at = now() + timedelta(seconds=30)
+    attempt = AttemptRecord.of(at=now(), number=1, manual=False, url="https://h/x",
+                               outcome={"status_code": 500, "error": "HTTP 500",
+                                        "duration_ms": 12, "response": "oops"},
+                               next_attempt_at=retry_at)
+    hooks.record_attempt(delivery.id, 1, attempt, status=PENDING, next_attempt_at=retry_at)
+    hooks.record_attempt(delivery.id, 1, attempt, status=PENDING, next_attempt_at=retry_at)
+    after = hooks.get_delivery(delivery.id, any_owner=True)
+    assert after.attempts == [attempt] and after.attempt_count == 1
+    assert (after.next_attempt_no, after.next_attempt_at, after.lease_until) == (2, retry_at, None)
+    assert after.last_status_code == 500 and after.last_error == "HTTP 500"
+    assert hooks.overdue(timedelta(0)) == []  # due in 30 s
+
+    manual = AttemptRecord.of(at=now(), number=2, manual=True, url="https://h/x",
+                              outcome={"status_code": 204, "duration_ms": 3})
+    hooks.record_manual_attempt(delivery.id, manual, succeeded=True)
+    done = hooks.get_delivery(delivery.id, any_owner=True)
+    assert done.status == SUCCEEDED and done.attempts == [attempt, manual]
+    assert done.next_attempt_at is None
+    assert [d.id for d in hooks.list_deliveries("bat_b")] == [delivery.id]
+
+
+def test_an_overdue_delivery_is_found_unless_a_worker_holds_it(store):
+    hooks = store.webhooks
+    late = DeliveryRecord(id="msg_late", batch_id="bat_l", owner=None, event="batch.failed",
+                          finish_seq=1, url="https://h/x", subscription_id=None, body="{}",
+                          next_attempt_at=now() - timedelta(minutes=5))
+    hooks.insert_delivery(late)
+    assert [(d.id, d.next_attempt_no) for d in hooks.overdue(timedelta(seconds=60))] == [
+        ("msg_late", 1)]
+    hooks.claim_attempt(late.id, 1, now() + timedelta(minutes=1))
+    assert hooks.overdue(timedelta(seconds=60)) == []
+
+
+# --- idempotency keys ---------------------------------------------------------------------------
+
+def test_an_idempotency_key_is_claimed_by_one_request_and_forgotten_after_a_day(store):
+    keys = store.idempotency
+    claims = race(4, lambda: keys.claim(IdempotencyRecord.new("alice", "k1", batch_id="bat_1",
+                                                              fingerprint="f")))
+    assert sum(c is not None for c in claims) == 1
+    assert keys.find("alice", "k1").batch_id == "bat_1"
+    assert keys.find("bob", "k1") is None
+    keys.release("alice", "k1", "bat_other")  # another request's batch: kept
+    assert keys.find("alice", "k1") is not None
+    keys.release("alice", "k1", "bat_1")
+    assert keys.find("alice", "k1") is None
+
+    old = replace(IdempotencyRecord.new("alice", "k2", batch_id="bat_2", fingerprint="f"),
+                  created_at=now() - timedelta(hours=25))
+    assert keys.claim(old) is not None
+    assert keys.find("alice", "k2") is None
+    assert keys.claim(IdempotencyRecord.new("alice", "k2", batch_id="bat_3",
+                                            fingerprint="g")) is not None
+    assert keys.find("alice", "k2").batch_id == "bat_3"
+
+
+# --- SQLite across processes --------------------------------------------------------------------
+
+def _worker_process(path: str, batch_id: str, results) -> None:
+    store = SqliteStores(path)
+    won = 0
+    for chunk in store.products.pending_chunks(batch_id):
+        for image in store.products.pending_images(batch_id, chunk):
+            if store.products.mark_processed(image, key="k", output_url="u", bytes_in=1,
+                                             bytes_out=1, content_type="image/jpeg"):
+                store.batches.add_image_results(batch_id, processed=image.occurrences)
+                won += 1
+        store.batches.try_finish(batch_id) and results.put("finished")
+    results.put(won)
+
+
+def test_sqlite_processes_sharing_the_file_count_every_image_once(tmp_path):
+    path = str(tmp_path / "shared.sqlite3")
+    store = SqliteStores(path)
+    store.prepare()
+    batch_id = new_batch_id()
+    _, images = rows_and_images(batch_id, 300, chunk_size=20)
+    store.products.write_images(batch_id, images)
+    total = sum(im.occurrences for im in images)
+    store.batches.create(replace(BatchRecord.new(
+        batch_id=batch_id, owner=None, filename=None, csv_key="k", csv_sha256="",
+        csv_bytes=0, webhook_url=None), status=BatchStatus.PROCESSING, parsed=True,
+        images_total=total, rows_valid=300, rows_total=300))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    processes = [context.Process(target=_worker_process, args=(path, batch_id, results))
+                 for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    reported = [results.get(timeout=5) for _ in range(3 + 1)]
+    assert reported.count("finished") == 1
+    assert sum(r for r in reported if r != "finished") == len(images)
+    done = store.batches.get(batch_id, any_owner=True)
+    assert done.status == BatchStatus.COMPLETED and done.images_processed == total
