@@ -15,9 +15,44 @@ MAX_SERIAL = 2**63 - 1  # MongoDB stores integers as at most 8 bytes
 MAX_ROW_BYTES = 1024 * 1024
 
 
+# Between URLs people write commas, semicolons, pipes, spaces or line breaks. A URL may hold
+# commas itself (Cloudinary and imgix transformations: .../w_400,h_300/x.jpg), so a run of these
+# characters ends a URL only where it is followed by the next URL (`scheme://`), or where it cannot
+# be inside one: a line break or tab, or a separator next to whitespace (", ").
+_RUN = re.compile(r"[,;|\s]+")
+_URL_START = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # any scheme: ftp:// is refused
+_SEPARATOR_CHARS = re.compile(r"[,;|]")
+
+
+def _ends_url(run: str, cell: str, end: int) -> bool:
+    if _URL_START.match(cell, end):
+        return True
+    if any(c.isspace() and c != " " for c in run):
+        return True
+    return bool(_SEPARATOR_CHARS.search(run)) and any(c.isspace() for c in run)
+
+
 def split_url_cell(cell: str) -> list[str]:
-    """The URL cell's comma-separated parts, trimmed, empty ones kept: each is an output slot."""
-    return [part.strip() for part in cell.split(",")]
+    """The URL cell's parts in order, one per output slot, '' for an empty slot.
+
+    Each separator (`,` `;` `|`) beyond the first between two parts, and each before the first
+    part or after the last, stands for an empty slot (as in "a,,b"), so the output's slots line
+    up with what the cell's author wrote."""
+    parts, separators, position = [], [], 0
+    for run in _RUN.finditer(cell):
+        if run.start() == 0 or run.end() == len(cell) or _ends_url(run.group(), cell, run.end()):
+            parts.append(cell[position:run.start()])
+            separators.append(len(_SEPARATOR_CHARS.findall(run.group())))
+            position = run.end()
+    parts.append(cell[position:])
+    slots: list[str] = []
+    for index, part in enumerate(parts):
+        if index:
+            slots += [""] * max(separators[index - 1] - 1, 0)
+        # An empty first or last part is a slot only when a separator marks it (",a", "a,").
+        if part or not separators or (separators[0] if index == 0 else separators[-1]):
+            slots.append(part)
+    return slots or [""]
 
 
 def row_size_error(cells: list[str]) -> str | None:

@@ -207,3 +207,51 @@ def test_row_size_rule_counts_utf8_bytes():
     assert row_size_error(["a" * MAX_ROW_BYTES]) is None
     assert row_size_error(["€" * (MAX_ROW_BYTES // 3 + 1)]) is not None  # 3 bytes each
     assert storable_cells(["1", "x" * MAX_ROW_BYTES, "keep"]) == ["1", "", "keep"]
+
+
+def test_url_cells_split_as_people_write_them():
+    from schemas.rows import split_url_cell
+    a, b, c = "http://h/a.jpg", "https://h/b.jpg", "HTTPS://h/c.jpg"
+    cloudinary = "https://res.cloudinary.com/demo/image/upload/w_400,h_300,c_fill/shoe.jpg"
+    cases = {
+        f"{a},{b}": [a, b],
+        f"{a}\n{b}\r\n{c}": [a, b, c],
+        f"{a} {b}  {c}": [a, b, c],
+        f"{a}; {b} | {c}": [a, b, c],
+        f"{cloudinary},{a}": [cloudinary, a],
+        f"{cloudinary}": [cloudinary],
+        f"{a},,{b}": [a, "", b],           # an empty part keeps its slot
+        f",{a}, ,": ["", a, "", ""],
+        f"{a}, not a url": [a, "not a url"],  # ", " never sits inside a URL
+        f"{a}\nphoto.jpg": [a, "photo.jpg"],
+        f"{a},ftp://h/x.jpg": [a, "ftp://h/x.jpg"],
+        "http://h/my photo.jpg": ["http://h/my photo.jpg"],  # a space inside, as before
+        "": [""], " ": [""], ",": ["", ""],
+    }
+    for cell, slots in cases.items():
+        assert split_url_cell(cell) == slots, repr(cell)
+
+
+def test_a_part_that_is_not_a_url_rejects_the_row_and_slots_stay_aligned(
+        client, http_server, work):
+    from tests.servers import Route
+    from tests.test_flow import jpeg
+    http_server.routes["/a.jpg"] = Route(jpeg(20, 10))
+    http_server.routes["/w_40,h_30/b.jpg"] = Route(jpeg(30, 10))
+    a, b = http_server.url("/a.jpg"), http_server.url("/w_40,h_30/b.jpg")
+    lines = [
+        f'1,Lines,"{a}\n{b}"',            # line 2 (and 3): two URLs on two lines
+        f'2,Pipes,"{b} | | {a}"',         # 4: an empty slot between
+        f'3,Stray,"{a}; see photo.jpg"',  # 5: rejected, the second part is no URL
+    ]
+    batch_id = post_raw(client, (HEADER + "\n".join(lines) + "\n").encode()).get_json()["id"]
+    work()
+    assert errors_by_line(client, batch_id) == {
+        5: "Input Image Urls: not an absolute http(s) URL: 'see photo.jpg'"}
+    products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
+    assert [p["input_image_urls"] for p in products] == [[a, b], [b, a]]
+    assert all(i["status"] == "processed" for p in products for i in p["images"])
+    output = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
+    slots = {row[0]: row[3].split(",") for row in output[1:]}
+    out_a, out_b = products[0]["output_image_urls"]
+    assert slots == {"1": [out_a, out_b], "2": [out_b, "", out_a], "3": ["", ""]}
