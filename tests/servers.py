@@ -118,3 +118,114 @@ class HttpServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class DripServer:
+    """A misbehaving HTTP peer on 127.0.0.1, written on a raw socket so every byte is chosen.
+
+    `framing` is how the response ends: "http1.0" (an HTTP/1.0 answer with no length, ended by
+    closing the socket), "close" (HTTP/1.1, `Connection: close`, no length), "chunked" or
+    "keep-alive" (HTTP/1.1 with a `Content-Length`). `drip` is where it stalls: in the "body" or
+    in the "headers", one byte every `every` seconds, `count` bytes in all (so it would end by
+    itself, late). `cut` is set when the client hung up before the server had sent everything:
+    the behaviour a deadline must produce. `requests` holds each request's head and body.
+    """
+
+    FRAMINGS = ("http1.0", "close", "chunked", "keep-alive")
+
+    def __init__(self, framing: str = "close", drip: str = "body", *, status: int = 200,
+                 every: float = 0.02, count: int = 250):
+        if framing not in self.FRAMINGS or drip not in ("body", "headers"):
+            raise ValueError(f"unknown framing {framing!r} or drip {drip!r}")
+        self.framing, self.drip, self.status = framing, drip, status
+        self.every, self.count = every, count
+        self.cut = threading.Event()
+        self.served = threading.Event()  # sent everything without the client hanging up
+        self.requests: list[bytes] = []
+        self._stop = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str = "/") -> str:
+        return self.base + path
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _read_request(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = conn.recv(65536)
+            if not piece:
+                return
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            piece = conn.recv(65536)
+            if not piece:
+                break
+            body += piece
+        self.requests.append(head + b"\r\n\r\n" + body)
+
+    def _drip(self, conn: socket.socket, make_piece) -> bool:
+        """Send `count` pieces, one every `every` s; False when the client hung up first."""
+        for n in range(self.count):
+            if self._stop.wait(self.every):
+                return False
+            try:
+                conn.sendall(make_piece(n))
+            except OSError:
+                self.cut.set()
+                return False
+        return True
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            conn.settimeout(10)
+            self._read_request(conn)
+            version = "HTTP/1.0" if self.framing == "http1.0" else "HTTP/1.1"
+            head = [f"{version} {self.status} Dripping", "Content-Type: application/octet-stream"]
+            if self.framing == "close":
+                head.append("Connection: close")
+            if self.drip == "headers":
+                conn.sendall(("\r\n".join(head) + "\r\nX-Drip: ").encode())
+                if self._drip(conn, lambda n: b"a"):
+                    conn.sendall(b"\r\nContent-Length: 0\r\n\r\n")
+                    self.served.set()
+                return
+            if self.framing == "chunked":
+                head.append("Transfer-Encoding: chunked")
+            elif self.framing == "keep-alive":
+                head.append(f"Content-Length: {self.count}")
+            conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+            piece = (lambda n: b"1\r\nx\r\n") if self.framing == "chunked" else (lambda n: b"x")
+            if self._drip(conn, piece):
+                if self.framing == "chunked":
+                    conn.sendall(b"0\r\n\r\n")
+                self.served.set()
+        except OSError:
+            self.cut.set()
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sock.close()

@@ -10,8 +10,10 @@ import pytest
 from urllib.parse import unquote
 
 from infra.settings import Settings
+from infra.url_safety import is_public_address
 from schemas.failures import FailureCode
-from worker.download import DownloadError, RefusedURL, download, is_public_address, make_session
+from tests.servers import DripServer
+from worker.download import DownloadError, RefusedURL, download, make_session
 
 BODY = bytes(range(256)) * 40  # 10 240 bytes; download() does not look at what it is
 
@@ -392,6 +394,20 @@ def test_dripping_body_hits_the_whole_download_deadline(server):
         fetch(server.url("/drip"), download_timeout_s=1)
     assert caught.value.code == FailureCode.DOWNLOAD_TIMEOUT
     assert 0.9 < time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("drip", ["body", "headers"])
+@pytest.mark.parametrize("framing", DripServer.FRAMINGS)
+def test_a_dripping_server_is_cut_at_the_deadline_however_it_frames_its_answer(framing, drip):
+    # 250 bytes at one per 20 ms: the server would finish by itself after 5 s, well past 0.5 s.
+    dripping = DripServer(framing, drip)
+    try:
+        with pytest.raises(DownloadError, match="longer than 0.5 s"):
+            fetch(dripping.url("/a.jpg"), download_timeout_s=0.5)
+        assert dripping.cut.wait(3), "the server was not cut off at the deadline"
+        assert not dripping.served.is_set()
+    finally:
+        dripping.stop()
 
 
 def test_dripping_headers_hit_the_whole_download_deadline(server):

@@ -16,13 +16,13 @@ from datetime import datetime, timedelta, timezone
 import requests
 from requests_hardened.ip_filter import InvalidIPAddress
 from standardwebhooks import Webhook
+from urllib3.exceptions import HTTPError
 
-from infra import jobs, metrics, stores
+from infra import http, jobs, metrics, stores
 from schemas.timestamps import now
 from infra.settings import Settings, get_settings
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.records import FAILED, PENDING, SUCCEEDED, AttemptRecord, DeliveryRecord
-from worker import download
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ def _target(delivery: DeliveryRecord, *, manual: bool) -> tuple[str | None, list
 # --- one HTTP request -------------------------------------------------------------------------
 
 def make_session(settings: Settings) -> requests.Session:
-    """The image downloader's hardened session (address filter with pinning, no proxies, no
+    """The hardened session of infra/http.py (address filter with pinning, no proxies, no
     cookies, no .netrc), speaking as the webhook sender. Redirects are never followed."""
-    session = download.make_session(settings, pool_size=1, user_agent=USER_AGENT)
+    session = http.make_session(settings, pool_size=1, user_agent=USER_AGENT)
     session.headers["Accept"] = "*/*"
     return session
 
@@ -161,10 +161,10 @@ def send(delivery: DeliveryRecord, url: str, signing: list[str], settings: Setti
     timed_out = {"error": f"timed out after {timeout:g} s"}
     began = time.monotonic()
     outcome: dict
-    # WEBHOOK_TIMEOUT_S bounds the whole attempt, not each socket read: the downloader's
-    # watchdog shuts the connection down when it passes (a receiver dripping its answer would
-    # otherwise hold the attempt for as long as it likes).
-    with download.deadline(timeout) as watch:
+    # WEBHOOK_TIMEOUT_S bounds the whole attempt, not each socket read: the deadline's watchdog
+    # shuts the socket down when it passes (a receiver dripping its answer would otherwise hold
+    # the attempt for as long as it likes).
+    with http.deadline(timeout) as watch:
         try:
             check_url(url, allow_private=settings.allow_private_urls, resolve=False)
             headers = sign_headers(delivery.id, delivery.body, signing)
@@ -177,7 +177,9 @@ def send(delivery: DeliveryRecord, url: str, signing: list[str], settings: Setti
                 else:
                     outcome = {"status_code": response.status_code,
                                "response": _excerpt(response, began + timeout)}
-                    if response.is_redirect or 300 <= response.status_code < 400:
+                    if watch.expired:  # the answer was still dripping in at the deadline
+                        outcome = dict(timed_out)
+                    elif response.is_redirect or 300 <= response.status_code < 400:
                         outcome["error"] = (f"HTTP {response.status_code}: "
                                             "redirects are not followed")
                     elif not 200 <= response.status_code < 300:
@@ -190,10 +192,10 @@ def send(delivery: DeliveryRecord, url: str, signing: list[str], settings: Setti
             outcome = dict(timed_out)
         except requests.ConnectionError as error:
             outcome = dict(timed_out) if watch.expired else {
-                "error": f"could not connect: {download.short_error(error)}"}
+                "error": f"could not connect: {http.short_error(error)}"}
         except requests.RequestException as error:
             outcome = dict(timed_out) if watch.expired else {
-                "error": f"request failed: {download.short_error(error)}"}
+                "error": f"request failed: {http.short_error(error)}"}
     outcome["duration_ms"] = int((time.monotonic() - began) * 1000)
     metrics.webhook_sent(outcome)
     return outcome
@@ -205,7 +207,7 @@ def _excerpt(response: requests.Response, deadline: float) -> str | None:
         return None
     try:
         raw = response.raw.read(EXCERPT_CHARS * 4, decode_content=True)
-    except Exception:  # noqa: BLE001 - the status code is what counts
+    except (OSError, HTTPError, requests.RequestException):  # the status code is what counts
         return None
     if not raw:
         return None
