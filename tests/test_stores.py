@@ -13,6 +13,7 @@ from infra import stores
 from infra.stores.mongo import MongoStores
 from infra.stores.sqlite import SqliteStores
 from schemas.batch import BatchStatus
+from schemas.failures import FailureCode
 from schemas.records import (ACCEPTED, FAILED, PENDING, PROCESSED, REJECTED, SUCCEEDED,
                              AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
                              ImageRecord, ProductRecord, SubscriptionRecord, new_batch_id,
@@ -231,7 +232,7 @@ def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
         content_type="image/jpeg", kept_original=True))
     assert wins.count(True) == 1
     assert store.products.start_attempt(image) is None  # no longer pending
-    assert not store.products.mark_failed(image, "late")
+    assert not store.products.mark_failed(image, "late", FailureCode.INTERNAL_ERROR)
     stored = store.products.images_for(batch_id, [image.hash])[image.hash]
     assert (stored.status, stored.output_key, stored.bytes_out, stored.kept_original) == (
         PROCESSED, "outputs/k.jpg", 40, True)
@@ -244,11 +245,12 @@ def test_a_re_parse_keeps_what_was_done_and_retry_resets_only_failures(store):
     first, second, third = store.products.pending_images(batch_id, 0)
     assert store.products.mark_processed(first, key="k", output_url="u", bytes_in=1,
                                          bytes_out=1, content_type="image/jpeg")
-    assert store.products.mark_failed(second, "HTTP 404", bytes_in=None)
+    assert store.products.mark_failed(second, "HTTP 404", FailureCode.HTTP_STATUS, bytes_in=None)
     store.products.start_attempt(third)
     store.products.write_images(batch_id, images)  # the parse job ran again
     found = store.products.images_for(batch_id, [im.hash for im in images])
     assert found[first.hash].status == PROCESSED and found[second.hash].error == "HTTP 404"
+    assert found[second.hash].error_code == "http_status"
     assert found[third.hash].attempts == 1
     assert [im.id for im in store.products.failed_images(batch_id)] == [second.id]
     slots = {im.id: im.occurrences for im in images}
@@ -257,8 +259,9 @@ def test_a_re_parse_keeps_what_was_done_and_retry_resets_only_failures(store):
         PENDING: sum(slots.values()) - slots[first.id] - slots[second.id]}
     assert store.products.reset_images([second.id, first.id]) == 1  # only the failed one
     reset = store.products.images_for(batch_id, [second.hash])[second.hash]
-    assert (reset.status, reset.error, reset.attempts) == (PENDING, None, 0)
-    assert store.products.fail_pending(batch_id, "gave up") == len(images) - 1
+    assert (reset.status, reset.error, reset.error_code, reset.attempts) == (PENDING, None, None, 0)
+    assert store.products.fail_pending(batch_id, "gave up", FailureCode.STALLED) == len(images) - 1
+    assert store.products.images_for(batch_id, [third.hash])[third.hash].error_code == "stalled"
     assert store.products.pending_chunks(batch_id) == []
 
 

@@ -380,15 +380,15 @@ class SqliteProductStore(ProductStore):
                        kept_original=False):
         return self.db.run(
             "UPDATE images SET status = ?, output_key = ?, output_url = ?, bytes_in = ?, "
-            "bytes_out = ?, content_type = ?, kept_original = ?, error = NULL "
+            "bytes_out = ?, content_type = ?, kept_original = ?, error = NULL, error_code = NULL "
             "WHERE id = ? AND status = ?",
             (PROCESSED, key, output_url, bytes_in, bytes_out, content_type, int(kept_original),
              image.id, PENDING)) == 1
 
-    def mark_failed(self, image, error, bytes_in=None):
-        return self.db.run("UPDATE images SET status = ?, error = ?, bytes_in = ? "
+    def mark_failed(self, image, error, code, bytes_in=None):
+        return self.db.run("UPDATE images SET status = ?, error = ?, error_code = ?, bytes_in = ? "
                            "WHERE id = ? AND status = ?",
-                           (FAILED, error, bytes_in, image.id, PENDING)) == 1
+                           (FAILED, error, str(code), bytes_in, image.id, PENDING)) == 1
 
     def start_attempt(self, image):
         row = self.db.one("UPDATE images SET attempts = attempts + 1 WHERE id = ? AND status = ? "
@@ -398,9 +398,10 @@ class SqliteProductStore(ProductStore):
         image.attempts = row[0]
         return image
 
-    def fail_pending(self, batch_id, error):
-        return self.db.run("UPDATE images SET status = ?, error = ? "
-                           "WHERE batch_id = ? AND status = ?", (FAILED, error, batch_id, PENDING))
+    def fail_pending(self, batch_id, error, code):
+        return self.db.run("UPDATE images SET status = ?, error = ?, error_code = ? "
+                           "WHERE batch_id = ? AND status = ?",
+                           (FAILED, error, str(code), batch_id, PENDING))
 
     def images_for(self, batch_id, hashes):
         ids = [image_id(batch_id, h) for h in set(hashes)]
@@ -430,7 +431,7 @@ class SqliteProductStore(ProductStore):
         for start in range(0, len(ids), IN_CHUNK):
             part = ids[start:start + IN_CHUNK]
             changed += self.db.run(
-                f"UPDATE images SET status = ?, error = NULL, attempts = 0 "
+                f"UPDATE images SET status = ?, error = NULL, error_code = NULL, attempts = 0 "
                 f"WHERE status = ? AND id IN ({_placeholders(part)})", (PENDING, FAILED, *part))
         return changed
 
