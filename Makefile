@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CLI := $(VENV)/bin/batchpress
 
 .PHONY: run test bench worker cron clean
 
@@ -12,7 +13,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-run: $(STAMP)
+# The `batchpress` command (pyproject.toml), reinstalled whenever cli/ changes.
+$(CLI): $(STAMP) pyproject.toml $(wildcard cli/*.py)
+	$(PY) -m pip install --quiet --no-deps .
+	rm -rf build batchpress.egg-info
+	touch $(CLI)
+
+run: $(STAMP) $(CLI)
 	$(PY) -m api
 
 worker: $(STAMP)
@@ -21,7 +28,7 @@ worker: $(STAMP)
 cron: $(STAMP)
 	$(VENV)/bin/rq cron -c worker.rq_config worker.cron_config
 
-test: $(STAMP)
+test: $(STAMP) $(CLI)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
