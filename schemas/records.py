@@ -149,6 +149,12 @@ class BatchRecord:
                      else "every image failed; see errors.csv")
         return status, error
 
+    def sweep_stamp(self) -> datetime:
+        """The updated_at a sweeper's claim sets: now, but always later than the one read, since
+        the claim is conditional on updated_at and two claims in one millisecond must not both
+        match."""
+        return max(now(), aware(self.updated_at) + timedelta(milliseconds=1))
+
     def next_sweep(self) -> tuple[int, list]:
         """(sweeps, swept_progress) after one more claim by the stall sweeper: `sweeps` counts
         the claims in a row that found no progress since the previous one (finished image

@@ -168,7 +168,7 @@ class MongoBatchStore(BatchStore):
         return [from_doc(BatchRecord, d) for d in docs]
 
     def claim_stalled(self, batch):
-        stamp = now()
+        stamp = batch.sweep_stamp()
         sweeps, progress = batch.next_sweep()
         return from_doc(BatchRecord, db.batches().find_one_and_update(
             {"_id": batch.id, "status": batch.status.value, "updated_at": batch.updated_at},

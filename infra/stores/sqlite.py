@@ -334,7 +334,7 @@ class SqliteBatchStore(BatchStore):
         return [BATCHES.decode(r) for r in rows]
 
     def claim_stalled(self, batch):
-        stamp = to_ms(now())
+        stamp = to_ms(batch.sweep_stamp())
         sweeps, progress = batch.next_sweep()
         return self._update("updated_at = ?, swept_at = ?, sweeps = ?, swept_progress = ?",
                             "id = ? AND status = ? AND updated_at = ?",
