@@ -11,7 +11,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from infra import db, queues, settings as settings_module, storage
-from tests.live_service import live_service  # noqa: F401  (browser and CLI tests)
+from tests.live_service import live_real_services, live_service  # noqa: F401  (browser, CLI)
 from tests.servers import HttpServer, RedisServer
 
 REAL_MONGO_URL = os.environ.get("MONGO_URL")

@@ -62,18 +62,19 @@ def _wait_until_up(base: str, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError("the service did not start in 30 s")
 
 
-@pytest.fixture(scope="session")
-def live_service(tmp_path_factory):
+def start_service(log: Path, **settings: str):
+    """`python -m api` on a free port with these settings on top of the test defaults; yields
+    the LiveService and stops it by PID afterwards."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items()
            if k not in {"REDIS_URL", "MONGO_URL", "S3_ENDPOINT_URL", "PUBLIC_BASE_URL",
-                        "API_KEYS", "CORS_ORIGINS"}}
+                        "API_KEYS", "CORS_ORIGINS", "S3_BUCKET", "MONGO_DB"}}
     env.update(PORT=str(port), ALLOW_PRIVATE_URLS="true", PYTHONUNBUFFERED="1",
                API_KEYS=",".join(f"{n}:{k}" for n, k in KEYS.items()),
-               PUBLIC_BASE_URL=base + "/files", EVENTS_POLL_S="0.2", LOG_LEVEL="WARNING",
-               DOWNLOAD_TIMEOUT_S="10", WEBHOOK_RETRY_SCHEDULE="60")
-    log = tmp_path_factory.mktemp("live") / "service.log"
+               EVENTS_POLL_S="0.2", LOG_LEVEL="WARNING", DOWNLOAD_TIMEOUT_S="10",
+               WEBHOOK_RETRY_SCHEDULE="60")
+    env.update({name: value.replace("{base}", base) for name, value in settings.items()})
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
@@ -87,3 +88,26 @@ def live_service(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_service(tmp_path_factory):
+    """The embedded default, as `make run` starts it with no services set; output URLs point
+    at its /files by 127.0.0.1, like the pages the browser opens."""
+    log = tmp_path_factory.mktemp("live") / "service.log"
+    yield from start_service(log, PUBLIC_BASE_URL="{base}/files")
+
+
+@pytest.fixture(scope="session")
+def live_real_services(tmp_path_factory, redis_server, s3_server, mongo_wire):
+    """`make run` with REDIS_URL, MONGO_URL and S3_ENDPOINT_URL set: the real-services mode
+    (redis-server, the MongoDB wire stand-in, moto's S3 over HTTP), API and worker in one
+    process. Its own Redis database, bucket and MongoDB database: other tests flush theirs."""
+    if not mongo_wire.running:
+        mongo_wire.start()
+    log = tmp_path_factory.mktemp("live-real") / "service.log"
+    yield from start_service(log, REDIS_URL=redis_server.url.rsplit("/", 1)[0] + "/7",
+                             MONGO_URL=mongo_wire.uri, S3_ENDPOINT_URL=s3_server,
+                             S3_BUCKET="bp-live-real", MONGO_DB="bp_live_real",
+                             AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                             AWS_DEFAULT_REGION="us-east-1")

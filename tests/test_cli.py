@@ -117,3 +117,16 @@ def test_the_console_script_is_declared_and_resolves():
     entry = getattr(__import__(module, fromlist=[name]), name)
     from cli.main import main
     assert entry is main
+
+
+def test_upload_wait_and_download_against_the_real_services(live_real_services, http_server,
+                                                            tmp_path):
+    http_server.routes["/pot.jpg"] = Route(images.jpeg((50, 40)))
+    source = write_csv(tmp_path, "pots.csv", f"1,Pot,{http_server.url('/pot.jpg')}")
+    done = batchpress(live_real_services, tmp_path, "--json", "upload", str(source), "--wait")
+    assert done.returncode == 0, done.stderr + live_real_services.log.read_text()[-2000:]
+    batch = json.loads(done.stdout)
+    saved = batchpress(live_real_services, tmp_path, "download", batch["id"], "-i", "pots.zip")
+    assert saved.returncode == 0, saved.stderr
+    with zipfile.ZipFile(tmp_path / "pots.zip") as archive:
+        assert archive.namelist() == ["1 Pot/pot.jpg"]

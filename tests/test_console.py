@@ -191,3 +191,22 @@ def test_sign_in_shows_only_that_keys_batches_and_upload_errors_inline(page, liv
 
     page.set_viewport_size({"width": 375, "height": 700})  # a phone: nothing sticks out sideways
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_the_batch_page_against_the_real_services(browser, live_real_services, http_server,
+                                                  s3_server):
+    http_server.routes["/vase.jpg"] = Route(images.jpeg((80, 60)))
+    batch = live_real_services.upload(f"S. No.,Product Name,Input Image Urls\n"
+                                      f"1,Vase,{http_server.url('/vase.jpg')}\n")
+    context = browser.new_context(base_url=live_real_services.base)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        sign_in(page)
+        page.goto(f"/batches/{batch['id']}")
+        expect(page.locator("#status")).to_have_text("completed")
+        after_images_loaded(page, 1)  # straight from S3 (the outputs prefix is public)
+        src = page.locator("img.after").get_attribute("src")
+        assert src.startswith(f"{s3_server}/bp-live-real/outputs/"), src
+    finally:
+        context.close()
