@@ -15,8 +15,9 @@ from flask import Blueprint, Flask, current_app, jsonify, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from api import app_settings
-from api.auth import ApiKeys, keys_of, owner
+from api.auth import keys_of, owner
 from api.batches import load_batch
+from infra.api_keys import ApiKeys
 
 bp = Blueprint("event_tokens", __name__, url_prefix="/api/v1/batches")
 SALT = "batchpress.events-token"

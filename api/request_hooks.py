@@ -14,7 +14,11 @@ _QUIET = {"/healthz", "/readyz", "/metrics"}
 
 
 def _valid_request_id(value: str | None) -> str | None:
-    if value and len(value) <= 128 and all(c.isalnum() or c in "-_.:" for c in value):
+    """A client's id, when it is short, plain ASCII and holds nothing redaction would hide (it is
+    echoed and logged as sent); else None, and one is made up."""
+    if value and len(value) <= 128 and value.isascii() \
+            and all(c.isalnum() or c in "-_.:" for c in value) \
+            and logging_setup.redact(value) == value:
         return value
     return None
 

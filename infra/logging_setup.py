@@ -3,8 +3,9 @@
 `configure(settings)` sets up the root logger once per process (API, gunicorn workers, RQ
 workers). Every record passes through `ContextFilter`, which adds `request_id` (from the
 `X-Request-ID` the API accepted or made up), `batch_id` and `job_id` (from the RQ job being run),
-and `RedactFilter`, which strips secrets from the message: query strings and credentials in URLs,
-bearer tokens, `whsec_` secrets and the configured API keys.
+and `RedactFilter`, which strips secrets from the message and from every other text field: query
+strings and credentials in URLs, bearer tokens, `whsec_` secrets and the configured API keys
+(read by the same parser as authentication, whether listed inline or in a file).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import re
 import sys
 import threading
 from datetime import datetime, timezone
+
+from infra.api_keys import ApiKeyError, read_entries
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                            default=None)
@@ -94,7 +97,8 @@ class ContextFilter(logging.Filter):
 
 
 class RedactFilter(logging.Filter):
-    """Renders the message once, redacted, so neither formatter can leak an argument."""
+    """Renders the message once, redacted, and redacts every other text field of the record
+    (context ids, `extra=` values), so neither formatter can print a secret from any of them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -102,6 +106,9 @@ class RedactFilter(logging.Filter):
         except Exception:  # noqa: BLE001 - a bad format string still gets logged
             message = str(record.msg)
         record.msg, record.args = redact(message), None
+        for name, value in vars(record).items():
+            if name not in _STANDARD and isinstance(value, str):
+                setattr(record, name, redact(value))
         return True
 
 
@@ -150,8 +157,10 @@ def configure(settings=None, *, force: bool = False) -> None:
         from infra.settings import get_settings
         settings = get_settings()
     secrets = [settings.dashboard_password, settings.webhook_secret]
-    if settings.api_keys and not settings.api_keys.strip().startswith(("/", ".", "@", "~")):
-        secrets += [item.partition(":")[2].strip() for item in settings.api_keys.split(",")]
+    try:
+        secrets += [key for _name, key in read_entries(settings.api_keys)]
+    except ApiKeyError:  # the API refuses to start on it, naming the problem
+        pass
     set_secret_literals(secrets)
     with _lock:
         root = logging.getLogger()

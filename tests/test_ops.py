@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,7 +142,7 @@ def test_keys_from_a_file(env, monkeypatch, tmp_path):
 
 
 def test_parse_keys_refuses_malformed_values(tmp_path):
-    from api.auth import ApiKeyError, parse_keys
+    from infra.api_keys import ApiKeyError, parse_keys
     keys = parse_keys(" a:one1 , b:two2 ")
     assert keys.names == ["a", "b"]
     assert keys.owner_of("two2") == "b" and keys.owner_of("two") is None
@@ -443,6 +445,72 @@ def test_logs_carry_no_secrets(json_logs):
     assert "https://***@img.example.com/a.jpg?" in lines[0]["message"]
     assert lines[2]["batch_id"] == "b1" and lines[2]["level"] == "INFO"
     logging_setup.set_secret_literals([])
+
+
+@pytest.fixture(params=["inline", "file"])
+def keyed_app(request, env, monkeypatch, tmp_path):
+    """An app with one API key, given inline or in a file (both must be kept out of logs)."""
+    if request.param == "inline":
+        value = "dora:dk_0123456789secret"
+    else:
+        path = tmp_path / "keys"
+        path.write_text("# keys\ndora: dk_0123456789secret\n")
+        value = str(path)
+    yield make_app(monkeypatch, API_KEYS=value)
+    from infra import logging_setup
+    logging_setup.set_secret_literals([])
+
+
+def test_api_keys_in_paths_and_malformed_request_lines_never_reach_the_logs(keyed_app, json_logs):
+    from werkzeug.serving import make_server
+    key = "dk_0123456789secret"
+    client = keyed_app.test_client()
+    assert client.get(f"/api/v1/batches/{key}", headers=bearer(key)).status_code == 404
+    server = make_server("127.0.0.1", 0, keyed_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:  # a request line a browser would never send: the server logs it as it came
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as conn:
+            conn.sendall(f"GET /{key} x HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert b" 400 " in conn.recv(65536)
+    finally:
+        server.shutdown()
+    lines = json_logs()
+    assert any("/api/v1/batches/***" in line["message"] for line in lines), lines
+    assert any("Bad request syntax ('GET /*** x" in line["message"] for line in lines), lines
+    assert key not in json.dumps(lines)
+
+
+def test_a_request_id_holding_a_key_is_neither_echoed_nor_logged(keyed_app, json_logs):
+    key = "dk_0123456789secret"
+    response = keyed_app.test_client().get(
+        "/api/v1/batches", headers={**bearer(key), "X-Request-ID": key})
+    assert response.status_code == 200
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+    assert key not in json.dumps(json_logs())
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_every_field_of_a_log_line_is_redacted(fmt):
+    from infra import logging_setup
+    stream = io.StringIO()
+    handler = logging_setup.make_handler(fmt, stream)
+    log = logging.getLogger("batchpress.test.fields")
+    log.addHandler(handler)
+    log.propagate = False
+    logging_setup.set_secret_literals(["ek_0123456789secret"])
+    try:
+        log.warning("plain", extra={"request_id": "ek_0123456789secret",
+                                    "batch_id": "https://u:pw@h.example/?token=zz",
+                                    "job_id": "whsec_QUJDRA==", "note": "Bearer ek_0123456789"})
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        logging_setup.set_secret_literals([])
+    text = stream.getvalue()
+    for secret in ("ek_0123456789", "pw@", "token=zz", "QUJDRA"):
+        assert secret not in text, (secret, text)
+    assert "***" in text
 
 
 def test_log_level_and_format_settings(env, monkeypatch):
