@@ -30,6 +30,7 @@ from schemas.failures import FailureCode
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
                              ProductRecord, new_batch_id)
 from schemas.product import ImageOut
+from schemas.timestamps import parse_aware
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
@@ -264,14 +265,15 @@ def _time_param(name: str) -> datetime | None:
     if " " in raw.strip() and "T" in raw:  # an unencoded "+01:00" arrives as " 01:00"
         raw = raw.strip().replace(" ", "+")
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise ApiError(400, "Invalid parameter", f"{name} must be an ISO 8601 time, got {raw!r}",
                        kind="invalid-parameter", parameter=name) from None
-    if value.tzinfo is None:
-        raise ApiError(400, "Invalid parameter", f"{name} needs a time zone (e.g. Z)",
-                       kind="invalid-parameter", parameter=name)
-    return value
+    try:
+        return parse_aware(raw)
+    except ValueError as error:
+        raise ApiError(400, "Invalid parameter", f"{name} {error}, got {raw!r}",
+                       kind="invalid-parameter", parameter=name) from None
 
 
 @bp.get("")
@@ -321,11 +323,9 @@ def _check_list_cursor(raw: str) -> tuple[datetime, str]:
             and 0 < len(last_id) <= MAX_CURSOR_ID and len(at) <= 64):
         raise _bad_cursor()
     try:
-        when = datetime.fromisoformat(at)
+        when = parse_aware(at)
     except ValueError:
         raise _bad_cursor() from None
-    if when.tzinfo is None:
-        raise _bad_cursor()
     return when, last_id
 
 

@@ -48,7 +48,11 @@ def _json_object() -> dict:
     if not request.is_json:
         raise ApiError(415, "Unsupported Media Type", "send a JSON object with Content-Type "
                        "application/json", kind="unsupported-media-type")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json's decoder recurses once per level; silent= only catches ValueError
+        raise ApiError(400, "Invalid JSON", "the body is nested too deeply to be read",
+                       kind="invalid-json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Invalid JSON", "the body must be a JSON object", kind="invalid-json")
     return body

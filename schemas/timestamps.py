@@ -24,6 +24,19 @@ def iso_z(value: datetime | None) -> str | None:
         "+00:00", "Z")
 
 
+def parse_aware(raw: str) -> datetime:
+    """An ISO 8601 time with a zone (`Z` allowed), in UTC. Raises ValueError when it is not one,
+    has no zone, or lies outside what UTC can hold (`9999-12-31T23:59:59-14:00` is in year 10000
+    in UTC)."""
+    value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("needs a time zone (e.g. Z)")
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("is outside the years 1 to 9999 in UTC") from None
+
+
 # A datetime field that serialises to JSON with iso_z (and documents itself as date-time).
 Timestamp = Annotated[datetime, PlainSerializer(iso_z, return_type=str, when_used="json"),
                       WithJsonSchema({"type": "string", "format": "date-time"})]

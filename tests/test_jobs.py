@@ -88,10 +88,20 @@ def test_crafted_products_cursor_is_400(client, cursor):
     _cursor({"t": "2026-11-23T10:00:00+00:00", "i": "x" * 1000}),
     _cursor({"t": 1e400, "i": "bat_x"}), _cursor({"t": ["x"], "i": "bat_x"}),
     _cursor({"t": "2026-11-23T10:00:00+00:00"}), _cursor(b'{"t":NaN,"i":"x"}'),
+    _cursor({"t": "9999-12-31T23:59:59-14:00", "i": "bat_x"}),  # past year 9999 in UTC
+    _cursor({"t": "0001-01-01T00:00:00+14:00", "i": "bat_x"}),  # before year 1 in UTC
 ])
 def test_crafted_batches_cursor_is_400(client, cursor):
     post_raw(client, (HEADER + "1,P,http://h/1.jpg\n").encode())
     assert_problem(client.get(f"/api/v1/batches?cursor={cursor}"), 400, "cursor")
+
+
+@pytest.mark.parametrize("query", ["created_after=9999-12-31T23:59:59-14:00",
+                                   "created_before=0001-01-01T00:00:00%2B14:00"])
+def test_times_outside_utcs_years_are_400(client, query):
+    response = client.get(f"/api/v1/batches?{query}")
+    assert_problem(response, 400, query.partition("=")[0])
+    assert "outside the years 1 to 9999" in response.get_json()["detail"]
 
 
 def test_last_event_id_takes_ascii_digits_only():

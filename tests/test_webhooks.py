@@ -402,6 +402,14 @@ def test_private_and_plain_http_urls_are_refused(client, monkeypatch, url):
     assert body["field"] == "webhook_url"
 
 
+def test_a_json_body_nested_too_deeply_is_400(client):
+    body = "[" * 5000 + "]" * 5000
+    for deep in (body, '{"url": ' + body + "}"):
+        problem = assert_problem(client.post("/api/v1/webhooks", data=deep,
+                                             content_type="application/json"), 400, "invalid-json")
+        assert "nested too deeply" in problem["detail"]
+
+
 def test_public_https_url_is_accepted(client, monkeypatch):
     refuse_private_urls(monkeypatch, client)
     assert client.post("/api/v1/webhooks", json={"url": "https://93.184.215.14/hook"}).status_code == 201
