@@ -24,7 +24,7 @@ from infra import jobs, metrics, storage, stores
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
-from schemas.csv_format import map_columns
+from schemas.csv_format import inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
@@ -366,6 +366,11 @@ def _csv_line(cells: list) -> str:
     return out.getvalue()
 
 
+def _inert_csv_line(cells: list) -> str:
+    """A line whose cells no spreadsheet runs as formulas (errors.csv: user text beside ours)."""
+    return _csv_line([inert_cell(cell) for cell in cells])
+
+
 def _csv_response(batch: BatchRecord, suffix: str, lines) -> Response:
     name = (clean_filename(batch.filename) or batch.id).rsplit(".", 1)[0] + suffix
     return Response(stream_with_context(lines), mimetype="text/csv",
@@ -400,17 +405,18 @@ def errors_csv(batch_id: str):
     batch = load_batch(batch_id)
 
     def lines():
-        yield _csv_line(["Line", "S. No.", "Input Image Url", "Error", "Code"])
+        yield _inert_csv_line(["Line", "S. No.", "Input Image Url", "Error", "Code"])
         if batch.status == BatchStatus.FAILED and not batch.header:
-            yield _csv_line(["", "", "", batch.error or "the file could not be read",
-                             FailureCode.FILE_UNREADABLE])
+            yield _inert_csv_line(["", "", "", batch.error or "the file could not be read",
+                                   FailureCode.FILE_UNREADABLE])
         for row, images in stores.products().iter_rows(batch_id):
             if not row.accepted:
-                yield _csv_line([row.line, row.serial_raw, "", row.error, FailureCode.INVALID_ROW])
+                yield _inert_csv_line([row.line, row.serial_raw, "", row.error,
+                                       FailureCode.INVALID_ROW])
                 continue
             for url, image in row.images_of(images):
                 if image and image.status == FAILED:
-                    yield _csv_line([row.line, row.serial_no, url, image.error,
-                                     image.error_code or ""])
+                    yield _inert_csv_line([row.line, row.serial_no, url, image.error,
+                                           image.error_code or ""])
 
     return _csv_response(batch, "-errors.csv", lines())

@@ -148,3 +148,15 @@ def map_columns(header: list[str]) -> ColumnMap:
             missing=missing,
         )
     return ColumnMap(header=list(header), serial=found[SERIAL], name=found[NAME], urls=found[URLS])
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_cell(value: object) -> object:
+    """A cell a spreadsheet shows as text: one that starts like a formula gets a leading `'`.
+    For files the service writes from user input that are not the user's own rows echoed back."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value

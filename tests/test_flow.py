@@ -149,3 +149,18 @@ def test_every_failed_image_carries_a_stable_code_in_the_api_the_csv_and_the_met
     body = client.get("/metrics").get_data(as_text=True)
     for code in expected:
         assert metric(body, "batchpress_images_total", result="failed", reason=code) == 1, code
+
+
+def test_errors_csv_cells_never_run_as_spreadsheet_formulas(client, work):
+    serials = ["=7", "@11", "+3", "-2", "\t=1+1", "\r=2"]
+    text = "S. No.,Product Name,Input Image Urls\n" + "".join(
+        f'"{serial}",P,http://h.example/a.jpg\n' for serial in serials)
+    batch = upload(client, text).get_json()
+    work()
+    errors = read_csv(client.get(batch["links"]["errors_csv"]))
+    # (a cell's surrounding whitespace is not kept in errors.csv: "\t=1+1" is shown as "=1+1")
+    assert [row[1] for row in errors[1:]] == ["'" + serial.strip() for serial in serials]
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+                   for row in errors for cell in row)
+    output = read_csv(client.get(batch["links"]["output_csv"]))  # the input's rows, as they came
+    assert [row[0] for row in output[1:]] == serials
