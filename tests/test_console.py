@@ -183,6 +183,15 @@ def test_sign_in_shows_only_that_keys_batches_and_upload_errors_inline(page, liv
     expect(page.locator("#action-message")).to_contain_text("no batch with id")
 
     page.goto("/")
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select')]
+        .filter(c => !c.closest('[hidden]') && !c.labels.length && !c.getAttribute('aria-label'))
+        .map(c => c.id || c.name)""")
+    assert unlabelled == []
+    with page.expect_download() as template:
+        page.get_by_role("link", name="Download a CSV template").click()
+    header = Path(template.value.path()).read_text().splitlines()[0]
+    assert header == "S. No.,Product Name,Input Image Urls"
+
     bad = tmp_path / "no-urls.csv"
     bad.write_text("S. No.,Product Name\n1,Mug\n")
     page.get_by_label("CSV file").set_input_files(bad)
