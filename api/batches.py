@@ -351,7 +351,9 @@ def _product_json(row: ProductRecord, images: dict[str, ImageRecord]) -> dict:
     items = [ImageOut(input_url=url, status=PENDING) if image is None else
              ImageOut(input_url=url, output_url=image.output_url, status=image.status,
                       error=image.error, code=image.error_code, bytes_in=image.bytes_in,
-                      bytes_out=image.bytes_out, kept_original=image.kept_original)
+                      bytes_out=image.bytes_out, width=image.width, height=image.height,
+                      format=image.format, output_format=image.output_format,
+                      kept_original=image.kept_original)
              for url, image in row.images_of(images)]
     return ProductItem(serial_no=row.serial_no, product_name=row.product_name,
                        line=row.line, input_image_urls=row.input_image_urls,

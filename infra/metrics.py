@@ -54,6 +54,8 @@ PIPELINE = {
     "images_total": ("counter", "Distinct images finished, by result (processed, failed) and "
                                 "failure code.", None),
     "image_bytes_total": ("counter", "Image bytes downloaded (in) and stored (out).", None),
+    "image_bytes_saved_total": ("counter", "Bytes by which processed images' outputs are "
+                                           "smaller than their inputs.", None),
     "download_seconds": ("histogram", "Time to download one image.", DOWNLOAD_BUCKETS),
     "encode_seconds": ("histogram", "Time to decode and re-encode one image.", ENCODE_BUCKETS),
     "webhook_attempts_total": ("counter", "Webhook delivery attempts, by outcome.", None),
@@ -161,9 +163,11 @@ def rows_parsed(accepted: int, rejected: int) -> None:
 
 
 def image_processed(bytes_in: int | None, bytes_out: int | None) -> None:
+    saved = max((bytes_in or 0) - (bytes_out or 0), 0)  # a counter never goes down
     _record([(_field("images_total", {"result": "processed", "reason": ""}), 1),
            (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0),
-           (_field("image_bytes_total", {"direction": "out"}), bytes_out or 0)])
+           (_field("image_bytes_total", {"direction": "out"}), bytes_out or 0),
+           (_field("image_bytes_saved_total"), saved)])
 
 
 def image_failed(code: str, bytes_in: int | None = None) -> None:

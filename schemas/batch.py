@@ -4,7 +4,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.timestamps import Timestamp
 
@@ -41,6 +41,19 @@ class ImageCounts(BaseModel):
     failed: int = 0
 
 
+class ByteCounts(BaseModel):
+    """Bytes downloaded (`in`) and stored (`out`) for the batch's processed images, each
+    distinct image once."""
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
+    in_: int = Field(0, alias="in")
+    out: int = 0
+
+
+def saving_percent(bytes_in: int, bytes_out: int) -> float | None:
+    """How much smaller the outputs are than the inputs, in percent (one decimal)."""
+    return round(100 * (bytes_in - bytes_out) / bytes_in, 1) if bytes_in else None
+
+
 class BatchLinks(BaseModel):
     self: str
     products: str
@@ -59,6 +72,9 @@ class BatchOut(BaseModel):
     finished_at: Timestamp | None = None
     rows: RowCounts
     images: ImageCounts
+    bytes: ByteCounts = Field(default_factory=ByteCounts)
+    saving_percent: float | None = Field(None, description=(
+        "100 x (bytes.in - bytes.out) / bytes.in; null until an image is processed."))
     progress: float = Field(ge=0, le=1)
     error: str | None = None
     webhook_url: str | None = None
@@ -87,6 +103,8 @@ def batch_out(batch: "BatchRecord", base_url: str = "") -> BatchOut:
               "invalid": batch.rows_invalid},
         images={"total": batch.images_total, "processed": batch.images_processed,
                 "failed": batch.images_failed},
+        bytes=ByteCounts(in_=batch.bytes_in or 0, out=batch.bytes_out or 0),
+        saving_percent=saving_percent(batch.bytes_in or 0, batch.bytes_out or 0),
         progress=batch.progress, error=batch.error, webhook_url=batch.webhook_url,
         links={"self": root, "products": root + "/products",
                "output_csv": root + "/output.csv", "errors_csv": root + "/errors.csv"},

@@ -17,6 +17,11 @@ class ImageOut(BaseModel):
         "Why the image failed, as a stable code (the `error` message may change wording)."))
     bytes_in: int | None = None
     bytes_out: int | None = None
+    width: int | None = Field(None, description="The output's width in pixels (upright).")
+    height: int | None = Field(None, description="The output's height in pixels (upright).")
+    format: str | None = Field(None, description=(
+        "The input's format, from its bytes: jpeg, png, gif, webp, bmp, tiff or avif."))
+    output_format: str | None = Field(None, description="jpeg, webp, or png (a kept original).")
     kept_original: bool = Field(False, description=(
         "True when the output is the input file itself with its metadata removed, because "
         "re-encoding it would not have made it smaller."))

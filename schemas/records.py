@@ -89,6 +89,9 @@ class BatchRecord:
     images_total: int = 0
     images_processed: int = 0
     images_failed: int = 0
+    # Bytes downloaded and stored for the batch's processed images (each distinct image once).
+    bytes_in: int = 0
+    bytes_out: int = 0
     parsed: bool = False
     chunks: int = 0
     error: str | None = None
@@ -183,7 +186,12 @@ class ImageRecord:
     bytes_in: int | None = None
     bytes_out: int | None = None
     content_type: str | None = None
-    kept_original: bool = False  # the output is the input with its metadata removed
+    kept_original: bool = False
+    # What a processed image is: the output's pixel size, the input's and the output's format.
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    output_format: str | None = None  # the output is the input with its metadata removed
     attempts: int = 0
 
     @classmethod

@@ -164,3 +164,34 @@ def test_errors_csv_cells_never_run_as_spreadsheet_formulas(client, work):
                    for row in errors for cell in row)
     output = read_csv(client.get(batch["links"]["output_csv"]))  # the input's rows, as they came
     assert [row[0] for row in output[1:]] == serials
+
+
+def test_each_image_says_what_it_is_and_the_batch_what_it_saved(client, http_server, work):
+    from tests import image_factory as make
+    from tests.test_ops import metric
+    rotated = make.exif_rotated_jpeg(size=(96, 64), orientation=6)
+    http_server.routes["/rotated.jpg"] = Route(rotated)
+    http_server.routes["/alpha.png"] = Route(make.png(mode="RGBA"))
+    http_server.routes["/gone.jpg"] = Route(b"gone", 404)
+    urls = [http_server.url(p) for p in ("/rotated.jpg", "/alpha.png", "/gone.jpg")]
+    text = ("S. No.,Product Name,Input Image Urls\n"
+            f'1,Chair,"{urls[0]},{urls[1]}"\n2,Lamp,"{urls[2]},{urls[0]}"\n')
+    batch_id = upload(client, text).get_json()["id"]
+    work()
+
+    items = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
+    first, second = items[0]["images"]
+    assert (first["width"], first["height"], first["format"], first["output_format"]) == (
+        64, 96, "jpeg", "jpeg")  # upright: the EXIF turn swaps width and height
+    assert (second["width"], second["height"], second["format"], second["output_format"]) == (
+        96, 64, "png", "webp")
+    gone = items[1]["images"][0]
+    assert (gone["width"], gone["format"], gone["output_format"]) == (None, None, None)
+
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    bytes_in = first["bytes_in"] + second["bytes_in"]  # the repeated URL counts once
+    bytes_out = first["bytes_out"] + second["bytes_out"]
+    assert batch["bytes"] == {"in": bytes_in, "out": bytes_out}
+    assert batch["saving_percent"] == round(100 * (bytes_in - bytes_out) / bytes_in, 1) > 0
+    body = client.get("/metrics").get_data(as_text=True)
+    assert metric(body, "batchpress_image_bytes_saved_total") == bytes_in - bytes_out

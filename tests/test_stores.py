@@ -412,3 +412,24 @@ def test_sqlite_processes_sharing_the_file_count_every_image_once(tmp_path):
     assert sum(r for r in reported if r != "finished") == len(images)
     done = store.batches.get(batch_id, any_owner=True)
     assert done.status == BatchStatus.COMPLETED and done.images_processed == total
+
+
+def test_a_sqlite_file_from_before_gets_the_columns_added_since(tmp_path):
+    import sqlite3
+    path = str(tmp_path / "old.sqlite3")
+    with sqlite3.connect(path) as conn:  # the images table as it was before image facts
+        conn.execute("CREATE TABLE images (id PRIMARY KEY, batch_id, url, hash, occurrences, "
+                     "chunk, status, output_url, output_key, error, bytes_in, bytes_out, "
+                     "content_type, kept_original INTEGER, attempts)")
+    store = SqliteStores(path)
+    store.prepare()
+    batch_id = new_batch_id()
+    _, images = rows_and_images(batch_id, 2)
+    store.products.write_images(batch_id, images)
+    [image, *_] = store.products.pending_images(batch_id, 0)
+    assert store.products.mark_processed(image, key="k", output_url="u", bytes_in=9, bytes_out=4,
+                                         content_type="image/webp", width=3, height=2,
+                                         format="png", output_format="webp")
+    stored = store.products.images_for(batch_id, [image.hash])[image.hash]
+    assert (stored.width, stored.height, stored.format, stored.output_format) == (
+        3, 2, "png", "webp")

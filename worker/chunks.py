@@ -139,12 +139,17 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> 
         log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
         return _record_failure(image, batch_id, f"internal error: {type(error).__name__}",
                                FailureCode.INTERNAL_ERROR, bytes_in)
+    bytes_out = len(encoded.data)
     if stores.products().mark_processed(image, key=key, output_url=storage.public_url(key),
-                                    bytes_in=bytes_in, bytes_out=len(encoded.data),
-                                    content_type=encoded.content_type,
-                                    kept_original=encoded.kept_original):
-        stores.batches().add_image_results(batch_id, processed=image.occurrences)
-        metrics.image_processed(bytes_in, len(encoded.data))
+                                        bytes_in=bytes_in, bytes_out=bytes_out,
+                                        content_type=encoded.content_type,
+                                        kept_original=encoded.kept_original,
+                                        width=encoded.width, height=encoded.height,
+                                        format=encoded.input_format,
+                                        output_format=encoded.output_format):
+        stores.batches().add_image_results(batch_id, processed=image.occurrences,
+                                           bytes_in=bytes_in, bytes_out=bytes_out)
+        metrics.image_processed(bytes_in, bytes_out)
         return 1
     return 0
 

@@ -81,6 +81,15 @@ class EncodedImage:
     def pixels(self) -> int:
         return self.width * self.height
 
+    @property
+    def input_format(self) -> str:
+        """The input's format as the API names it: jpeg (an MPO is a JPEG), png, webp, ..."""
+        return "jpeg" if self.source_format == "MPO" else self.source_format.lower()
+
+    @property
+    def output_format(self) -> str:
+        return {"jpg": "jpeg"}.get(self.extension, self.extension)
+
 
 def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
              optimize: bool = False, webp_method: int = 2, sink: str = "auto",

@@ -41,8 +41,10 @@ class BatchStore(abc.ABC):
         """Store the counts found by parsing (set, not added: a re-run parse writes the same)."""
 
     @abc.abstractmethod
-    def add_image_results(self, batch_id: str, processed: int = 0, failed: int = 0) -> None:
-        """Atomically add finished image slots (and mark progress for the stall sweeper)."""
+    def add_image_results(self, batch_id: str, processed: int = 0, failed: int = 0,
+                          bytes_in: int = 0, bytes_out: int = 0) -> None:
+        """Atomically add finished image slots and a processed image's bytes (and mark progress
+        for the stall sweeper)."""
 
     @abc.abstractmethod
     def try_finish(self, batch_id: str) -> BatchRecord | None:
@@ -107,8 +109,11 @@ class ProductStore(abc.ABC):
 
     @abc.abstractmethod
     def mark_processed(self, image: ImageRecord, *, key: str, output_url: str, bytes_in: int,
-                       bytes_out: int, content_type: str, kept_original: bool = False) -> bool:
-        """pending -> processed; True only for the one call that made the change."""
+                       bytes_out: int, content_type: str, kept_original: bool = False,
+                       width: int | None = None, height: int | None = None,
+                       format: str | None = None, output_format: str | None = None) -> bool:
+        """pending -> processed, with what it is; True only for the one call that made the
+        change."""
 
     @abc.abstractmethod
     def mark_failed(self, image: ImageRecord, error: str, code: str,

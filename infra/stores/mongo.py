@@ -94,10 +94,11 @@ class MongoBatchStore(BatchStore):
             "rows_invalid": rows_invalid, "images_total": images_total, "chunks": chunks,
             "parsed": True, "updated_at": now()}})
 
-    def add_image_results(self, batch_id, processed=0, failed=0):
+    def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0):
         db.batches().update_one(
             {"_id": batch_id},
-            {"$inc": {"images_processed": processed, "images_failed": failed},
+            {"$inc": {"images_processed": processed, "images_failed": failed,
+                      "bytes_in": bytes_in, "bytes_out": bytes_out},
              "$set": {"updated_at": now()}})
 
     def try_finish(self, batch_id):
@@ -208,12 +209,15 @@ class MongoProductStore(ProductStore):
         return sorted(db.images().distinct("chunk", {"batch_id": batch_id, "status": PENDING}))
 
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
-                       kept_original=False):
+                       kept_original=False, width=None, height=None, format=None,
+                       output_format=None):
         result = db.images().update_one(
             {"_id": image.id, "status": PENDING},
             {"$set": {"status": PROCESSED, "output_key": key, "output_url": output_url,
                       "bytes_in": bytes_in, "bytes_out": bytes_out, "content_type": content_type,
-                      "kept_original": kept_original, "error": None, "error_code": None}})
+                      "kept_original": kept_original, "width": width, "height": height,
+                      "format": format, "output_format": output_format,
+                      "error": None, "error_code": None}})
         return result.modified_count == 1
 
     def mark_failed(self, image, error, code, bytes_in=None):

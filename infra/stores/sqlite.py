@@ -60,9 +60,12 @@ class Table:
                        f"VALUES ({', '.join('?' * len(self.columns))})")
         self.key = key
 
-    def create_sql(self) -> str:
+    def column_sql(self, column: str) -> str:
         types = {"time": "INTEGER", "json": "TEXT", "bool": "INTEGER", "value": ""}
-        cols = [f"{c} {types[self.kinds[c]]}".strip() + (" PRIMARY KEY" if c == self.key else "")
+        return f"{column} {types[self.kinds[column]]}".strip()
+
+    def create_sql(self) -> str:
+        cols = [self.column_sql(c) + (" PRIMARY KEY" if c == self.key else "")
                 for c in self.columns]
         return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(cols)})"
 
@@ -260,10 +263,11 @@ class SqliteBatchStore(BatchStore):
                     (json.dumps(header), rows_total, rows_valid, rows_invalid, images_total,
                      chunks, to_ms(now()), batch_id))
 
-    def add_image_results(self, batch_id, processed=0, failed=0):
+    def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0):
         self.db.run("UPDATE batches SET images_processed = images_processed + ?, "
-                    "images_failed = images_failed + ?, updated_at = ? WHERE id = ?",
-                    (processed, failed, to_ms(now()), batch_id))
+                    "images_failed = images_failed + ?, bytes_in = COALESCE(bytes_in, 0) + ?, "
+                    "bytes_out = COALESCE(bytes_out, 0) + ?, updated_at = ? WHERE id = ?",
+                    (processed, failed, bytes_in, bytes_out, to_ms(now()), batch_id))
 
     def try_finish(self, batch_id):
         with self.db.transaction() as conn:
@@ -377,13 +381,15 @@ class SqliteProductStore(ProductStore):
         return [r[0] for r in rows]
 
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
-                       kept_original=False):
+                       kept_original=False, width=None, height=None, format=None,
+                       output_format=None):
         return self.db.run(
             "UPDATE images SET status = ?, output_key = ?, output_url = ?, bytes_in = ?, "
-            "bytes_out = ?, content_type = ?, kept_original = ?, error = NULL, error_code = NULL "
+            "bytes_out = ?, content_type = ?, kept_original = ?, width = ?, height = ?, "
+            "format = ?, output_format = ?, error = NULL, error_code = NULL "
             "WHERE id = ? AND status = ?",
             (PROCESSED, key, output_url, bytes_in, bytes_out, content_type, int(kept_original),
-             image.id, PENDING)) == 1
+             width, height, format, output_format, image.id, PENDING)) == 1
 
     def mark_failed(self, image, error, code, bytes_in=None):
         return self.db.run("UPDATE images SET status = ?, error = ?, error_code = ?, bytes_in = ? "
@@ -619,6 +625,12 @@ class SqliteStores(Stores):
         with self.database.transaction() as conn:
             for table in TABLES:
                 conn.execute(table.create_sql())
+                # A file made by an older version lacks the columns of fields added since.
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table.name})")}
+                for column in table.columns:
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE {table.name} "
+                                     f"ADD COLUMN {table.column_sql(column)}")
             for index in INDEXES:
                 conn.execute(index)
 
