@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     app.json.sort_keys = False
 
     from api import (archive, auth, batches, console, control, cors, dashboard, errors,
-                     event_tokens, files, health, openapi, request_hooks, webhooks)
+                     event_tokens, files, health, openapi, rate_limits, request_hooks, webhooks)
     from infra import logging_setup
     logging_setup.configure(settings)
     for warning in startup_warnings(settings):
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     cors.register(app, settings)
     auth.register(app, settings)
     event_tokens.register(app)
+    rate_limits.register(app, settings)
     dashboard.register(app, settings)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(batches.bp)

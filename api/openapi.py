@@ -272,6 +272,8 @@ def _paths() -> dict:
             "post": operation("redeliver", "Send a delivery again", hooks,
                               {"202": json_body(Delivery, "Queued."), "404": NOT_FOUND,
                                "409": problem("Its subscription was deleted."),
+                               "429": problem("Over REDELIVER_RATE for this caller; "
+                                              "`Retry-After` says when to try again."),
                                "503": UNAVAILABLE},
                               params=[DELIVERY_ID]),
         },

@@ -21,6 +21,7 @@ from api.auth import owner
 from api.batches import load_batch
 from api import app_settings
 from api.errors import ApiError, not_found
+from api.rate_limits import check_redelivery
 from infra import jobs, stores
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.records import EVENTS, DeliveryRecord, SubscriptionRecord
@@ -220,6 +221,7 @@ def redeliver(delivery_id: str):
         raise ApiError(409, "Subscription deleted", "this delivery's webhook subscription was "
                        "deleted; there is nowhere to send it", kind="subscription-deleted")
     try:
+        check_redelivery()
         jobs.enqueue_redelivery(delivery_id)
     except RedisError as error:
         log.error("could not queue a redelivery: %s", error)

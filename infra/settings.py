@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         secrets.token_bytes(32)).decode())
     webhook_timeout_s: float = Field(10.0, gt=0)
     webhook_retry_schedule: str = "5,30,300,1800,7200,18000,36000"
+    # Manual redeliveries per caller (API key, or client address when the API is open), in the
+    # `limits` notation: "10/minute", "100/hour".
+    redeliver_rate: str = "10/minute"
 
     # Operators.
     api_keys: str | None = None
@@ -130,6 +133,16 @@ class Settings(BaseSettings):
             raise ValueError("the part after whsec_ must be base64") from None
         if not 24 <= len(raw) <= 64:
             raise ValueError("must hold 24 to 64 random bytes")
+        return value
+
+    @field_validator("redeliver_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must be a rate such as 10/minute or 100/hour") from None
         return value
 
     @field_validator("webhook_retry_schedule")

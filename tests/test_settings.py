@@ -41,12 +41,12 @@ def test_defaults_are_the_contracts(monkeypatch):
 
 def test_bad_values_stop_start_up_naming_each_variable(tmp_path):
     env = {**os.environ, "OUTPUT_QUALITY": "500", "WEBHOOK_SECRET": "hunter2",
-           "WEBHOOK_RETRY_SCHEDULE": "soon", "PORT": "8000"}
+           "WEBHOOK_RETRY_SCHEDULE": "soon", "REDELIVER_RATE": "often", "PORT": "8000"}
     result = subprocess.run([sys.executable, "-m", "api"], cwd=tmp_path, env={
         **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    for name in ("OUTPUT_QUALITY", "WEBHOOK_SECRET", "WEBHOOK_RETRY_SCHEDULE"):
+    for name in ("OUTPUT_QUALITY", "WEBHOOK_SECRET", "WEBHOOK_RETRY_SCHEDULE", "REDELIVER_RATE"):
         assert name in result.stderr, result.stderr
 
 

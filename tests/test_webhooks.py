@@ -314,6 +314,27 @@ def test_redeliver_sends_the_same_message_with_a_fresh_signature(client, http_se
                                headers={"X-Test-Owner": "someone-else"}), 404)
 
 
+def test_redelivery_is_rate_limited_per_caller(http_server, work, monkeypatch):
+    set_env(monkeypatch, WEBHOOK_RETRY_SCHEDULE="0", REDELIVER_RATE="2/minute")
+    from api import create_app
+    client = create_app(settings_module.get_settings()).test_client()
+    http_server.routes["/hook"] = Route(b"", 204)
+    batch = finished_batch(webhook_url=http_server.url("/hook"))
+    work()
+    [delivery] = client.get(f"/api/v1/batches/{batch.id}/deliveries").get_json()["items"]
+    url = f"/api/v1/deliveries/{delivery['id']}/redeliver"
+    assert [client.post(url).status_code for _ in range(2)] == [202, 202]
+    refused = client.post(url)
+    problem = assert_problem(refused, 429, "rate-limited")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert problem["retry_after"] == int(refused.headers["Retry-After"])
+    assert "2/minute" in problem["detail"]
+    other = client.post(url, environ_base={"REMOTE_ADDR": "127.0.0.9"})  # another caller
+    assert other.status_code == 202
+    work()
+    assert len(posts(http_server)) == 4  # the first send and three redeliveries, not four
+
+
 def test_a_lost_scheduled_job_is_recovered_from_mongodb(http_server, work, monkeypatch):
     http_server.routes["/hook"] = Route(b"", 204)
     batch = finished_batch(webhook_url=http_server.url("/hook"))
