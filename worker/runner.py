@@ -5,18 +5,47 @@ import threading
 
 from rq import SimpleWorker, Worker
 from rq.scheduler import RQScheduler
+from rq.timeouts import TimerDeathPenalty
 
 from infra import queues
 
 # Most urgent first: webhooks, then new batches, then image chunks.
 QUEUE_ORDER = (queues.WEBHOOKS, queues.BATCHES, queues.IMAGES)
+# The image work, without webhooks: a worker that also sent webhooks could be held by slow
+# receivers (up to WEBHOOK_TIMEOUT_S an attempt) while batches wait, so webhooks get their own.
+IMAGE_QUEUES = (queues.BATCHES, queues.IMAGES)
+WEBHOOK_QUEUES = (queues.WEBHOOKS,)
 
 
-def make_worker(simple: bool = True) -> Worker:
-    """A worker on every queue (SimpleWorker: no fork, so in-memory stores are shared)."""
+def make_worker(simple: bool = True, names: tuple[str, ...] = QUEUE_ORDER) -> Worker:
+    """A worker on `names` (SimpleWorker: no fork, so in-memory stores are shared)."""
     worker_class = SimpleWorker if simple else Worker
-    return worker_class([queues.get_queue(name) for name in QUEUE_ORDER],
+    return worker_class([queues.get_queue(name) for name in names],
                         connection=queues.get_redis())
+
+
+class _ThreadWorker(SimpleWorker):
+    """A SimpleWorker that runs in a thread other than the main one: signal handlers can only
+    be installed by the main thread, and job timeouts use a timer instead of SIGALRM."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self):
+        pass
+
+
+def start_webhook_worker(*, with_scheduler: bool,
+                         names: tuple[str, ...] = WEBHOOK_QUEUES) -> threading.Thread:
+    """Work the webhook queue in a thread of its own until the process ends (`make run`).
+    `with_scheduler`: run RQ's scheduler for it (retries waiting in Redis), unless the
+    in-process scheduler thread does."""
+    worker = _ThreadWorker([queues.get_queue(name) for name in names],
+                           connection=queues.get_redis())
+    thread = threading.Thread(
+        target=worker.work, kwargs={"with_scheduler": with_scheduler, "logging_level": "WARNING"},
+        name="webhook-worker", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_scheduler_thread(stop: threading.Event, interval: float = 1.0) -> threading.Thread:
@@ -37,9 +66,11 @@ def start_scheduler_thread(stop: threading.Event, interval: float = 1.0) -> thre
     return thread
 
 
-def run_worker(*, burst: bool = False, in_process_scheduler: bool = False) -> bool:
-    """Work the queues in this thread until stopped (or, with burst, until they are empty)."""
-    worker = make_worker(simple=True)
+def run_worker(*, burst: bool = False, in_process_scheduler: bool = False,
+               names: tuple[str, ...] = QUEUE_ORDER) -> bool:
+    """Work the queues `names` in this thread until stopped (or, with burst, until they are
+    empty)."""
+    worker = make_worker(simple=True, names=names)
     if not in_process_scheduler:
         return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
     stop = threading.Event()
