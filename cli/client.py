@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -35,6 +36,9 @@ def problem_line(response: requests.Response) -> str:
     extras = [f"{name}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
               for name, value in body.items() if name in USEFUL_EXTRAS]
     return line + ("; " + "; ".join(extras) if extras else "")
+
+
+RETRY = "retry"  # not an event: the stream's reconnect delay, passed on by the parser
 
 
 @dataclass
@@ -106,8 +110,11 @@ class Client:
     def events(self, batch_id: str) -> Iterator[Event]:
         """The batch's server-sent events until its final `status` event, reconnecting with
         Last-Event-ID when the server ends a long stream."""
-        last_id = None
+        last_id, retry_ms, first = None, 2000, True
         while True:
+            if not first:  # the server's `retry:` delay, so a closing server is not hammered
+                time.sleep(retry_ms / 1000)
+            first = False
             headers = {"Accept": "text/event-stream"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
@@ -117,6 +124,9 @@ class Client:
                 return
             with response:
                 for event in _parse_sse(response.iter_lines(decode_unicode=True)):
+                    if event.name == RETRY:
+                        retry_ms = int(event.data)
+                        continue
                     if event.id:
                         last_id = event.id
                     yield event
@@ -154,6 +164,8 @@ def _parse_sse(lines) -> Iterator[Event]:
             data.append(value)
         elif field == "id":
             event_id = value
+        elif field == "retry" and value.isdigit():
+            yield Event(RETRY, value, None)
 
 
 def decode(event: Event) -> dict:

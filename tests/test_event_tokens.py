@@ -60,3 +60,14 @@ def test_without_keys_no_token_is_needed(client):
     grant = client.post(f"/api/v1/batches/{batch}/events-token").get_json()
     assert grant == {"token": None, "expires_in": None,
                      "events_url": f"/api/v1/batches/{batch}/events"}
+
+
+def test_an_expired_token_is_refused(keyed, monkeypatch):
+    import itsdangerous.timed
+    batch = _batch(keyed, ALICE)
+    real_time = itsdangerous.timed.time.time
+    monkeypatch.setattr(itsdangerous.timed.time, "time", lambda: real_time() - 301)
+    grant = keyed.post(f"/api/v1/batches/{batch}/events-token", headers=ALICE).get_json()
+    monkeypatch.setattr(itsdangerous.timed.time, "time", real_time)
+    expired = keyed.get(grant["events_url"])
+    assert expired.status_code == 401 and "expired" in expired.get_json()["detail"]
