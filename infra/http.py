@@ -9,7 +9,8 @@
   before the response is read: when a response ends by closing the connection (HTTP/1.0,
   `Connection: close`), `http.client` hands its socket to the response and the connection no
   longer holds it.
-- `short_error()` and `caused_by()`: how failures are worded and recognised, for both callers.
+- `connection_failure()`, `short_error()` and `caused_by()`: how failures are worded and
+  recognised, the same for both callers.
 
 Not bounded by the deadline: DNS resolution (``getaddrinfo`` cannot be interrupted; the system
 resolver's own timeout applies).
@@ -274,6 +275,19 @@ def short_error(error: BaseException) -> str:
     """An exception's message for a user, cut at 200 characters."""
     text = str(error) or type(error).__name__
     return text if len(text) <= 200 else text[:200] + "…"
+
+
+def connection_failure(error: BaseException, host: str) -> str:
+    """What went wrong reaching `host`, in the words both image downloads and webhook
+    deliveries use (never the exception's own text, which holds internals)."""
+    text = repr(error)
+    if "resolve" in text or "NameResolution" in text or "gaierror" in text:
+        return f"could not resolve host {host}"
+    if "SSLError" in text or isinstance(error, requests.exceptions.SSLError):
+        return f"TLS error talking to {host}"
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return f"connection refused by {host}"
+    return f"could not connect to {host}: connection failed"
 
 
 def caused_by(error: BaseException, *kinds: type[BaseException]) -> bool:

@@ -529,6 +529,15 @@ def test_an_attempt_has_a_deadline_over_the_whole_answer(env, framing, drip):
     assert b"webhook-signature" in receiver.requests[0]
 
 
+def test_a_receiver_that_refuses_connections_is_named_like_an_image_server(env):
+    from tests.servers import free_port
+    outcome = webhook_delivery.send(a_delivery("msg_refused"),
+                                    f"http://127.0.0.1:{free_port()}/hook", [env.webhook_secret],
+                                    env)
+    assert outcome["error"] == "connection refused by 127.0.0.1"
+    assert not webhook_delivery._ok(outcome)
+
+
 def test_every_timestamp_has_one_format_milliseconds_and_z(client, http_server, work, env):
     import re
     iso_ms = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -31,7 +31,7 @@ from requests_hardened.ip_filter import InvalidIPAddress
 from urllib3.exceptions import ReadTimeoutError
 
 from infra import http
-from infra.http import Watch, caused_by, deadline, short_error
+from infra.http import Watch, caused_by, connection_failure, deadline, short_error
 from infra.settings import Settings
 from schemas.failures import FailureCode
 
@@ -153,14 +153,7 @@ def _failure(error: requests.RequestException, watch: Watch, host: str, timeout:
         return RefusedURL(f"refused: invalid URL ({short_error(error)})")
     if broke_off:
         return DownloadError(f"download from {host} broke off before the end", _CONNECTION)
-    text = repr(error)
-    if "resolve" in text or "NameResolution" in text or "gaierror" in text:
-        return DownloadError(f"could not resolve host {host}", _CONNECTION)
-    if "SSLError" in text or isinstance(error, requests.exceptions.SSLError):
-        return DownloadError(f"TLS error talking to {host}", _CONNECTION)
-    if "Connection refused" in text or "ConnectionRefused" in text:
-        return DownloadError(f"connection refused by {host}", _CONNECTION)
-    return DownloadError(f"could not fetch from {host}: connection failed", _CONNECTION)
+    return DownloadError(connection_failure(error, host), _CONNECTION)
 
 
 def _check_url(url: str, *, redirected: bool = False) -> str:

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
 
 import requests
 from requests_hardened.ip_filter import InvalidIPAddress
@@ -192,7 +193,7 @@ def send(delivery: DeliveryRecord, url: str, signing: list[str], settings: Setti
             outcome = dict(timed_out)
         except requests.ConnectionError as error:
             outcome = dict(timed_out) if watch.expired else {
-                "error": f"could not connect: {http.short_error(error)}"}
+                "error": http.connection_failure(error, urlsplit(url).hostname or url)}
         except requests.RequestException as error:
             outcome = dict(timed_out) if watch.expired else {
                 "error": f"request failed: {http.short_error(error)}"}
