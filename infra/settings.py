@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0)
     max_redirects: int = Field(3, ge=0, le=10)
     image_concurrency: int = Field(8, ge=1, le=64)  # threads; encoders capped at cores (chunks.py)
-    # Pixels decoded at once per worker process (worker/pixel_budget.py): ~14 bytes each at the
-    # peak, so 60 M is ~850 MB; one image over it still runs, alone.
+    # Pixels decoded at once per worker process (worker/pixel_budget.py): 14-35 bytes each at the
+    # peak (photo to noise, bench/pixel_budget.py), so 60 M is 0.85-2 GB; a larger image runs alone.
     max_pixels_in_flight: int = Field(60_000_000, gt=0)
     chunk_size: int = Field(50, ge=1, le=5000)
     allow_private_urls: bool = False
