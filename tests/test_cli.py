@@ -102,7 +102,7 @@ def test_problems_are_one_readable_line_and_exit_1(live_service, tmp_path):
     bad_key = batchpress(live_service, tmp_path, "list", key="wrong")
     assert bad_key.returncode == 1
     assert bad_key.stderr.strip() == "error: Unauthorized (401 unauthorized): the API key is not valid"
-    other = live_service.upload("S. No.,Product Name,Input Image Urls\n1,K,https://x.test/k.jpg\n",
+    other = live_service.upload("S. No.,Product Name,Input Image Urls\n1,K,http://127.0.0.1:9/k.jpg\n",
                                 owner="bob")
     hidden = batchpress(live_service, tmp_path, "status", other["id"])
     assert hidden.returncode == 1 and "no batch with id" in hidden.stderr

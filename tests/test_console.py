@@ -163,10 +163,11 @@ def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_se
 
 
 def test_sign_in_shows_only_that_keys_batches_and_upload_errors_inline(page, live_service,
-                                                                      tmp_path):
-    bob = live_service.upload("S. No.,Product Name,Input Image Urls\n1,Kettle,https://x.test/k.jpg\n",
+                                                                      http_server, tmp_path):
+    missing = http_server.url("/missing.jpg")  # 404: these batches end failed
+    bob = live_service.upload(f"S. No.,Product Name,Input Image Urls\n1,Kettle,{missing}\n",
                               owner="bob", name="bob-secret.csv")
-    mine = live_service.upload("S. No.,Product Name,Input Image Urls\n1,Cup,https://x.test/c.jpg\n",
+    mine = live_service.upload(f"S. No.,Product Name,Input Image Urls\n1,Cup,{missing}\n",
                                name="alice-own.csv")
     page.goto("/")
     page.get_by_label("API key").fill("not-a-key")
@@ -195,8 +196,14 @@ def test_sign_in_shows_only_that_keys_batches_and_upload_errors_inline(page, liv
     bad = tmp_path / "no-urls.csv"
     bad.write_text("S. No.,Product Name\n1,Mug\n")
     page.get_by_label("CSV file").set_input_files(bad)
-    page.get_by_role("button", name="Upload").click()
+    page.get_by_label("Webhook URL (optional)").press("Enter")  # submits from the keyboard
     expect(page.locator("#upload-error")).to_contain_text("missing: Input Image Urls")
+
+    live_service.wait_finished(mine["id"])
+    page.get_by_label("Status").select_option("completed")
+    expect(page.locator(f'tr[data-batch-id="{mine["id"]}"]')).to_have_count(0)
+    page.get_by_label("Status").select_option("failed")
+    expect(page.locator(f'tr[data-batch-id="{mine["id"]}"]')).to_be_visible()
 
     page.set_viewport_size({"width": 375, "height": 700})  # a phone: nothing sticks out sideways
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
