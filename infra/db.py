@@ -73,10 +73,15 @@ def ensure_indexes() -> None:
     batches().create_index([("owner", 1), ("created_at", -1), ("_id", -1)])
     batches().create_index([("owner", 1), ("status", 1), ("created_at", -1), ("_id", -1)])
     batches().create_index([("status", 1), ("updated_at", 1)])
+    # Rows: pages and output.csv in line order (all rows, or accepted ones); a repeated
+    # S. No.'s first line.
     products().create_index([("batch_id", 1), ("line", 1)], unique=True)
     products().create_index([("batch_id", 1), ("status", 1), ("line", 1)])
-    images().create_index([("batch_id", 1), ("status", 1)])
-    images().create_index([("batch_id", 1), ("chunk", 1)])
+    products().create_index([("batch_id", 1), ("serial_no", 1)])
+    # Images: by _id for every per-image change; a chunk's pending images; the chunks that
+    # still have pending images, a batch's failed ones and its slot counts.
+    images().create_index([("batch_id", 1), ("chunk", 1), ("status", 1)])
+    images().create_index([("batch_id", 1), ("status", 1), ("chunk", 1)])
     deliveries().create_index([("batch_id", 1), ("created_at", 1)])
     deliveries().create_index([("status", 1), ("next_attempt_at", 1)])
     subscriptions().create_index([("owner", 1), ("created_at", 1)])

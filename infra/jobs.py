@@ -57,10 +57,18 @@ def enqueue_parse(batch_id: str):
     )
 
 
-def enqueue_chunks(batch_id: str, chunk_numbers) -> None:
-    """The batch's chunk jobs, 500 to a Redis pipeline."""
+def enqueue_chunks(batch_id: str, chunk_numbers, *, skip_existing: bool = False) -> None:
+    """The batch's chunk jobs, 500 to a Redis pipeline; with `skip_existing`, none whose job is
+    still in Redis (queued, running or kept as finished): enqueuing the same id again would
+    run it twice."""
     settings = get_settings()
     queue = queues.get_queue(queues.IMAGES)
+    chunk_numbers = list(chunk_numbers)
+    if skip_existing and chunk_numbers:
+        pipe = queue.connection.pipeline(transaction=False)
+        for n in chunk_numbers:
+            pipe.exists(Job.key_for(chunk_job_id(batch_id, n)))
+        chunk_numbers = [n for n, found in zip(chunk_numbers, pipe.execute()) if not found]
     jobs = [queue.prepare_data(
         PROCESS_CHUNK, args=(batch_id, n), job_id=chunk_job_id(batch_id, n),
         timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=7 * 86400, retry=_retry(),

@@ -33,6 +33,9 @@ class RowCounts(BaseModel):
     total: int = 0
     valid: int = 0
     invalid: int = 0
+    done_reading: bool = Field(
+        False, description="The whole file has been read. While false the file is still being "
+        "read: the row and image totals grow, and images already found are being processed.")
 
 
 class ImageCounts(BaseModel):
@@ -100,7 +103,7 @@ def batch_out(batch: "BatchRecord", base_url: str = "") -> BatchOut:
         id=batch.id, status=batch.status, filename=batch.filename,
         created_at=batch.created_at, started_at=batch.started_at, finished_at=batch.finished_at,
         rows={"total": batch.rows_total, "valid": batch.rows_valid,
-              "invalid": batch.rows_invalid},
+              "invalid": batch.rows_invalid, "done_reading": batch.parsed},
         images={"total": batch.images_total, "processed": batch.images_processed,
                 "failed": batch.images_failed},
         bytes=ByteCounts(in_=batch.bytes_in or 0, out=batch.bytes_out or 0),

@@ -92,7 +92,10 @@ class BatchRecord:
     # Bytes downloaded and stored for the batch's processed images (each distinct image once).
     bytes_in: int = 0
     bytes_out: int = 0
-    parsed: bool = False
+    parsed: bool = False  # the whole file has been read (rows.done_reading)
+    # Blocks of rows whose counts are in the totals: the watermark that keeps a re-run parse
+    # from counting a block twice.
+    flushed: int = 0
     chunks: int = 0
     error: str | None = None
     finish_seq: int = 0
@@ -161,8 +164,8 @@ class BatchRecord:
     def next_sweep(self) -> tuple[int, list]:
         """(sweeps, swept_progress) after one more claim by the stall sweeper: `sweeps` counts
         the claims in a row that found no progress since the previous one (finished image
-        slots; parsing counts as progress too)."""
-        progress = [bool(self.parsed), self.done_slots]
+        slots; rows read count as progress too)."""
+        progress = [bool(self.parsed), self.flushed, self.done_slots]
         sweeps = self.sweeps + 1 if self.swept_progress == progress else 1
         return sweeps, progress
 
@@ -193,12 +196,26 @@ class ImageRecord:
     format: str | None = None
     output_format: str | None = None  # the output is the input with its metadata removed
     attempts: int = 0
+    # The last block of rows whose uses of this URL are in `occurrences` (see add_images).
+    last_flush: int = 0
 
     @classmethod
     def pending(cls, batch_id: str, url: str, chunk: int) -> "ImageRecord":
         digest = url_hash(url)
         return cls(id=image_id(batch_id, digest), batch_id=batch_id, url=url, hash=digest,
                    occurrences=0, chunk=chunk)
+
+
+@dataclass(slots=True)
+class ImagesAdded:
+    """What adding one block's image uses to the store did (ProductStore.add_images)."""
+    created: list[str] = field(default_factory=list)  # ids of images new in this block
+    # Uses added to images already processed or failed: they count as done at once.
+    late_processed: int = 0
+    late_failed: int = 0
+    # Some of the block's uses were found already counted: an earlier run of the parse got
+    # this far, so its chunk jobs may exist already.
+    seen_before: bool = False
 
 
 @dataclass(slots=True)

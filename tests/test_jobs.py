@@ -27,7 +27,7 @@ def test_chunk_and_parse_jobs_run_twice_change_nothing(client, http_server, work
 
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["status"] == "completed"
-    assert batch["rows"] == {"total": 6, "valid": 6, "invalid": 0}
+    assert batch["rows"] == {"total": 6, "valid": 6, "invalid": 0, "done_reading": True}
     assert batch["images"] == {"total": 12, "processed": 12, "failed": 0}
     assert db.products().count_documents({"batch_id": batch_id}) == 6
     assert db.images().count_documents({"batch_id": batch_id}) == 5

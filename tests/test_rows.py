@@ -36,7 +36,7 @@ def test_each_rule_rejects_its_row_alone(client, work):
     batch_id = response.get_json()["id"]
     work()
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
-    assert batch["rows"] == {"total": 14, "valid": 2, "invalid": 12}
+    assert batch["rows"] == {"total": 14, "valid": 2, "invalid": 12, "done_reading": True}
     errors = errors_by_line(client, batch_id)
     assert sorted(errors) == list(range(3, 15))
     assert "positive whole number" in errors[3]
@@ -108,7 +108,7 @@ def test_output_slots_line_up_with_input_urls_for_rejected_rows_and_empty_parts(
     for row in output[1:]:  # one output slot per input slot, on every row
         assert len(row[3].split(",")) == len(row[2].split(","))
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
-    assert batch["rows"] == {"total": 5, "valid": 2, "invalid": 3}
+    assert batch["rows"] == {"total": 5, "valid": 2, "invalid": 3, "done_reading": True}
     assert batch["images"] == {"total": 3, "processed": 3, "failed": 0}
 
 
@@ -121,7 +121,7 @@ def test_a_field_over_one_mib_rejects_only_its_row(client, work):
     work()
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert "could not be read" not in (batch["error"] or "")  # the file as a whole is fine
-    assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1}
+    assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1, "done_reading": True}
     errors = errors_by_line(client, batch_id)
     assert list(errors) == [3] and "300" in errors[3]
 
@@ -145,7 +145,7 @@ def test_serial_numbers_take_ascii_digits_only_and_fit_in_int64(client, http_ser
     work()
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["status"] == "completed_with_errors", batch
-    assert batch["rows"] == {"total": 6, "valid": 2, "invalid": 4}
+    assert batch["rows"] == {"total": 6, "valid": 2, "invalid": 4, "done_reading": True}
     errors = errors_by_line(client, batch_id)
     assert sorted(errors) == [3, 4, 5, 6]
     assert "positive whole number" in errors[3] and "positive whole number" in errors[4]
@@ -166,7 +166,7 @@ def test_an_unclosed_quote_is_reported_on_the_line_it_opens(client, work):
     batch_id = post_raw(client, (HEADER + "\n".join(lines) + "\n").encode()).get_json()["id"]
     work()
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
-    assert batch["rows"] == {"total": 2, "valid": 1, "invalid": 1}
+    assert batch["rows"] == {"total": 2, "valid": 1, "invalid": 1, "done_reading": True}
     errors = errors_by_line(client, batch_id)
     assert list(errors) == [3] and errors[3].startswith("unclosed quote starting on line 3")
 
@@ -194,7 +194,7 @@ def test_a_row_too_big_for_one_document_is_rejected_alone(client, work):
     batch_id = post_raw(client, (header + "\n".join(lines) + "\n").encode()).get_json()["id"]
     work()
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
-    assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1}
+    assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1, "done_reading": True}
     errors = errors_by_line(client, batch_id)
     assert list(errors) == [3] and f"more than the {MAX_ROW_BYTES} bytes" in errors[3]
     output = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))

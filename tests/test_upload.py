@@ -160,7 +160,7 @@ def test_cr_only_file_is_accepted_and_parsed_with_its_line_numbers(client, work)
     assert [(p["line"], p["serial_no"], p["product_name"]) for p in products] == [
         (2, 1, "a"), (3, 2, "b")]
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
-    assert batch["rows"] == {"total": 2, "valid": 2, "invalid": 0}
+    assert batch["rows"] == {"total": 2, "valid": 2, "invalid": 0, "done_reading": True}
 
 
 def test_a_header_spanning_lines_counts_its_lines(client, work):

@@ -140,14 +140,15 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> 
         return _record_failure(image, batch_id, f"internal error: {type(error).__name__}",
                                FailureCode.INTERNAL_ERROR, bytes_in)
     bytes_out = len(encoded.data)
-    if stores.products().mark_processed(image, key=key, output_url=storage.public_url(key),
-                                        bytes_in=bytes_in, bytes_out=bytes_out,
-                                        content_type=encoded.content_type,
-                                        kept_original=encoded.kept_original,
-                                        width=encoded.width, height=encoded.height,
-                                        format=encoded.input_format,
-                                        output_format=encoded.output_format):
-        stores.batches().add_image_results(batch_id, processed=image.occurrences,
+    slots = stores.products().mark_processed(image, key=key, output_url=storage.public_url(key),
+                                             bytes_in=bytes_in, bytes_out=bytes_out,
+                                             content_type=encoded.content_type,
+                                             kept_original=encoded.kept_original,
+                                             width=encoded.width, height=encoded.height,
+                                             format=encoded.input_format,
+                                             output_format=encoded.output_format)
+    if slots:  # the uses as of the change: the parse may still be adding some
+        stores.batches().add_image_results(batch_id, processed=slots,
                                            bytes_in=bytes_in, bytes_out=bytes_out)
         metrics.image_processed(bytes_in, bytes_out)
         return 1
@@ -179,8 +180,9 @@ def _encode(data: bytes, settings: Settings):
 
 def _record_failure(image: ImageRecord, batch_id: str, error: str, code: FailureCode,
                     bytes_in: int | None) -> int:
-    if stores.products().mark_failed(image, error, code, bytes_in):
-        stores.batches().add_image_results(batch_id, failed=image.occurrences)
+    slots = stores.products().mark_failed(image, error, code, bytes_in)
+    if slots:
+        stores.batches().add_image_results(batch_id, failed=slots)
         metrics.image_failed(code, bytes_in)
         return 1
     return 0

@@ -1,10 +1,23 @@
-"""Turning an uploaded CSV into product rows and unique image work, chunked for the workers."""
+"""Reading an uploaded CSV as a stream: rows validated and stored block by block, and each
+block's image work added to the store and its chunk jobs queued as soon as the block is read.
+
+Memory stays flat in rows: one block of rows is held at a time, plus one int per accepted S. No.
+URLs are de-duplicated by the store (one image per URL, with an occurrence count), not by a map
+of the whole file.
+
+Exactly once under re-runs (a parse killed half-way and run again from the top): block n is
+always the n-th FLUSH_ROWS rows of the same file, so a re-run rebuilds the same blocks. Rows are
+upserted by id; a block's image uses are added only to images whose `last_flush` is below n, and
+its counts only while the batch's `flushed` watermark is below n; chunk numbers follow from the
+blocks, so a re-run names the same chunk jobs, and those already in Redis are not queued again.
+"""
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from infra import stores
+from infra import jobs, metrics, stores
 from infra.settings import Settings
+from schemas.batch import BatchStatus
 from schemas.csv_format import ColumnMap, HeaderError, map_columns
 from schemas.records import ACCEPTED, REJECTED, ImageRecord, ProductRecord, product_id, url_hash
 from schemas.rows import ProductRow, row_error, row_size_error, split_url_cell, storable_cells
@@ -14,19 +27,42 @@ FLUSH_ROWS = 1000
 
 
 class ParseResult:
-    def __init__(self):
-        self.rows_total = self.rows_valid = self.rows_invalid = 0
-        self.images: dict[str, ImageRecord] = {}  # by url hash
-        self.chunks = 0
-        self.header: list[str] = []
+    """What one run of the parse read (a re-run reads, and so reports, the same)."""
 
-    @property
-    def images_total(self) -> int:
-        return sum(im.occurrences for im in self.images.values())
+    def __init__(self, header: list[str]):
+        self.header = header
+        self.rows_total = self.rows_valid = self.rows_invalid = self.images_total = 0
+        self.flushes = 0
+        self.chunks = 0
+        self.stopped = False  # the batch left `processing` (cancelled) while being read
+
+
+class _Block:
+    """FLUSH_ROWS rows and the uses of each URL among them, in order of first use."""
+
+    def __init__(self):
+        self.rows: list[ProductRecord] = []
+        self.valid = self.invalid = self.slots = 0
+        self.images: dict[str, ImageRecord] = {}  # by url hash
+        self.serial_lines: dict[int, int] = {}   # accepted S. No. -> line, this block only
+
+    def add(self, row: ProductRecord) -> None:
+        self.rows.append(row)
+        if not row.accepted:
+            self.invalid += 1
+            return
+        self.valid += 1
+        self.serial_lines[row.serial_no] = row.line
+        for url, digest in zip(row.input_image_urls, row.image_hashes):
+            image = self.images.get(digest)
+            if image is None:
+                image = self.images[digest] = ImageRecord.pending(row.batch_id, url, 0)
+            image.occurrences += 1
+            self.slots += 1
 
 
 def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
-    """Validate every row, store rows in bulk, and assign each unique URL to a chunk.
+    """Validate every row and store it, block by block, each block's images queued at once.
 
     Raises CsvFileError when the file as a whole is unreadable.
     """
@@ -35,36 +71,79 @@ def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
         columns = map_columns(header)
     except HeaderError as error:
         raise CsvFileError(str(error)) from None
-    result = ParseResult()
-    result.header = header
-    seen_serials: dict[int, int] = {}
-    store = stores.products()
-    buffer: list[ProductRecord] = []
+    result = ParseResult(header)
+    block = _Block()
+    serials = _SerialCheck(batch_id, block)
     for line, cells, problem in rows:
-        result.rows_total += 1
-        row = _row_record(batch_id, line, cells, problem, columns, seen_serials)
-        if row.accepted:
-            result.rows_valid += 1
-            for url, digest in zip(row.input_image_urls, row.image_hashes):
-                image = result.images.get(digest)
-                if image is None:
-                    chunk = len(result.images) // settings.chunk_size
-                    image = result.images[digest] = ImageRecord.pending(batch_id, url, chunk)
-                image.occurrences += 1
-        else:
-            result.rows_invalid += 1
-        buffer.append(row)
-        if len(buffer) >= FLUSH_ROWS:
-            store.write_rows(buffer)
-            buffer = []
-    store.write_rows(buffer)
-    store.write_images(batch_id, result.images.values())
-    result.chunks = (len(result.images) + settings.chunk_size - 1) // settings.chunk_size
+        block.add(_row_record(batch_id, line, cells, problem, columns, serials))
+        if len(block.rows) >= FLUSH_ROWS:
+            if not _flush(batch_id, block, result, settings):
+                return result
+            block = serials.block = _Block()
+    if block.rows:
+        _flush(batch_id, block, result, settings)
     return result
 
 
+def _flush(batch_id: str, block: _Block, result: ParseResult, settings: Settings) -> bool:
+    """Store one block and queue its chunks; False when the batch stopped meanwhile."""
+    number = result.flushes + 1
+    # The block's new URLs fill chunks numbered after the previous blocks' chunks. A URL seen
+    # in an earlier block keeps its chunk, so a chunk may end up with fewer images (or none).
+    images = list(block.images.values())
+    first_chunk = result.chunks
+    for index, image in enumerate(images):
+        image.chunk = first_chunk + index // settings.chunk_size
+    chunk_count = -(-len(images) // settings.chunk_size)
+
+    stores.products().write_rows(block.rows)
+    added = stores.products().add_images(batch_id, number, images)
+    counted = stores.batches().record_flush(
+        batch_id, number, rows_total=len(block.rows), rows_valid=block.valid,
+        rows_invalid=block.invalid, images_total=block.slots, chunks=chunk_count,
+        images_processed=added.late_processed, images_failed=added.late_failed)
+    if counted:
+        metrics.rows_parsed(block.valid, block.invalid)
+    if added.seen_before or not counted:
+        # An earlier run got this far: its jobs for this block may be queued or done already.
+        jobs.enqueue_chunks(batch_id, range(first_chunk, first_chunk + chunk_count),
+                            skip_existing=True)
+    else:
+        created = set(added.created)
+        jobs.enqueue_chunks(batch_id, sorted({im.chunk for im in images if im.id in created}))
+
+    result.flushes = number
+    result.chunks += chunk_count
+    result.rows_total += len(block.rows)
+    result.rows_valid += block.valid
+    result.rows_invalid += block.invalid
+    result.images_total += block.slots
+    if stores.batches().status_of(batch_id) != BatchStatus.PROCESSING:
+        result.stopped = True
+        return False
+    return True
+
+
+class _SerialCheck:
+    """Whether an S. No. is new; for a repeat, the line that used it first."""
+
+    def __init__(self, batch_id: str, block: _Block):
+        self.batch_id, self.block = batch_id, block
+        self.seen: set[int] = set()  # ~60 bytes each: 60 MB for a million rows
+
+    def first_line(self, serial_no: int) -> int | None:
+        """None (and remembered) when new; else the first line with it."""
+        if serial_no not in self.seen:
+            self.seen.add(serial_no)
+            return None
+        line = self.block.serial_lines.get(serial_no)
+        if line is None:  # an earlier block: stored already
+            line = stores.products().first_line_of_serial(self.batch_id, serial_no)
+        return line or 0
+
+
 def _row_record(batch_id: str, line: int, cells: list[str], problem: str | None,
-                columns: ColumnMap, seen_serials: dict[int, int]) -> ProductRecord:
+                columns: ColumnMap, serials: _SerialCheck) -> ProductRecord:
     def cell(index: int) -> str:
         return cells[index] if index < len(cells) else ""
 
@@ -88,8 +167,8 @@ def _row_record(batch_id: str, line: int, cells: list[str], problem: str | None,
             error = row_error(invalid)
         else:
             error = row_size_error(cells)
-            first = seen_serials.setdefault(row.serial_no, line) if error is None else line
-            if first != line:
+            first = serials.first_line(row.serial_no) if error is None else None
+            if first is not None:
                 error = f"S. No.: {row.serial_no} is already used on line {first}"
             elif error is None:
                 return record(status=ACCEPTED, serial_no=row.serial_no,

@@ -20,7 +20,8 @@ PARSE_CRASHED = ("the file could not be processed: reading it failed with an int
 
 
 def parse_batch(batch_id: str) -> dict:
-    """Read the batch's CSV from S3, store its rows, and fan the images out as chunk jobs."""
+    """Read the batch's CSV from S3 as a stream: rows stored and chunk jobs queued block by
+    block while it is read (worker/parse.py), then the batch marked as read."""
     settings = get_settings()
     batch = stores.batches().start(batch_id)
     if batch is None:
@@ -34,15 +35,12 @@ def parse_batch(batch_id: str) -> dict:
     except CsvFileError as error:
         finish(stores.batches().fail(batch_id, f"the file could not be read: {error}"))
         return {"failed": str(error)}
-    stores.batches().record_parse(
-        batch_id, header=result.header, rows_total=result.rows_total,
-        rows_valid=result.rows_valid, rows_invalid=result.rows_invalid,
-        images_total=result.images_total, chunks=result.chunks)
-    metrics.rows_parsed(result.rows_valid, result.rows_invalid)
-    pending = stores.products().pending_chunks(batch_id)
-    jobs.enqueue_chunks(batch_id, pending)
+    if result.stopped:
+        return {"stopped": "the batch stopped while its file was read", "rows": result.rows_total}
+    # Only now may the batch finish: the last chunk job to end, or this call, finishes it.
+    stores.batches().finish_reading(batch_id, header=result.header)
     finish(stores.batches().try_finish(batch_id))
-    return {"rows": result.rows_total, "images": result.images_total, "chunks": len(pending)}
+    return {"rows": result.rows_total, "images": result.images_total, "chunks": result.chunks}
 
 
 def parse_failed(job, connection, exc_type, exc_value, traceback) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from schemas.batch import BatchStatus
 from schemas.records import (AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
-                             ImageRecord, ProductRecord, SubscriptionRecord)
+                             ImageRecord, ImagesAdded, ProductRecord, SubscriptionRecord)
 
 
 class BatchStore(abc.ABC):
@@ -36,9 +36,16 @@ class BatchStore(abc.ABC):
         """queued -> processing (no-op when already processing); None when it must not run."""
 
     @abc.abstractmethod
-    def record_parse(self, batch_id: str, *, header: list[str], rows_total: int, rows_valid: int,
-                     rows_invalid: int, images_total: int, chunks: int) -> None:
-        """Store the counts found by parsing (set, not added: a re-run parse writes the same)."""
+    def record_flush(self, batch_id: str, flush: int, *, rows_total: int, rows_valid: int,
+                     rows_invalid: int, images_total: int, chunks: int,
+                     images_processed: int = 0, images_failed: int = 0) -> bool:
+        """Add the counts of block `flush` (1, 2, …) of the file's rows to the batch's, once:
+        only while the batch's `flushed` watermark is below `flush`, which it then becomes.
+        True when this call added them (False: a previous run of the parse did)."""
+
+    @abc.abstractmethod
+    def finish_reading(self, batch_id: str, *, header: list[str]) -> None:
+        """The whole file has been read: `parsed` (rows.done_reading) and its header."""
 
     @abc.abstractmethod
     def add_image_results(self, batch_id: str, processed: int = 0, failed: int = 0,
@@ -97,8 +104,20 @@ class ProductStore(abc.ABC):
         """Upsert rows by their id (a re-run parse writes the same rows)."""
 
     @abc.abstractmethod
-    def write_images(self, batch_id: str, images: Iterable[ImageRecord]) -> None:
-        """Create images, keeping the state of any that a previous run already finished."""
+    def add_images(self, batch_id: str, flush: int, images: list[ImageRecord]) -> ImagesAdded:
+        """Add block `flush`'s uses of each URL (`occurrences` of each record: its uses within
+        the block) to the batch's images, exactly once per image and block.
+
+        A URL not yet stored becomes a pending image in the record's `chunk`, with its
+        `last_flush` at `flush`. One already stored has its occurrences raised only while its
+        `last_flush` is below `flush` (then set to it), so a re-run parse adds nothing twice; if
+        it is already processed or failed, the uses added count as done (`late_processed`,
+        `late_failed`), read atomically with the change, so a chunk job finishing it at the
+        same moment never counts them too."""
+
+    @abc.abstractmethod
+    def first_line_of_serial(self, batch_id: str, serial_no: int) -> int | None:
+        """The line of the accepted row with this S. No. (for a duplicate's message)."""
 
     @abc.abstractmethod
     def pending_images(self, batch_id: str, chunk: int) -> list[ImageRecord]: ...
@@ -111,15 +130,16 @@ class ProductStore(abc.ABC):
     def mark_processed(self, image: ImageRecord, *, key: str, output_url: str, bytes_in: int,
                        bytes_out: int, content_type: str, kept_original: bool = False,
                        width: int | None = None, height: int | None = None,
-                       format: str | None = None, output_format: str | None = None) -> bool:
-        """pending -> processed, with what it is; True only for the one call that made the
-        change."""
+                       format: str | None = None, output_format: str | None = None) -> int:
+        """pending -> processed, with what it is; the image's occurrences as of the change (the
+        slots it finishes, read atomically with it: the parse may still be adding uses), or 0
+        for a call that did not make the change."""
 
     @abc.abstractmethod
     def mark_failed(self, image: ImageRecord, error: str, code: str,
-                    bytes_in: int | None = None) -> bool:
-        """pending -> failed with a message and its FailureCode; True only for the one call
-        that made the change."""
+                    bytes_in: int | None = None) -> int:
+        """pending -> failed with a message and its FailureCode; the slots it fails, as
+        mark_processed, or 0."""
 
     @abc.abstractmethod
     def start_attempt(self, image: ImageRecord) -> ImageRecord | None:

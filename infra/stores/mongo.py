@@ -5,8 +5,7 @@ document field by field, so fields a record does not know are left alone in the 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
@@ -17,10 +16,10 @@ from infra import db
 from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, Stores,
                                      WebhookStore)
 from schemas.batch import BatchStatus
-from schemas.records import (ACTIVE, FAILED, PENDING, PROCESSED, RETRYABLE, SUCCEEDED,
-                             AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
-                             ImageRecord, ProductRecord, SubscriptionRecord, aware, field_names,
-                             idempotency_id, image_id)
+from schemas.records import (ACCEPTED, ACTIVE, FAILED, PENDING, PROCESSED, RETRYABLE,
+                             SUCCEEDED, AttemptRecord, BatchRecord, DeliveryRecord,
+                             IdempotencyRecord, ImageRecord, ImagesAdded, ProductRecord,
+                             SubscriptionRecord, aware, field_names, idempotency_id, image_id)
 from schemas.timestamps import now
 
 _ACTIVE = [s.value for s in ACTIVE]
@@ -60,6 +59,11 @@ def from_doc(cls, doc: dict | None):
     return cls(**values)
 
 
+def _slots(doc: dict | None) -> int:
+    """The occurrences of an image a conditional update returned (0: it did not match)."""
+    return int(doc["occurrences"]) if doc else 0
+
+
 class MongoBatchStore(BatchStore):
     def create(self, batch: BatchRecord) -> BatchRecord:
         db.batches().insert_one(to_doc(batch))
@@ -87,12 +91,21 @@ class MongoBatchStore(BatchStore):
         return from_doc(BatchRecord, db.batches().find_one(
             {"_id": batch_id, "status": BatchStatus.PROCESSING.value}))
 
-    def record_parse(self, batch_id, *, header, rows_total, rows_valid, rows_invalid,
-                     images_total, chunks):
+    def record_flush(self, batch_id, flush, *, rows_total, rows_valid, rows_invalid,
+                     images_total, chunks, images_processed=0, images_failed=0):
+        result = db.batches().update_one(
+            # $not also matches a batch stored before the watermark existed
+            {"_id": batch_id, "flushed": {"$not": {"$gte": flush}}},
+            {"$inc": {"rows_total": rows_total, "rows_valid": rows_valid,
+                      "rows_invalid": rows_invalid, "images_total": images_total,
+                      "chunks": chunks, "images_processed": images_processed,
+                      "images_failed": images_failed},
+             "$set": {"flushed": flush, "updated_at": now()}})
+        return result.modified_count == 1
+
+    def finish_reading(self, batch_id, *, header):
         db.batches().update_one({"_id": batch_id}, {"$set": {
-            "header": header, "rows_total": rows_total, "rows_valid": rows_valid,
-            "rows_invalid": rows_invalid, "images_total": images_total, "chunks": chunks,
-            "parsed": True, "updated_at": now()}})
+            "header": header, "parsed": True, "updated_at": now()}})
 
     def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0):
         db.batches().update_one(
@@ -190,16 +203,38 @@ class MongoProductStore(ProductStore):
             db.products().bulk_write(
                 [ReplaceOne({"_id": r.id}, to_doc(r), upsert=True) for r in rows], ordered=False)
 
-    def write_images(self, batch_id, images: Iterable[ImageRecord]):
-        ops = [UpdateOne(
-            {"_id": image_id(batch_id, im.hash)},
-            {"$set": {"batch_id": batch_id, "url": im.url, "hash": im.hash,
-                      "occurrences": im.occurrences, "chunk": im.chunk},
-             "$setOnInsert": {"status": PENDING, "output_url": None, "output_key": None,
-                              "error": None, "bytes_in": None, "bytes_out": None}},
-            upsert=True) for im in images]
-        for start in range(0, len(ops), 1000):
-            db.images().bulk_write(ops[start:start + 1000], ordered=False)
+    def add_images(self, batch_id, flush, images):
+        added = ImagesAdded()
+        if not images:
+            return added
+        inserts = []
+        for image in images:
+            doc = to_doc(replace(image, last_flush=flush))
+            del doc["_id"]
+            inserts.append(UpdateOne({"_id": image.id}, {"$setOnInsert": doc}, upsert=True))
+        created = db.images().bulk_write(inserts, ordered=False).upserted_ids
+        added.created = list(created.values())
+        for index, image in enumerate(images):
+            if index in created:
+                continue
+            # One atomic update per image seen before (rare: a URL used again blocks later),
+            # for the status as of the change; see the interface on why that matters.
+            before = db.images().find_one_and_update(
+                {"_id": image.id, "last_flush": {"$lt": flush}},
+                {"$inc": {"occurrences": image.occurrences}, "$set": {"last_flush": flush}},
+                projection={"status": 1})
+            if before is None:
+                added.seen_before = True
+            elif before["status"] == PROCESSED:
+                added.late_processed += image.occurrences
+            elif before["status"] == FAILED:
+                added.late_failed += image.occurrences
+        return added
+
+    def first_line_of_serial(self, batch_id, serial_no):
+        doc = db.products().find_one({"batch_id": batch_id, "serial_no": serial_no,
+                                      "status": ACCEPTED}, {"line": 1})
+        return doc["line"] if doc else None
 
     def pending_images(self, batch_id, chunk):
         return [from_doc(ImageRecord, d) for d in
@@ -211,21 +246,21 @@ class MongoProductStore(ProductStore):
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
                        kept_original=False, width=None, height=None, format=None,
                        output_format=None):
-        result = db.images().update_one(
+        return _slots(db.images().find_one_and_update(
             {"_id": image.id, "status": PENDING},
             {"$set": {"status": PROCESSED, "output_key": key, "output_url": output_url,
                       "bytes_in": bytes_in, "bytes_out": bytes_out, "content_type": content_type,
                       "kept_original": kept_original, "width": width, "height": height,
                       "format": format, "output_format": output_format,
-                      "error": None, "error_code": None}})
-        return result.modified_count == 1
+                      "error": None, "error_code": None}},
+            projection={"occurrences": 1}, return_document=_AFTER))
 
     def mark_failed(self, image, error, code, bytes_in=None):
-        result = db.images().update_one(
+        return _slots(db.images().find_one_and_update(
             {"_id": image.id, "status": PENDING},
             {"$set": {"status": FAILED, "error": error, "error_code": str(code),
-                      "bytes_in": bytes_in}})
-        return result.modified_count == 1
+                      "bytes_in": bytes_in}},
+            projection={"occurrences": 1}, return_document=_AFTER))
 
     def start_attempt(self, image):
         # update_one by _id, not find_one_and_update: the count after the change is the one
