@@ -41,9 +41,10 @@ def a_batch(store, owner="alice", **changes) -> BatchRecord:
 def parsed_batch(store, *, images_total=4, rows_valid=2, rows_invalid=0) -> BatchRecord:
     batch = a_batch(store)
     store.batches.start(batch.id)
-    store.batches.record_parse(batch.id, header=["S. No.", "Product Name", "Input Image Urls"],
-                               rows_total=rows_valid + rows_invalid, rows_valid=rows_valid,
-                               rows_invalid=rows_invalid, images_total=images_total, chunks=2)
+    assert store.batches.record_flush(batch.id, 1, rows_total=rows_valid + rows_invalid,
+                                      rows_valid=rows_valid, rows_invalid=rows_invalid,
+                                      images_total=images_total, chunks=2)
+    store.batches.finish_reading(batch.id, header=["S. No.", "Product Name", "Input Image Urls"])
     return store.batches.get(batch.id, any_owner=True)
 
 
@@ -206,7 +207,7 @@ def test_rows_and_images_read_back_in_line_order_joined(store):
     store.products.write_rows(rows[3:] + [rejected])
     store.products.write_rows(rows[:3])
     store.products.write_rows(rows[:3])  # a re-run parse writes the same rows again
-    store.products.write_images(batch_id, images)
+    store.products.add_images(batch_id, 1, images)
     seen = [(row, found) for row, found in store.products.iter_rows(batch_id, block=2)]
     assert [row for row, _ in seen] == rows + [rejected]
     for row, found in seen:
@@ -222,7 +223,7 @@ def test_rows_and_images_read_back_in_line_order_joined(store):
 def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
     batch_id = new_batch_id()
     _, images = rows_and_images(batch_id, 5)
-    store.products.write_images(batch_id, images)
+    store.products.add_images(batch_id, 1, images)
     assert store.products.pending_chunks(batch_id) == [0, 1]
     [image, *_] = store.products.pending_images(batch_id, 0)
     started = store.products.start_attempt(image)
@@ -230,7 +231,7 @@ def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
     wins = race(6, lambda: store.products.mark_processed(
         image, key="outputs/k.jpg", output_url="http://x/k.jpg", bytes_in=100, bytes_out=40,
         content_type="image/jpeg", kept_original=True))
-    assert wins.count(True) == 1
+    assert [bool(w) for w in wins].count(True) == 1
     assert store.products.start_attempt(image) is None  # no longer pending
     assert not store.products.mark_failed(image, "late", FailureCode.INTERNAL_ERROR)
     stored = store.products.images_for(batch_id, [image.hash])[image.hash]
@@ -241,13 +242,13 @@ def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
 def test_a_re_parse_keeps_what_was_done_and_retry_resets_only_failures(store):
     batch_id = new_batch_id()
     _, images = rows_and_images(batch_id, 5)
-    store.products.write_images(batch_id, images)
+    store.products.add_images(batch_id, 1, images)
     first, second, third = store.products.pending_images(batch_id, 0)
     assert store.products.mark_processed(first, key="k", output_url="u", bytes_in=1,
                                          bytes_out=1, content_type="image/jpeg")
     assert store.products.mark_failed(second, "HTTP 404", FailureCode.HTTP_STATUS, bytes_in=None)
     store.products.start_attempt(third)
-    store.products.write_images(batch_id, images)  # the parse job ran again
+    store.products.add_images(batch_id, 1, images)  # the parse job ran again
     found = store.products.images_for(batch_id, [im.hash for im in images])
     assert found[first.hash].status == PROCESSED and found[second.hash].error == "HTTP 404"
     assert found[second.hash].error_code == "http_status"
@@ -263,6 +264,94 @@ def test_a_re_parse_keeps_what_was_done_and_retry_resets_only_failures(store):
     assert store.products.fail_pending(batch_id, "gave up", FailureCode.STALLED) == len(images) - 1
     assert store.products.images_for(batch_id, [third.hash])[third.hash].error_code == "stalled"
     assert store.products.pending_chunks(batch_id) == []
+
+
+def test_a_block_of_image_uses_is_added_once_and_late_uses_of_done_images_count_as_done(store):
+    batch_id = new_batch_id()
+    done_url, failed_url, new_url = (f"https://img.example.com/{n}.jpg" for n in range(3))
+    first = [replace(ImageRecord.pending(batch_id, url, 0), occurrences=2)
+             for url in (done_url, failed_url)]
+    added = store.products.add_images(batch_id, 1, first)
+    assert sorted(added.created) == sorted(im.id for im in first) and not added.seen_before
+    done, failed = store.products.pending_images(batch_id, 0)
+    assert store.products.mark_processed(done, key="k", output_url="u", bytes_in=1,
+                                         bytes_out=1, content_type="image/jpeg") == 2
+    assert store.products.mark_failed(failed, "HTTP 404", "http_status") == 2
+
+    later = [replace(ImageRecord.pending(batch_id, url, 1), occurrences=n)
+             for url, n in ((done_url, 3), (failed_url, 1), (new_url, 1))]
+    added = store.products.add_images(batch_id, 2, later)
+    assert added.created == [later[2].id]
+    assert (added.late_processed, added.late_failed, added.seen_before) == (3, 1, False)
+    again = store.products.add_images(batch_id, 2, later)  # a re-run of block 2
+    assert (again.created, again.late_processed, again.seen_before) == ([], 0, True)
+    assert store.products.add_images(batch_id, 1, first).seen_before  # and of block 1
+    found = store.products.images_for(batch_id, [im.hash for im in later])
+    assert [found[im.hash].occurrences for im in later] == [5, 3, 1]
+    assert [found[im.hash].chunk for im in later] == [0, 0, 1]  # a URL keeps its chunk
+    assert store.products.count_slots(batch_id) == {PROCESSED: 5, FAILED: 3, PENDING: 1}
+
+
+def test_block_counts_are_added_once_per_block(store):
+    batch = a_batch(store)
+    store.batches.start(batch.id)
+    counts = dict(rows_total=3, rows_valid=2, rows_invalid=1, images_total=4, chunks=2)
+    assert store.batches.record_flush(batch.id, 1, **counts)
+    assert not store.batches.record_flush(batch.id, 1, **counts)  # a re-run parse
+    assert store.batches.record_flush(batch.id, 2, **counts, images_processed=1)
+    assert not store.batches.record_flush(batch.id, 1, **counts)
+    reading = store.batches.get(batch.id, any_owner=True)
+    assert (reading.rows_total, reading.rows_valid, reading.images_total, reading.chunks,
+            reading.images_processed, reading.flushed, reading.parsed) == (6, 4, 8, 4, 1, 2, False)
+    assert store.batches.try_finish(batch.id) is None  # still being read
+    store.batches.finish_reading(batch.id, header=["a", "b", "c"])
+    assert store.batches.get(batch.id, any_owner=True).parsed
+
+
+def test_the_first_line_of_a_serial_is_found_among_accepted_rows(store):
+    batch_id = new_batch_id()
+    rows, _ = rows_and_images(batch_id, 3)
+    store.products.write_rows(rows)
+    assert store.products.first_line_of_serial(batch_id, rows[1].serial_no) == rows[1].line
+    assert store.products.first_line_of_serial(batch_id, 999) is None
+    assert store.products.first_line_of_serial(new_batch_id(), rows[1].serial_no) is None
+
+
+# The queries the pipeline makes per block and per chunk, and the index each must be served by
+# (its equality fields first): none may scan a batch's rows or images, let alone the collection.
+HOT_QUERIES = {
+    "images": [("batch_id", "chunk", "status"),   # a chunk's pending images
+               ("batch_id", "status", "chunk")],  # chunks with pending images; failed ones
+    "products": [("batch_id", "line"),             # output.csv, in line order
+                 ("batch_id", "status", "line"),   # products pages (accepted rows)
+                 ("batch_id", "serial_no")],       # a repeated S. No.'s first line
+}
+
+
+def test_every_hot_query_of_mongodb_has_its_index(env):
+    from infra import db
+    MongoStores().prepare()
+    for collection, shapes in HOT_QUERIES.items():
+        keys = {tuple(k for k, _ in index["key"])
+                for index in db.get_db()[collection].index_information().values()}
+        assert set(shapes) <= keys, collection
+
+
+@pytest.mark.parametrize("sql, params", [
+    ("SELECT id FROM images WHERE batch_id = ? AND chunk = ? AND status = ?", ("b", 1, "pending")),
+    ("SELECT DISTINCT chunk FROM images WHERE batch_id = ? AND status = ? ORDER BY chunk",
+     ("b", "pending")),
+    ("SELECT line FROM products WHERE batch_id = ? AND serial_no = ? AND status = ?",
+     ("b", 1, "accepted")),
+    ("SELECT id FROM products WHERE batch_id = ? AND status = ? AND line > ? ORDER BY line",
+     ("b", "accepted", 0)),
+])
+def test_every_hot_query_of_sqlite_uses_an_index(tmp_path, sql, params):
+    implementation = SqliteStores(str(tmp_path / "plan.sqlite3"))
+    implementation.prepare()
+    plan = " ".join(str(row[-1]) for row in implementation.database.all(
+        "EXPLAIN QUERY PLAN " + sql, params))
+    assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan, plan
 
 
 # --- webhooks -----------------------------------------------------------------------------------
@@ -392,7 +481,7 @@ def test_sqlite_processes_sharing_the_file_count_every_image_once(tmp_path):
     store.prepare()
     batch_id = new_batch_id()
     _, images = rows_and_images(batch_id, 300, chunk_size=20)
-    store.products.write_images(batch_id, images)
+    store.products.add_images(batch_id, 1, images)
     total = sum(im.occurrences for im in images)
     store.batches.create(replace(BatchRecord.new(
         batch_id=batch_id, owner=None, filename=None, csv_key="k", csv_sha256="",

@@ -212,10 +212,11 @@ class MongoProductStore(ProductStore):
             doc = to_doc(replace(image, last_flush=flush))
             del doc["_id"]
             inserts.append(UpdateOne({"_id": image.id}, {"$setOnInsert": doc}, upsert=True))
-        created = db.images().bulk_write(inserts, ordered=False).upserted_ids
-        added.created = list(created.values())
-        for index, image in enumerate(images):
-            if index in created:
+        # By id, not by index: mongomock numbers an unordered bulk's upserts wrongly.
+        created = set(db.images().bulk_write(inserts, ordered=False).upserted_ids.values())
+        added.created = [image.id for image in images if image.id in created]
+        for image in images:
+            if image.id in created:
                 continue
             # One atomic update per image seen before (rare: a URL used again blocks later),
             # for the status as of the change; see the interface on why that matters.

@@ -13,18 +13,17 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import datetime, timedelta, timezone
 
 from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, Stores,
                                      WebhookStore)
 from schemas.batch import BatchStatus
-from schemas.records import (ACTIVE, FAILED, PENDING, PROCESSED, RETRYABLE, SUCCEEDED,
-                             AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
-                             ImageRecord, ProductRecord, SubscriptionRecord, idempotency_id,
-                             image_id)
+from schemas.records import (ACCEPTED, ACTIVE, FAILED, PENDING, PROCESSED, RETRYABLE,
+                             SUCCEEDED, AttemptRecord, BatchRecord, DeliveryRecord,
+                             IdempotencyRecord, ImageRecord, ImagesAdded, ProductRecord,
+                             SubscriptionRecord, idempotency_id, image_id)
 from schemas.timestamps import now
 
 BUSY_TIMEOUT_MS = 30_000
@@ -142,7 +141,8 @@ INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS products_batch_line ON products (batch_id, line)",
     "CREATE INDEX IF NOT EXISTS products_batch_status_line ON products (batch_id, status, line)",
     "CREATE INDEX IF NOT EXISTS images_batch_chunk_status ON images (batch_id, chunk, status)",
-    "CREATE INDEX IF NOT EXISTS images_batch_status ON images (batch_id, status)",
+    "CREATE INDEX IF NOT EXISTS products_batch_serial ON products (batch_id, serial_no)",
+    "CREATE INDEX IF NOT EXISTS images_batch_status_chunk ON images (batch_id, status, chunk)",
     "CREATE INDEX IF NOT EXISTS deliveries_batch_created ON deliveries (batch_id, created_at)",
     "CREATE INDEX IF NOT EXISTS deliveries_status_next ON deliveries (status, next_attempt_at)",
     "CREATE INDEX IF NOT EXISTS subscriptions_owner_created"
@@ -255,13 +255,20 @@ class SqliteBatchStore(BatchStore):
         return BATCHES.decode(self.db.one(BATCHES.select + " WHERE id = ? AND status = ?",
                                           (batch_id, BatchStatus.PROCESSING.value)))
 
-    def record_parse(self, batch_id, *, header, rows_total, rows_valid, rows_invalid,
-                     images_total, chunks):
-        self.db.run("UPDATE batches SET header = ?, rows_total = ?, rows_valid = ?, "
-                    "rows_invalid = ?, images_total = ?, chunks = ?, parsed = 1, updated_at = ? "
-                    "WHERE id = ?",
-                    (json.dumps(header), rows_total, rows_valid, rows_invalid, images_total,
-                     chunks, to_ms(now()), batch_id))
+    def record_flush(self, batch_id, flush, *, rows_total, rows_valid, rows_invalid,
+                     images_total, chunks, images_processed=0, images_failed=0):
+        return self.db.run(
+            "UPDATE batches SET rows_total = rows_total + ?, rows_valid = rows_valid + ?, "
+            "rows_invalid = rows_invalid + ?, images_total = images_total + ?, "
+            "chunks = chunks + ?, images_processed = images_processed + ?, "
+            "images_failed = images_failed + ?, flushed = ?, updated_at = ? "
+            "WHERE id = ? AND (flushed IS NULL OR flushed < ?)",
+            (rows_total, rows_valid, rows_invalid, images_total, chunks, images_processed,
+             images_failed, flush, to_ms(now()), batch_id, flush)) == 1
+
+    def finish_reading(self, batch_id, *, header):
+        self.db.run("UPDATE batches SET header = ?, parsed = 1, updated_at = ? WHERE id = ?",
+                    (json.dumps(header), to_ms(now()), batch_id))
 
     def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0):
         self.db.run("UPDATE batches SET images_processed = images_processed + ?, "
@@ -361,14 +368,41 @@ class SqliteProductStore(ProductStore):
                 conn.executemany(PRODUCTS.insert.replace("INSERT", "INSERT OR REPLACE", 1),
                                  [PRODUCTS.encode(r) for r in rows])
 
-    def write_images(self, batch_id, images: Iterable[ImageRecord]):
-        sql = (IMAGES.insert + " ON CONFLICT(id) DO UPDATE SET batch_id = excluded.batch_id, "
-               "url = excluded.url, hash = excluded.hash, occurrences = excluded.occurrences, "
-               "chunk = excluded.chunk")
-        values = [IMAGES.encode(_fresh(batch_id, im)) for im in images]
-        for start in range(0, len(values), 5000):
-            with self.db.transaction() as conn:
-                conn.executemany(sql, values[start:start + 5000])
+    def add_images(self, batch_id, flush, images):
+        added = ImagesAdded()
+        if not images:
+            return added
+        ids = [image.id for image in images]
+        # One transaction for the whole block: it is added entirely or not at all.
+        with self.db.transaction() as conn:
+            existing: set[str] = set()
+            for start in range(0, len(ids), IN_CHUNK):
+                part = ids[start:start + IN_CHUNK]
+                existing.update(r[0] for r in conn.execute(
+                    f"SELECT id FROM images WHERE id IN ({_placeholders(part)})", part))
+            new = [replace(_fresh(batch_id, image), last_flush=flush)
+                   for image in images if image.id not in existing]
+            conn.executemany(IMAGES.insert, [IMAGES.encode(image) for image in new])
+            added.created = [image.id for image in new]
+            for image in images:
+                if image.id not in existing:
+                    continue
+                row = first(conn.execute(
+                    "UPDATE images SET occurrences = occurrences + ?, last_flush = ? "
+                    "WHERE id = ? AND COALESCE(last_flush, 0) < ? RETURNING status",
+                    (image.occurrences, flush, image.id, flush)))
+                if row is None:
+                    added.seen_before = True
+                elif row[0] == PROCESSED:
+                    added.late_processed += image.occurrences
+                elif row[0] == FAILED:
+                    added.late_failed += image.occurrences
+        return added
+
+    def first_line_of_serial(self, batch_id, serial_no):
+        row = self.db.one("SELECT line FROM products WHERE batch_id = ? AND serial_no = ? "
+                          "AND status = ? LIMIT 1", (batch_id, serial_no, ACCEPTED))
+        return row[0] if row else None
 
     def pending_images(self, batch_id, chunk):
         rows = self.db.all(IMAGES.select + " WHERE batch_id = ? AND chunk = ? AND status = ?",
@@ -383,18 +417,20 @@ class SqliteProductStore(ProductStore):
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
                        kept_original=False, width=None, height=None, format=None,
                        output_format=None):
-        return self.db.run(
+        row = self.db.one(
             "UPDATE images SET status = ?, output_key = ?, output_url = ?, bytes_in = ?, "
             "bytes_out = ?, content_type = ?, kept_original = ?, width = ?, height = ?, "
             "format = ?, output_format = ?, error = NULL, error_code = NULL "
-            "WHERE id = ? AND status = ?",
+            "WHERE id = ? AND status = ? RETURNING occurrences",
             (PROCESSED, key, output_url, bytes_in, bytes_out, content_type, int(kept_original),
-             width, height, format, output_format, image.id, PENDING)) == 1
+             width, height, format, output_format, image.id, PENDING))
+        return row[0] if row else 0
 
     def mark_failed(self, image, error, code, bytes_in=None):
-        return self.db.run("UPDATE images SET status = ?, error = ?, error_code = ?, bytes_in = ? "
-                           "WHERE id = ? AND status = ?",
-                           (FAILED, error, str(code), bytes_in, image.id, PENDING)) == 1
+        row = self.db.one("UPDATE images SET status = ?, error = ?, error_code = ?, bytes_in = ? "
+                          "WHERE id = ? AND status = ? RETURNING occurrences",
+                          (FAILED, error, str(code), bytes_in, image.id, PENDING))
+        return row[0] if row else 0
 
     def start_attempt(self, image):
         row = self.db.one("UPDATE images SET attempts = attempts + 1 WHERE id = ? AND status = ? "
