@@ -514,7 +514,7 @@ def test_a_sqlite_file_from_before_gets_the_columns_added_since(tmp_path):
     store.prepare()
     batch_id = new_batch_id()
     _, images = rows_and_images(batch_id, 2)
-    store.products.write_images(batch_id, images)
+    store.products.add_images(batch_id, 1, images)
     [image, *_] = store.products.pending_images(batch_id, 0)
     assert store.products.mark_processed(image, key="k", output_url="u", bytes_in=9, bytes_out=4,
                                          content_type="image/webp", width=3, height=2,
