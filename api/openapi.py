@@ -234,7 +234,7 @@ def _paths() -> dict:
                  "400": problem("The body is not a JSON object."),
                  "409": problem("Too many subscriptions."),
                  "415": problem("Not application/json."),
-                 "422": problem("Invalid url or events.")},
+                 "422": problem("Invalid url or events, or an unknown field.")},
                 body={"required": True, "content": {"application/json": {
                     "schema": ref(WebhookSubscriptionIn)}}}),
             "get": operation("listWebhooks", "List subscriptions", hooks,
@@ -246,8 +246,9 @@ def _paths() -> dict:
                              params=[SUBSCRIPTION_ID]),
             "patch": operation("updateWebhook", "Change a subscription", hooks,
                                {"200": json_body(WebhookSubscription), "404": NOT_FOUND,
+                                "400": problem("The body is not a JSON object."),
                                 "415": problem("Not application/json."),
-                                "422": problem("An invalid field.")},
+                                "422": problem("An invalid or unknown field.")},
                                params=[SUBSCRIPTION_ID],
                                body={"required": True, "content": {"application/json": {
                                    "schema": ref(WebhookSubscriptionPatch)}}}),

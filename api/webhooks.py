@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, jsonify, request, url_for
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from api.auth import owner
@@ -26,11 +27,11 @@ from infra import jobs, stores
 from infra.url_safety import UnsafeUrl, check_url
 from schemas.records import EVENTS, DeliveryRecord, SubscriptionRecord
 from schemas.timestamps import iso_z
+from schemas.webhook import WebhookSubscriptionIn, WebhookSubscriptionPatch
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1")
 
-MAX_DESCRIPTION = 500
 MAX_SUBSCRIPTIONS_PER_OWNER = 100
 
 
@@ -59,25 +60,37 @@ def _json_object() -> dict:
     return body
 
 
-def _events(value: object) -> list[str]:
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(item, str) for item in value)):
-        raise ApiError(422, "Invalid events", "events must be a non-empty list of event names: "
-                       + ", ".join(EVENTS), kind="invalid-events", field="events")
-    unknown = sorted(set(value) - set(EVENTS))
-    if unknown:
-        raise ApiError(422, "Invalid events", f"unknown event(s) {', '.join(unknown)}; known: "
-                       + ", ".join(EVENTS), kind="invalid-events", field="events")
-    return [event for event in EVENTS if event in value]
+# Which problem type a bad value of each field answers with (url keeps the upload's type).
+FIELD_KINDS = {"url": "invalid-webhook-url", "events": "invalid-events"}
 
 
-def _description(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
-        raise ApiError(422, "Invalid description", f"description must be a string of at most "
-                       f"{MAX_DESCRIPTION} characters", kind="invalid-field", field="description")
-    return value
+def _validated_body(model: type[BaseModel]) -> BaseModel:
+    """The JSON body read through its model (as the OpenAPI document shows it), or a 422 naming
+    the first field that is wrong, unknown keys included."""
+    try:
+        return model.model_validate(_json_object())
+    except ValidationError as error:
+        item = error.errors()[0]
+        field = str(item["loc"][0]) if item["loc"] else "body"
+        if item["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            raise ApiError(422, "Unknown field", f"unknown field {field!r}; known: {known}",
+                           kind="unknown-field", field=field) from None
+        if item["type"] == "missing":
+            detail = f"{field} is required"
+        elif field == "events":
+            detail = "events must be a non-empty list of event names: " + ", ".join(EVENTS)
+            if item["type"] == "literal_error":
+                detail = f"unknown event {item['input']!r}; known: " + ", ".join(EVENTS)
+        else:
+            detail = f"{field}: {item['msg']}"
+        raise ApiError(422, f"Invalid {field}", detail,
+                       kind=FIELD_KINDS.get(field, "invalid-field"), field=field) from None
+
+
+def _events(events: list[str]) -> list[str]:
+    """The events in their canonical order, each once."""
+    return [event for event in EVENTS if event in events]
 
 
 _iso = iso_z  # the one timestamp format (schemas/timestamps.py)
@@ -104,18 +117,14 @@ def _subscription(subscription_id: str) -> SubscriptionRecord:
 
 @bp.post("/webhooks")
 def create_subscription():
-    body = _json_object()
-    if "url" not in body:
-        raise ApiError(422, "Invalid url", "url is required", kind="invalid-webhook-url", field="url")
-    url = validated_url(body["url"])
-    events = _events(body["events"]) if "events" in body else list(EVENTS)
-    description = _description(body.get("description"))
+    body = _validated_body(WebhookSubscriptionIn)
+    url = validated_url(body.url)
     if stores.webhooks().count_subscriptions(owner()) >= MAX_SUBSCRIPTIONS_PER_OWNER:
         raise ApiError(409, "Too many subscriptions", f"at most "
                        f"{MAX_SUBSCRIPTIONS_PER_OWNER} webhook subscriptions; "
                        "delete one first", kind="too-many-subscriptions")
     doc = stores.webhooks().create_subscription(SubscriptionRecord.new(
-        owner=owner(), url=url, events=events, description=description))
+        owner=owner(), url=url, events=_events(body.events), description=body.description))
     response = jsonify(subscription_json(doc, secret=True))
     response.status_code = 201
     response.headers["Location"] = url_for("webhooks.get_subscription", subscription_id=doc.id)
@@ -137,20 +146,18 @@ def get_subscription(subscription_id: str):
 @bp.patch("/webhooks/<subscription_id>")
 def update_subscription(subscription_id: str):
     _subscription(subscription_id)
-    body = _json_object()
+    body = _validated_body(WebhookSubscriptionPatch)
+    sent = body.model_fields_set
     changes: dict = {}
-    if "url" in body:
-        changes["url"] = validated_url(body["url"])
-    if "events" in body:
-        changes["events"] = _events(body["events"])
-    if "description" in body:
-        changes["description"] = _description(body["description"])
-    if "enabled" in body:
-        if not isinstance(body["enabled"], bool):
-            raise ApiError(422, "Invalid enabled", "enabled must be true or false",
-                           kind="invalid-field", field="enabled")
-        changes["enabled"] = body["enabled"]
-        if not body["enabled"]:
+    if "url" in sent:
+        changes["url"] = validated_url(body.url)
+    if "events" in sent:
+        changes["events"] = _events(body.events)
+    if "description" in sent:
+        changes["description"] = body.description
+    if "enabled" in sent:
+        changes["enabled"] = body.enabled
+        if not body.enabled:
             changes["disabled_reason"] = "disabled through the API"
     doc = stores.webhooks().update_subscription(subscription_id, owner(), changes)
     if doc is None:

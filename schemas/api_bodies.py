@@ -30,7 +30,11 @@ class UploadForm(BaseModel):
     """multipart/form-data upload."""
     file: bytes = Field(json_schema_extra={"format": "binary"},
                         description="The CSV file (UTF-8; `,`, `;` or tab separated).")
-    webhook_url: str | None = Field(None, description="Called when the batch finishes.")
+    # An empty example, so a form filled from the examples (Swagger UI's "Try it out") sends
+    # no webhook instead of the placeholder "string", which is no URL at all.
+    webhook_url: str = Field("", max_length=2048, examples=[""],
+                             description="Called when the batch finishes: an absolute https URL "
+                                         "of a public host. Empty or left out: no webhook.")
 
 
 class Health(BaseModel):

@@ -13,21 +13,39 @@ EventName = Literal["batch.completed", "batch.completed_with_errors", "batch.fai
 EVENTS: tuple[str, ...] = EventName.__args__  # type: ignore[attr-defined]
 
 
+MAX_URL = 2048
+MAX_DESCRIPTION = 500
+URL_EXAMPLE = "https://hooks.example.com/batchpress"
+
+
 class WebhookSubscriptionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(description="Absolute http(s) URL to POST events to.", max_length=2048)
-    events: list[EventName] = Field(default_factory=lambda: [
-        "batch.completed", "batch.completed_with_errors", "batch.failed", "batch.cancelled"],
-        min_length=1, description="Events to send; all of them when left out.")
-    description: str | None = Field(None, max_length=500)
+    """A new subscription; unknown keys are refused."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    url: str = Field(description="Absolute https URL of a public host to POST events to.",
+                     min_length=1, max_length=MAX_URL, examples=[URL_EXAMPLE])
+    events: list[EventName] = Field(default_factory=lambda: list(EVENTS), min_length=1,
+                                    description="Events to send; all of them when left out.",
+                                    examples=[["batch.completed", "batch.failed"]])
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION,
+                                    examples=["Orders team: reindex the shop"])
+
+
+def _absent_is_not_null(schema: dict) -> None:
+    """A key left out of a PATCH is unchanged, which is not the same as null: say no default."""
+    for prop in schema.get("properties", {}).values():
+        if "anyOf" not in prop and "default" in prop and prop["default"] is None:
+            del prop["default"]
 
 
 class WebhookSubscriptionPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str | None = None
-    events: list[EventName] | None = None
-    description: str | None = None
-    enabled: bool | None = None
+    """Changes to a subscription: only the keys sent change (`description: null` clears it)."""
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_absent_is_not_null)
+    url: str = Field(None, min_length=1, max_length=MAX_URL, examples=[URL_EXAMPLE])
+    events: list[EventName] = Field(None, min_length=1, examples=[["batch.failed"]])
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION,
+                                    examples=["Orders team: reindex the shop"])
+    enabled: bool = Field(None, description="false stops deliveries; true resumes them.",
+                          examples=[True])
 
 
 class WebhookSubscription(BaseModel):

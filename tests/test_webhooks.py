@@ -407,6 +407,28 @@ def test_subscription_crud_and_errors(client, http_server):
     assert_problem(client.get("/api/v1/batches/bat_nope/deliveries"), 404)
 
 
+def test_subscription_bodies_are_read_through_their_models(client, http_server):
+    url = http_server.url("/x")
+    body = assert_problem(client.post("/api/v1/webhooks", json={"url": url, "secret": "mine"}),
+                          422, "unknown-field")
+    assert body["field"] == "secret" and "'secret'" in body["detail"]
+    assert client.get("/api/v1/webhooks").get_json()["items"] == []  # nothing was created
+    sub = subscribe(client, url)
+    patch = f"/api/v1/webhooks/{sub['id']}"
+    for change, kind, field in [({"enabld": False}, "unknown-field", "enabld"),
+                                ({"url": None}, "invalid-webhook-url", "url"),
+                                ({"url": ""}, "invalid-webhook-url", "url"),
+                                ({"enabled": "false"}, "invalid-field", "enabled"),
+                                ({"events": None}, "invalid-events", "events"),
+                                ({"description": "d" * 501}, "invalid-field", "description")]:
+        body = assert_problem(client.patch(patch, json=change), 422, kind)
+        assert body["field"] == field, change
+    assert client.get(patch).get_json()["enabled"] is True  # none of them changed anything
+    changed = client.patch(patch, json={"description": None, "enabled": False}).get_json()
+    assert changed["enabled"] is False and changed["description"] is None
+    assert_problem(client.patch(patch, data="[]", content_type="application/json"), 400)
+
+
 @pytest.mark.parametrize("url", [
     "http://93.184.215.14/hook",          # https is required
     "https://127.0.0.1/hook", "https://localhost/hook", "https://10.0.0.1/hook",
