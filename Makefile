@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CLI := $(VENV)/bin/batchpress
 
-.PHONY: run test bench worker cron clean
+.PHONY: run demo test bench worker cron clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(CLI): $(STAMP) pyproject.toml $(wildcard cli/*.py)
 run: $(STAMP) $(CLI)
 	$(PY) -m api
 
+# A first batch with no internet: sample photos on 127.0.0.1, the embedded service, the outputs
+# and what was saved in ./demo-output (DEMO_ARGS=--keep leaves the service running).
+demo: $(STAMP)
+	$(PY) -m demo $(DEMO_ARGS)
+
 worker: $(STAMP)
 	$(VENV)/bin/rq worker -c worker.rq_config --with-scheduler webhooks batches images
 
@@ -35,4 +40,4 @@ bench: $(STAMP)
 	$(PY) bench/pipeline.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache demo-output

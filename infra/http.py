@@ -235,13 +235,16 @@ def _refuse_all_cookies() -> http.cookiejar.CookieJar:
 
 
 def make_session(settings: Settings, pool_size: int = 8, *,
-                 exempt_loopback: Iterable[str] = (), user_agent: str = USER_AGENT
-                 ) -> requests.Session:
+                 exempt_loopback: Iterable[str] = (), user_agent: str = USER_AGENT,
+                 trusted_origins: Iterable[str] = ()) -> requests.Session:
     """A pooled session that refuses non-public addresses unless ALLOW_PRIVATE_URLS is set.
 
     `pool_size` is the number of connections kept per host; size it to the number of threads
     that share the session. `exempt_loopback` names loopback addresses (e.g. "127.0.0.2") let
     through the filter while everything else stays refused: for tests of the filter only.
+    `trusted_origins` are URL prefixes (`http://127.0.0.1:9000/`, TRUSTED_IMAGE_ORIGINS) fetched
+    without the address filter; requests picks the adapter by the longest matching prefix, so
+    each hop of a redirect is filtered again unless it stays on a trusted origin.
     """
     exempt = frozenset(ipaddress.ip_address(a) for a in exempt_loopback)
     if any(not a.is_loopback for a in exempt):
@@ -261,6 +264,8 @@ def make_session(settings: Settings, pool_size: int = 8, *,
             adapter = _FilteringAdapter(is_https_proto=scheme == "https://", exempt=exempt,
                                         pool_connections=pools, pool_maxsize=pool_size)
         session.mount(scheme, adapter)
+    for prefix in trusted_origins:
+        session.mount(prefix, _PlainAdapter(pool_connections=pools, pool_maxsize=pool_size))
     # Proxies, .netrc credentials and cookies from the environment or from earlier requests
     # must not reach user-chosen hosts; a proxy would also bypass the address pinning.
     session.trust_env = False

@@ -6,6 +6,7 @@ import functools
 import re
 import secrets
 import sys
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     max_pixels_in_flight: int = Field(60_000_000, gt=0)
     chunk_size: int = Field(50, ge=1, le=5000)
     allow_private_urls: bool = False
+    # Origins (scheme://host[:port]) whose images are fetched even on a loopback or private
+    # address, e.g. a local image server; every other host keeps the address rule.
+    trusted_image_origins: str = ""
 
     # Jobs.
     job_timeout_s: int = Field(900, gt=0)
@@ -156,6 +160,31 @@ class Settings(BaseSettings):
             raise ValueError("must list at least one non-negative delay in seconds")
         return value
 
+    @field_validator("trusted_image_origins")
+    @classmethod
+    def _image_origins(cls, value: str) -> str:
+        for origin in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                parts = urlsplit(origin)
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ValueError(f"{origin!r} is not an origin like http://127.0.0.1:9000") from None
+            if (parts.scheme.lower() not in ("http", "https") or not parts.hostname
+                    or "@" in parts.netloc or parts.path not in ("", "/") or parts.query
+                    or parts.fragment):
+                raise ValueError(f"{origin!r} is not an origin like http://127.0.0.1:9000 "
+                                 "(scheme, host and port only)")
+        return value
+
+    @property
+    def image_origin_prefixes(self) -> list[str]:
+        """TRUSTED_IMAGE_ORIGINS as URL prefixes (`http://host:port/`), lower-cased."""
+        prefixes = []
+        for origin in filter(None, (part.strip() for part in self.trusted_image_origins.split(","))):
+            parts = urlsplit(origin)
+            prefixes.append(f"{parts.scheme.lower()}://{parts.netloc.lower()}/")
+        return prefixes
+
     @model_validator(mode="after")
     def _all_services_or_none(self) -> "Settings":
         # Half a configuration would quietly send the rest to localhost defaults and real AWS.
@@ -191,6 +220,9 @@ def startup_warnings(settings: Settings) -> list[str]:
     if settings.allow_private_urls:
         warnings.append("ALLOW_PRIVATE_URLS is on: image and webhook URLs may reach private "
                         "addresses; use it for tests and local development only")
+    if settings.image_origin_prefixes and not settings.allow_private_urls:
+        warnings.append("TRUSTED_IMAGE_ORIGINS lets images come from private addresses of "
+                        + ", ".join(settings.image_origin_prefixes) + " (and no other host)")
     return warnings
 
 

@@ -482,3 +482,36 @@ def test_body_exactly_at_the_cap_is_accepted(server):
     assert fetch(server.url("/ok"), max_download_bytes=len(BODY)) == BODY
     with pytest.raises(DownloadError, match="over the"):
         fetch(server.url("/ok"), max_download_bytes=len(BODY) - 1)
+
+
+# ---------------------------------------------------------------- trusted image origins
+
+def _trusting(cfg, *origins):
+    return make_session(cfg, trusted_origins=Settings(
+        trusted_image_origins=",".join(origins)).image_origin_prefixes)
+
+
+def test_a_trusted_origin_is_fetched_and_no_other_private_address(server):
+    cfg = settings(allow_private_urls=False)
+    other = Server()
+    try:
+        with _trusting(cfg, f"HTTP://127.0.0.1:{server.port}") as session:
+            assert download(session, server.url("/ok"), cfg) == BODY
+            with pytest.raises(RefusedURL, match="refused"):  # same host, another port
+                download(session, other.url("/ok"), cfg)
+            with pytest.raises(RefusedURL, match="refused"):  # the same server by another name
+                download(session, server.url("/ok", host="localhost"), cfg)
+            # A redirect leaving the trusted origin is checked like any URL.
+            with pytest.raises(RefusedURL, match="redirected"):
+                download(session, server.url("/to/" + other.url("/ok")), cfg)
+        assert other.paths == []
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize("origin", ["ftp://127.0.0.1:21", "http://127.0.0.1:9000/images",
+                                    "http://user@127.0.0.1", "http://127.0.0.1:99999", "nohost"])
+def test_a_trusted_origin_must_be_scheme_host_and_port(origin):
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="not an origin"):
+        Settings(trusted_image_origins=origin)

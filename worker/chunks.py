@@ -90,7 +90,8 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     if not images:
         return 0
     watch = _CancelWatch(batch_id)
-    session = make_session(settings, pool_size=settings.image_concurrency)
+    session = make_session(settings, pool_size=settings.image_concurrency,
+                           trusted_origins=settings.image_origin_prefixes)
     # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
     # one at a time, so a poison image takes down no image beside it and reaches its attempt
     # limit alone.

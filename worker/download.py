@@ -59,10 +59,13 @@ _CONNECTION = FailureCode.CONNECTION_FAILED
 # --------------------------------------------------------------------------- session
 
 def make_session(settings: Settings, pool_size: int = 8, *,
-                 exempt_loopback: Iterable[str] = ()) -> requests.Session:
+                 exempt_loopback: Iterable[str] = (),
+                 trusted_origins: Iterable[str] = ()) -> requests.Session:
     """The hardened session of infra/http.py, asking for images. `pool_size`: the threads that
-    share it; `exempt_loopback`: loopback addresses let through the filter, for its tests."""
-    session = http.make_session(settings, pool_size, exempt_loopback=exempt_loopback)
+    share it; `exempt_loopback`: loopback addresses let through the filter, for its tests;
+    `trusted_origins`: URL prefixes fetched without the filter (TRUSTED_IMAGE_ORIGINS)."""
+    session = http.make_session(settings, pool_size, exempt_loopback=exempt_loopback,
+                                trusted_origins=trusted_origins)
     session.headers["Accept"] = "image/*,*/*;q=0.5"
     return session
 
