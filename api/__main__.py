@@ -83,7 +83,8 @@ def main() -> None:
     settings = prepare(settings)
 
     from api import create_app
-    from worker.runner import IMAGE_QUEUES, run_worker, start_webhook_worker
+    from worker.runner import (IMAGE_QUEUES, run_worker, start_image_worker,
+                               start_webhook_worker)
 
     app = create_app(settings)
     server = make_server(settings.host, settings.port, app, threaded=True)
@@ -96,6 +97,7 @@ def main() -> None:
     sweeper.start_thread(stop)  # in production `rq cron` runs the sweep (see Procfile)
     # Webhooks on a thread of their own: slow receivers never hold batches up.
     start_webhook_worker(with_scheduler=not settings.embedded)
+    start_image_worker()  # images of a file being read are processed while it is read
     try:
         # The main thread works the batch and image queues until Ctrl-C.
         run_worker(burst=False, in_process_scheduler=settings.embedded, names=IMAGE_QUEUES)

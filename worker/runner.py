@@ -48,6 +48,16 @@ def start_webhook_worker(*, with_scheduler: bool,
     return thread
 
 
+def start_image_worker() -> threading.Thread:
+    """Work the image queue in a thread of its own (`make run`): while the main worker reads a
+    large file, the chunks it has queued so far are processed meanwhile."""
+    worker = _ThreadWorker([queues.get_queue(queues.IMAGES)], connection=queues.get_redis())
+    thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"},
+                              name="image-worker", daemon=True)
+    thread.start()
+    return thread
+
+
 def start_scheduler_thread(stop: threading.Event, interval: float = 1.0) -> threading.Thread:
     """Move due scheduled jobs (retries, webhook backoff) onto their queues from a thread.
 
