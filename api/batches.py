@@ -27,6 +27,7 @@ from schemas.batch import BatchStatus, batch_json
 from schemas.csv_format import inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
+from schemas.sizes import parse_sizes, size_column
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
                              ProductRecord, new_batch_id)
 from schemas.product import ImageOut
@@ -59,6 +60,7 @@ def upload():
     webhook_url = _webhook_url(request.args.get("webhook_url")
                                or (request.form.get("webhook_url")
                                    if request.mimetype == "multipart/form-data" else None))
+    sizes = _sizes(settings)
     idempotency_key = _idempotency_key()
     first = read_first_block(stream)
     check_first_block(first, complete=len(first) < FIRST_BLOCK)
@@ -71,7 +73,7 @@ def upload():
             raise _unavailable("MongoDB") from None
         if existing is not None:  # a replay: hash the body without storing it again
             _drain(reader, settings)
-            return _replay(existing, _fingerprint(reader.sha256.hexdigest(), webhook_url))
+            return _replay(existing, _fingerprint(reader.sha256.hexdigest(), webhook_url, sizes))
     batch_id = new_batch_id()
     key = f"{storage.UPLOAD_PREFIX}{batch_id}.csv"
     try:
@@ -81,12 +83,12 @@ def upload():
     except (BotoCoreError, ClientError) as error:
         log.error("S3 upload failed: %s", error)
         raise _unavailable("S3") from None
-    fingerprint = _fingerprint(reader.sha256.hexdigest(), webhook_url)
+    fingerprint = _fingerprint(reader.sha256.hexdigest(), webhook_url, sizes)
     try:
         batch = stores.batches().create(BatchRecord.new(
             batch_id=batch_id, owner=owner(), filename=filename, csv_key=key,
             csv_sha256=reader.sha256.hexdigest(), csv_bytes=reader.size,
-            webhook_url=webhook_url))
+            webhook_url=webhook_url, sizes=sizes))
         # The batch exists before the key is claimed, so whoever finds the key finds its batch.
         claimed = (stores.idempotency().claim(IdempotencyRecord.new(
             owner(), idempotency_key, batch_id=batch_id, fingerprint=fingerprint))
@@ -131,9 +133,26 @@ def _idempotency_key() -> str | None:
     return value
 
 
-def _fingerprint(sha256: str, webhook_url: str | None) -> str:
-    """What must match for a request to count as the same one again: the file and webhook_url."""
-    return f"sha256:{sha256}|webhook_url:{webhook_url or ''}"
+def _fingerprint(sha256: str, webhook_url: str | None, sizes: dict[str, int]) -> str:
+    """What must match for a request to count as the same one again: the file, webhook_url
+    and sizes."""
+    fingerprint = f"sha256:{sha256}|webhook_url:{webhook_url or ''}"
+    if sizes:  # (without sizes, the same fingerprint as before sizes existed)
+        fingerprint += "|sizes:" + ",".join(f"{n}={e}" for n, e in sizes.items())
+    return fingerprint
+
+
+def _sizes(settings) -> dict[str, int]:
+    """The extra output sizes asked for (`sizes` query parameter or form field), else
+    DEFAULT_SIZES; an empty `sizes=` asks for none."""
+    value = request.args.get("sizes")
+    if value is None and request.mimetype == "multipart/form-data":
+        value = request.form.get("sizes")
+    try:
+        return parse_sizes(settings.default_sizes if value is None else value)
+    except ValueError as error:
+        raise ApiError(422, "Invalid sizes", f"sizes: {error}", kind="invalid-sizes",
+                       field="sizes") from None
 
 
 def _drain(reader: CappedHashingReader, settings) -> None:
@@ -353,7 +372,7 @@ def _product_json(row: ProductRecord, images: dict[str, ImageRecord]) -> dict:
                       error=image.error, code=image.error_code, bytes_in=image.bytes_in,
                       bytes_out=image.bytes_out, width=image.width, height=image.height,
                       format=image.format, output_format=image.output_format,
-                      kept_original=image.kept_original)
+                      sizes=image.sizes, kept_original=image.kept_original)
              for url, image in row.images_of(images)]
     return ProductItem(serial_no=row.serial_no, product_name=row.product_name,
                        line=row.line, input_image_urls=row.input_image_urls,
@@ -390,13 +409,16 @@ def output_csv(batch_id: str):
                        "when its status is no longer queued", kind="not-ready")
     columns = map_columns(batch.header)
 
+    sizes = list(batch.sizes)
+
     def lines():
-        yield _csv_line(columns.output_header())
+        yield _csv_line(columns.output_header([size_column(name) for name in sizes]))
         for row, images in stores.products().iter_rows(batch_id):
             cells = list(row.cells)
             while len(cells) <= columns.urls:
                 cells.append("")
-            cells.insert(columns.urls + 1, ",".join(row.output_slots(images)))
+            outputs = [",".join(row.output_slots(images, size)) for size in [None, *sizes]]
+            cells[columns.urls + 1:columns.urls + 1] = outputs
             yield _csv_line(cells)
 
     return _csv_response(batch, "-output.csv", lines())

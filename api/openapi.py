@@ -122,13 +122,15 @@ def _paths() -> dict:
                  "400": problem("Empty file or missing form field."),
                  "413": problem("Larger than MAX_UPLOAD_BYTES."),
                  "415": problem("Not CSV, binary, or not UTF-8."),
-                 "422": problem("No header, a missing required column, no data rows, or an "
-                                "invalid webhook_url."),
+                 "422": problem("No header, a missing required column, no data rows, an "
+                                "invalid webhook_url, or invalid sizes."),
                  "503": UNAVAILABLE},
                 params=[query_param("webhook_url", "With a raw text/csv body: called when the "
                                     "batch finishes.", {"type": "string", "format": "uri"}),
                         query_param("filename", "With a raw text/csv body: the file's name.",
                                     {"type": "string"}),
+                        query_param("sizes", "Extra outputs, e.g. thumb=200,medium=800 (see "
+                                    "the form field).", {"type": "string"}),
                         {"name": "Idempotency-Key", "in": "header", "required": False,
                          "description": "The same key again returns the same batch.",
                          "schema": {"type": "string", "maxLength": 255}}],

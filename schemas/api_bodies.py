@@ -35,6 +35,11 @@ class UploadForm(BaseModel):
     webhook_url: str = Field("", max_length=2048, examples=[""],
                              description="Called when the batch finishes: an absolute https URL "
                                          "of a public host. Empty or left out: no webhook.")
+    # A real example, for the same reason ("string" is no size list).
+    sizes: str | None = Field(None, examples=["thumb=200,medium=800"], description=(
+        "Extra outputs as name=longest edge in pixels, e.g. thumb=200,medium=800 (16-4096, at "
+        "most 5; names: lowercase letters, digits, _ and -). Left out: DEFAULT_SIZES; empty: "
+        "none."))
 
 
 class Health(BaseModel):

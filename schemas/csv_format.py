@@ -118,9 +118,11 @@ class ColumnMap:
     name: int
     urls: int
 
-    def output_header(self) -> list[str]:
-        """The input header with `Output Image Urls` right after the URL column."""
-        return self.header[: self.urls + 1] + [OUTPUT_COLUMN] + self.header[self.urls + 1:]
+    def output_header(self, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """The input header with `Output Image Urls` (then the `extra` columns) right after
+        the URL column."""
+        return (self.header[: self.urls + 1] + [OUTPUT_COLUMN, *extra]
+                + self.header[self.urls + 1:])
 
 
 def map_columns(header: list[str]) -> ColumnMap:

@@ -22,6 +22,9 @@ class ImageOut(BaseModel):
     format: str | None = Field(None, description=(
         "The input's format, from its bytes: jpeg, png, gif, webp, bmp, tiff or avif."))
     output_format: str | None = Field(None, description="jpeg, webp, or png (a kept original).")
+    sizes: dict[str, str] = Field(default_factory=dict, description=(
+        "The URL of each size the batch asked for, by name (the main output where the image "
+        "is not larger than that size)."))
     kept_original: bool = Field(False, description=(
         "True when the output is the input file itself with its metadata removed, because "
         "re-encoding it would not have made it smaller."))

@@ -92,6 +92,7 @@ class BatchRecord:
     # Bytes downloaded and stored for the batch's processed images (each distinct image once).
     bytes_in: int = 0
     bytes_out: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # extra outputs: name -> longest edge
     parsed: bool = False  # the whole file has been read (rows.done_reading)
     # Blocks of rows whose counts are in the totals: the watermark that keeps a re-run parse
     # from counting a block twice.
@@ -113,11 +114,13 @@ class BatchRecord:
 
     @classmethod
     def new(cls, *, batch_id: str, owner: str | None, filename: str | None, csv_key: str,
-            csv_sha256: str, csv_bytes: int, webhook_url: str | None) -> "BatchRecord":
+            csv_sha256: str, csv_bytes: int, webhook_url: str | None,
+            sizes: dict[str, int] | None = None) -> "BatchRecord":
         stamp = now()
         return cls(id=batch_id, owner=owner, status=BatchStatus.QUEUED, filename=filename,
                    csv_key=csv_key, csv_sha256=csv_sha256, csv_bytes=csv_bytes,
-                   webhook_url=webhook_url, created_at=stamp, updated_at=stamp)
+                   webhook_url=webhook_url, created_at=stamp, updated_at=stamp,
+                   sizes=dict(sizes or {}))
 
     @property
     def finished(self) -> bool:
@@ -194,7 +197,8 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     format: str | None = None
-    output_format: str | None = None  # the output is the input with its metadata removed
+    output_format: str | None = None
+    sizes: dict[str, str] = field(default_factory=dict)  # size name -> its output URL
     attempts: int = 0
     # The last block of rows whose uses of this URL are in `occurrences` (see add_images).
     last_flush: int = 0
@@ -239,12 +243,12 @@ class ProductRecord:
     def accepted(self) -> bool:
         return self.status == ACCEPTED
 
-    def output_slots(self, images: dict[str, ImageRecord]) -> list[str]:
-        """One output URL per comma-separated part of the input cell ('' where none)."""
+    def output_slots(self, images: dict[str, ImageRecord], size: str | None = None) -> list[str]:
+        """One output URL (of `size`, when given) per part of the input cell ('' where none)."""
         if not self.accepted:
             return [""] * (self.url_slots or 1)
-        outputs = [(images[h].output_url if h in images else None) or ""
-                   for h in self.image_hashes]
+        outputs = [((images[h].sizes.get(size) if size else images[h].output_url)
+                    if h in images else None) or "" for h in self.image_hashes]
         for index in self.empty_slots:  # an empty part of the cell keeps its slot
             outputs.insert(index, "")
         return outputs

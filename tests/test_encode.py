@@ -559,3 +559,18 @@ def test_a_small_webp_is_kept_without_exif_and_xmp():
     assert webp_chunks(result.data)[b"ICCP"] == make.srgb_profile()
     assert webp_chunks(result.data)[b"VP8X"][0] & 0x0C == 0  # EXIF and XMP flags cleared
     assert pixels_equal(result.data, data)
+
+
+# --------------------------------------------------------------------------- sizes
+
+def test_sizes_are_resized_by_their_longest_edge_never_enlarged_same_format_rules():
+    result = compress(make.jpeg(size=(960, 640)), sizes={"thumb": 200, "huge": 2000})
+    thumb = result.variants["thumb"]
+    assert (thumb.width, thumb.height, thumb.content_type) == (200, 133, "image/jpeg")
+    assert open_out(thumb).quantization == reference_jpeg().quantization
+    assert result.variants["huge"] is None  # not larger than that: the main output serves it
+    alpha = compress(make.png(size=(400, 300), mode="RGBA"), sizes={"t": 100}).variants["t"]
+    assert (alpha.width, alpha.height, alpha.content_type) == (100, 75, "image/webp")
+    assert open_out(alpha).mode == "RGBA"
+    turned = compress(make.exif_rotated_jpeg(size=(96, 64)), sizes={"t": 48}).variants["t"]
+    assert (turned.width, turned.height) == (32, 48)  # upright, like the main output

@@ -195,3 +195,56 @@ def test_each_image_says_what_it_is_and_the_batch_what_it_saved(client, http_ser
     assert batch["saving_percent"] == round(100 * (bytes_in - bytes_out) / bytes_in, 1) > 0
     body = client.get("/metrics").get_data(as_text=True)
     assert metric(body, "batchpress_image_bytes_saved_total") == bytes_in - bytes_out
+
+
+def test_named_sizes_get_their_own_outputs_columns_and_urls(client, http_server, work):
+    http_server.routes["/big.jpg"] = Route(jpeg(800, 600))
+    http_server.routes["/small.jpg"] = Route(jpeg(120, 90))
+    big, small, missing = (http_server.url(p) for p in ("/big.jpg", "/small.jpg", "/no.jpg"))
+    text = ("S. No.,Product Name,Input Image Urls,Colour\n"
+            f'1,Desk,"{big},,{small}",oak\n2,Lamp,"{missing},{big}",red\nx,Bad,{big},-\n')
+    response = upload(client, text, sizes="thumb=100, medium=400")
+    assert response.status_code == 202, response.get_json()
+    batch_id = response.get_json()["id"]
+    work()
+
+    images = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"][0]["images"]
+    large, little = images
+    assert set(large["sizes"]) == {"thumb", "medium"}
+    for name, edge in (("thumb", 100), ("medium", 400)):
+        fetched = Image.open(io.BytesIO(requests.get(large["sizes"][name], timeout=5).content))
+        assert max(fetched.size) == edge and fetched.size == (edge, edge * 3 // 4)
+    assert little["sizes"]["medium"] == little["output_url"]  # 120 px: never enlarged
+    assert little["sizes"]["thumb"] != little["output_url"]
+
+    rows = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
+    assert rows[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls",
+                       "Output Image Urls (thumb)", "Output Image Urls (medium)", "Colour"]
+    assert rows[1][4].split(",") == [large["sizes"]["thumb"], "", little["sizes"]["thumb"]]
+    assert rows[1][5].split(",") == [large["sizes"]["medium"], "", little["output_url"]]
+    assert rows[2][4].split(",") == ["", large["sizes"]["thumb"]]  # failed slot empty
+    assert rows[3][4:6] == ["", ""] and rows[3][6] == "-"  # rejected row: slots empty
+
+
+def test_bad_sizes_are_refused_at_upload_and_defaults_apply_without_them(
+        client, http_server, work, monkeypatch):
+    response = upload(client, "S. No.,Product Name,Input Image Urls\n1,A,http://h/a.jpg\n",
+                      sizes="thumb=9000")
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["type"].endswith("/invalid-sizes") and "4096" in problem["detail"]
+
+    monkeypatch.setenv("DEFAULT_SIZES", "tiny=16")
+    settings_module.get_settings.cache_clear()
+    from api import create_app
+    client = create_app(settings_module.get_settings()).test_client()
+    http_server.routes["/a.jpg"] = Route(jpeg(64, 48))
+    text = f"S. No.,Product Name,Input Image Urls\n1,A,{http_server.url('/a.jpg')}\n"
+    with_default = upload(client, text).get_json()["id"]
+    without = client.post("/api/v1/batches?sizes=", data=text,
+                          content_type="text/csv").get_json()["id"]
+    work()
+    assert read_csv(client.get(f"/api/v1/batches/{with_default}/output.csv"))[0][4] == (
+        "Output Image Urls (tiny)")
+    assert read_csv(client.get(f"/api/v1/batches/{without}/output.csv"))[0] == [
+        "S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]

@@ -62,9 +62,11 @@ def pixel_budget(limit: int) -> PixelBudget:
         return _budget["budget"]
 
 
-def output_key(batch_id: str, digest: str, extension: str) -> str:
-    """Deterministic: the same input URL in the same batch always lands on the same key."""
-    return f"{storage.OUTPUT_PREFIX}{batch_id}/{digest}.{extension}"
+def output_key(batch_id: str, digest: str, extension: str, size: str | None = None) -> str:
+    """Deterministic: the same input URL in the same batch always lands on the same key (one
+    per named size beside the main one)."""
+    suffix = f"-{size}" if size else ""
+    return f"{storage.OUTPUT_PREFIX}{batch_id}/{digest}{suffix}.{extension}"
 
 
 class _CancelWatch:
@@ -90,6 +92,8 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     if not images:
         return 0
     watch = _CancelWatch(batch_id)
+    batch = stores.batches().get(batch_id, any_owner=True)
+    sizes = dict(batch.sizes) if batch is not None else {}
     session = make_session(settings, pool_size=settings.image_concurrency,
                            trusted_origins=settings.image_origin_prefixes)
     # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
@@ -101,23 +105,26 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     try:
         with ThreadPoolExecutor(max_workers=settings.image_concurrency,
                                 thread_name_prefix=f"chunk{chunk}") as pool:
-            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch), fresh):
+            for done in pool.map(lambda im: _one(im, batch_id, sizes, session, settings, watch),
+                                 fresh):
                 finished += done
         for image in suspects:
-            finished += _one(image, batch_id, session, settings, watch)
+            finished += _one(image, batch_id, sizes, session, settings, watch)
     finally:
         session.close()
     return finished
 
 
-def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch) -> int:
+def _one(image: ImageRecord, batch_id: str, sizes: dict[str, int], session, settings: Settings,
+         watch: _CancelWatch) -> int:
     if watch.should_stop():
         return 0
     with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-        return _process(image, batch_id, session, settings)
+        return _process(image, batch_id, sizes, session, settings)
 
 
-def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> int:
+def _process(image: ImageRecord, batch_id: str, sizes: dict[str, int], session,
+             settings: Settings) -> int:
     started = stores.products().start_attempt(image)  # counted before any work that could crash
     if started is None:
         return 0  # another run finished it meanwhile
@@ -129,11 +136,18 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> 
     try:
         data = metrics.timed("download_seconds", download, session, image.url, settings)
         bytes_in = len(data)
-        encoded = _encode(data, settings)
+        encoded = _encode(data, settings, sizes)
         del data
         key = output_key(batch_id, image.hash, encoded.extension)
-        storage.put_bytes(key, encoded.data, encoded.content_type,
-                          cache_control="public, max-age=31536000, immutable")
+        _store(key, encoded)
+        size_urls = {}
+        for name, variant in encoded.variants.items():
+            if variant is None:  # not larger than that size: the main output serves it
+                size_urls[name] = storage.public_url(key)
+                continue
+            size_key = output_key(batch_id, image.hash, variant.extension, size=name)
+            _store(size_key, variant)
+            size_urls[name] = storage.public_url(size_key)
     except (DownloadError, ImageError) as error:
         return _record_failure(image, batch_id, str(error), error.code, bytes_in)
     except Exception as error:  # noqa: BLE001 - one image must never take the chunk down
@@ -147,7 +161,8 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> 
                                              kept_original=encoded.kept_original,
                                              width=encoded.width, height=encoded.height,
                                              format=encoded.input_format,
-                                             output_format=encoded.output_format)
+                                             output_format=encoded.output_format,
+                                             sizes=size_urls)
     if slots:  # the uses as of the change: the parse may still be adding some
         stores.batches().add_image_results(batch_id, processed=slots,
                                            bytes_in=bytes_in, bytes_out=bytes_out)
@@ -156,7 +171,12 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings) -> 
     return 0
 
 
-def _encode(data: bytes, settings: Settings):
+def _store(key: str, encoded) -> None:
+    storage.put_bytes(key, encoded.data, encoded.content_type,
+                      cache_control="public, max-age=31536000, immutable")
+
+
+def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None):
     """compress() within the pixel budget and in one of the per-core slots; encode_seconds is
     the encoding, not the waits."""
     elapsed = 0.0
@@ -172,7 +192,8 @@ def _encode(data: bytes, settings: Settings):
                                 max_pixels=settings.max_image_pixels,
                                 optimize=settings.output_optimize,
                                 webp_method=settings.webp_method,
-                                keep_original=settings.keep_original_when_smaller)
+                                keep_original=settings.keep_original_when_smaller,
+                                sizes=sizes)
             finally:
                 elapsed = time.perf_counter() - started
     finally:  # outside the slot (in _one it is only held until the image's pipeline is sent)

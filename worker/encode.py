@@ -31,7 +31,7 @@ import io
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
@@ -76,6 +76,8 @@ class EncodedImage:
     height: int
     source_format: str = ""  # what the input was, e.g. "PNG"
     kept_original: bool = False  # the input's own bytes, metadata removed (never larger)
+    # Smaller outputs by size name; None where the image is not larger than that size.
+    variants: dict[str, "EncodedImage | None"] = field(default_factory=dict)
 
     @property
     def pixels(self) -> int:
@@ -93,12 +95,15 @@ class EncodedImage:
 
 def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
              optimize: bool = False, webp_method: int = 2, sink: str = "auto",
-             keep_original: bool = True) -> EncodedImage:
+             keep_original: bool = True, sizes: dict[str, int] | None = None) -> EncodedImage:
     """Decode `data`, apply EXIF orientation, and re-encode: JPEG, or WebP for WebP and alpha.
 
     With `keep_original`, when `data` already shows what the output would (see `_keepable`) and,
     with its metadata removed, is smaller than the re-encoded file, the result is that stripped
     `data` instead (`kept_original`): an output is never larger than its input.
+
+    `sizes` (name -> longest edge) adds `variants`: the image resized to each (Lanczos, never
+    enlarged), encoded by the same format rules at the same quality, from the same decode.
 
     `sink` picks where JPEG output is written: "memfd" (releases the GIL), "bytesio", or "auto"
     (memfd where the OS has it). It exists for the benchmark; the output is the same.
@@ -107,9 +112,14 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
     try:
         keepable = keep_original and _keepable(im, source_format, data)
         im, fmt, icc = _prepare(im, source_format)
-        encoded = _encode(im, fmt, icc, source_format, quality=quality, optimize=optimize,
-                          webp_method=webp_method, sink=sink)
-        return _original(data, encoded) if keepable else encoded
+        options = dict(quality=quality, optimize=optimize, webp_method=webp_method, sink=sink)
+        encoded = _encode(im, fmt, icc, source_format, **options)
+        if keepable:
+            encoded = _original(data, encoded)
+        if sizes:
+            encoded = replace(encoded, variants=_variants(im, fmt, icc, source_format, sizes,
+                                                          options))
+        return encoded
     except ImageError:
         raise
     except MemoryError:
@@ -337,6 +347,27 @@ def _encode(im: Image.Image, fmt: str, icc: bytes | None, source_format: str, *,
         data = out.getvalue()
         content_type, extension = "image/webp", "webp"
     return EncodedImage(data, content_type, extension, im.width, im.height, source_format)
+
+
+def _variants(im: Image.Image, fmt: str, icc: bytes | None, source_format: str,
+              sizes: dict[str, int], options: dict) -> dict[str, EncodedImage | None]:
+    """One smaller output per named size; None where the image is not larger than it."""
+    out: dict[str, EncodedImage | None] = {}
+    longest = max(im.size)
+    for name, edge in sizes.items():
+        if longest <= edge:
+            out[name] = None
+            continue
+        scale = edge / longest
+        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        # reducing_gap: a box reduce to about 3x the target first, then Lanczos (fast, and
+        # indistinguishable from Lanczos over the full image at these ratios)
+        small = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        try:
+            out[name] = _encode(small, fmt, icc, source_format, **options)
+        finally:
+            small.close()
+    return out
 
 
 _scratch = threading.local()

@@ -130,7 +130,8 @@ class ProductStore(abc.ABC):
     def mark_processed(self, image: ImageRecord, *, key: str, output_url: str, bytes_in: int,
                        bytes_out: int, content_type: str, kept_original: bool = False,
                        width: int | None = None, height: int | None = None,
-                       format: str | None = None, output_format: str | None = None) -> int:
+                       format: str | None = None, output_format: str | None = None,
+                       sizes: dict[str, str] | None = None) -> int:
         """pending -> processed, with what it is; the image's occurrences as of the change (the
         slots it finishes, read atomically with it: the parse may still be adding uses), or 0
         for a call that did not make the change."""

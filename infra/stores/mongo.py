@@ -246,14 +246,14 @@ class MongoProductStore(ProductStore):
 
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
                        kept_original=False, width=None, height=None, format=None,
-                       output_format=None):
+                       output_format=None, sizes=None):
         return _slots(db.images().find_one_and_update(
             {"_id": image.id, "status": PENDING},
             {"$set": {"status": PROCESSED, "output_key": key, "output_url": output_url,
                       "bytes_in": bytes_in, "bytes_out": bytes_out, "content_type": content_type,
                       "kept_original": kept_original, "width": width, "height": height,
                       "format": format, "output_format": output_format,
-                      "error": None, "error_code": None}},
+                      "sizes": dict(sizes or {}), "error": None, "error_code": None}},
             projection={"occurrences": 1}, return_document=_AFTER))
 
     def mark_failed(self, image, error, code, bytes_in=None):

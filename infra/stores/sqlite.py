@@ -103,7 +103,7 @@ def _kind(field) -> str:
     text = str(field.type)
     if "datetime" in text:
         return "time"
-    if text.startswith("list"):
+    if text.startswith(("list", "dict")):
         return "json"
     if text.startswith("bool"):
         return "bool"
@@ -416,14 +416,15 @@ class SqliteProductStore(ProductStore):
 
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
                        kept_original=False, width=None, height=None, format=None,
-                       output_format=None):
+                       output_format=None, sizes=None):
         row = self.db.one(
             "UPDATE images SET status = ?, output_key = ?, output_url = ?, bytes_in = ?, "
             "bytes_out = ?, content_type = ?, kept_original = ?, width = ?, height = ?, "
-            "format = ?, output_format = ?, error = NULL, error_code = NULL "
+            "format = ?, output_format = ?, sizes = ?, error = NULL, error_code = NULL "
             "WHERE id = ? AND status = ? RETURNING occurrences",
             (PROCESSED, key, output_url, bytes_in, bytes_out, content_type, int(kept_original),
-             width, height, format, output_format, image.id, PENDING))
+             width, height, format, output_format, IMAGES.value("sizes", dict(sizes or {})),
+             image.id, PENDING))
         return row[0] if row else 0
 
     def mark_failed(self, image, error, code, bytes_in=None):

@@ -1,0 +1,39 @@
+"""Named output sizes (`thumb=200,medium=800`): the longest edge of extra, smaller outputs."""
+from __future__ import annotations
+
+import re
+
+MIN_EDGE = 16
+MAX_EDGE = 4096
+MAX_SIZES = 5
+# A name shows in a CSV column header and an object name: short, lowercase, no separators.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,19}")
+
+
+def parse_sizes(text: str | None) -> dict[str, int]:
+    """`name=edge` pairs separated by commas, in order; {} for nothing. Raises ValueError with
+    a message that names what is wrong."""
+    sizes: dict[str, int] = {}
+    if not text or not text.strip():
+        return sizes
+    for item in text.split(","):
+        name, equals, edge = (part.strip() for part in item.partition("="))
+        if not equals or not name or not edge:
+            raise ValueError(f"{item.strip()!r} is not name=pixels (e.g. thumb=200)")
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"size name {name!r} must be 1 to 20 lowercase letters, digits, "
+                             "'_' or '-', starting with a letter or digit")
+        if name in sizes:
+            raise ValueError(f"size name {name!r} is given twice")
+        if not re.fullmatch(r"[0-9]{1,5}", edge) or not MIN_EDGE <= int(edge) <= MAX_EDGE:
+            raise ValueError(f"size {name!r}: the longest edge must be a whole number of pixels "
+                             f"from {MIN_EDGE} to {MAX_EDGE}, got {edge!r}")
+        sizes[name] = int(edge)
+        if len(sizes) > MAX_SIZES:
+            raise ValueError(f"at most {MAX_SIZES} sizes")
+    return sizes
+
+
+def size_column(name: str) -> str:
+    """The output CSV column of a size: `Output Image Urls (thumb)`."""
+    return f"Output Image Urls ({name})"

@@ -1,0 +1,29 @@
+"""schemas/sizes.py: the sizes an upload may ask for, and why others are refused."""
+from __future__ import annotations
+
+import pytest
+
+from schemas.sizes import parse_sizes, size_column
+
+
+def test_sizes_are_read_in_order():
+    assert parse_sizes("thumb=200, medium = 800,x-l_2=4096") == {
+        "thumb": 200, "medium": 800, "x-l_2": 4096}
+    assert parse_sizes("") == {} and parse_sizes(None) == {}
+    assert size_column("thumb") == "Output Image Urls (thumb)"
+
+
+@pytest.mark.parametrize("text,words", [
+    ("thumb", "not name=pixels"),
+    ("thumb=", "not name=pixels"),
+    ("Thumb=200", "lowercase"),
+    ("a b=200", "lowercase"),
+    ("thumb=200,thumb=300", "given twice"),
+    ("thumb=15", "from 16 to 4096"),
+    ("thumb=4097", "from 16 to 4096"),
+    ("thumb=2e2", "from 16 to 4096"),
+    ("a=20,b=20,c=20,d=20,e=20,f=20", "at most 5"),
+])
+def test_bad_sizes_say_what_is_wrong(text, words):
+    with pytest.raises(ValueError, match=words):
+        parse_sizes(text)
