@@ -105,26 +105,26 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     try:
         with ThreadPoolExecutor(max_workers=settings.image_concurrency,
                                 thread_name_prefix=f"chunk{chunk}") as pool:
-            for done in pool.map(lambda im: _one(im, batch_id, sizes, session, settings, watch),
+            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch, sizes),
                                  fresh):
                 finished += done
         for image in suspects:
-            finished += _one(image, batch_id, sizes, session, settings, watch)
+            finished += _one(image, batch_id, session, settings, watch, sizes)
     finally:
         session.close()
     return finished
 
 
-def _one(image: ImageRecord, batch_id: str, sizes: dict[str, int], session, settings: Settings,
-         watch: _CancelWatch) -> int:
+def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
+         sizes: dict[str, int] | None = None) -> int:
     if watch.should_stop():
         return 0
     with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-        return _process(image, batch_id, sizes, session, settings)
+        return _process(image, batch_id, session, settings, sizes or {})
 
 
-def _process(image: ImageRecord, batch_id: str, sizes: dict[str, int], session,
-             settings: Settings) -> int:
+def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
+             sizes: dict[str, int]) -> int:
     started = stores.products().start_attempt(image)  # counted before any work that could crash
     if started is None:
         return 0  # another run finished it meanwhile
