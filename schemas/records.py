@@ -192,7 +192,7 @@ class ImageRecord:
     bytes_in: int | None = None
     bytes_out: int | None = None
     content_type: str | None = None
-    kept_original: bool = False
+    kept_original: bool = False  # the output is the input with its metadata removed
     # What a processed image is: the output's pixel size, the input's and the output's format.
     width: int | None = None
     height: int | None = None
