@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m demo $(DEMO_ARGS)
 
 worker: $(STAMP)
-	$(VENV)/bin/rq worker -c worker.rq_config --with-scheduler webhooks batches images
+	$(VENV)/bin/rq worker -c worker.rq_config --with-scheduler --dequeue-strategy round_robin webhooks batches images
 
 cron: $(STAMP)
 	$(VENV)/bin/rq cron -c worker.rq_config worker.cron_config

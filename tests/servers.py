@@ -128,7 +128,8 @@ class DripServer:
     "keep-alive" (HTTP/1.1 with a `Content-Length`). `drip` is where it stalls: in the "body" or
     in the "headers", one byte every `every` seconds, `count` bytes in all (so it would end by
     itself, late). `cut` is set when the client hung up before the server had sent everything:
-    the behaviour a deadline must produce. `requests` holds each request's head and body.
+    the behaviour a deadline must produce. `requests` holds each request's head and body,
+    `request_times` when each arrived.
     """
 
     FRAMINGS = ("http1.0", "close", "chunked", "keep-alive")
@@ -142,6 +143,7 @@ class DripServer:
         self.cut = threading.Event()
         self.served = threading.Event()  # sent everything without the client hanging up
         self.requests: list[bytes] = []
+        self.request_times: list[float] = []  # time.time() at each request's arrival
         self._stop = threading.Event()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -180,6 +182,7 @@ class DripServer:
                 break
             body += piece
         self.requests.append(head + b"\r\n\r\n" + body)
+        self.request_times.append(time.time())
 
     def _drip(self, conn: socket.socket, make_piece) -> bool:
         """Send `count` pieces, one every `every` s; False when the client hung up first."""

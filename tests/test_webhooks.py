@@ -335,6 +335,28 @@ def test_redelivery_is_rate_limited_per_caller(http_server, work, monkeypatch):
     assert len(posts(http_server)) == 4  # the first send and three redeliveries, not four
 
 
+def test_slow_receivers_take_turns_with_image_work(client, http_server, monkeypatch):
+    # Three deliveries to a receiver that drips its answer (each attempt runs to its 0.5 s
+    # limit) wait before a batch; a worker on every queue, as production runs it, finishes
+    # the batch before it has sent all three.
+    set_env(monkeypatch, WEBHOOK_TIMEOUT_S="0.5")
+    receiver = DripServer("close", "body")
+    try:
+        for _ in range(3):
+            finished_batch(webhook_url=receiver.url("/hook"))
+        http_server.routes["/a.jpg"] = Route(jpeg())
+        batch = upload(client, "S. No.,Product Name,Input Image Urls\n"
+                               f"1,Mug,{http_server.url('/a.jpg')}\n").get_json()
+        from worker.runner import DEQUEUE_STRATEGY, make_worker
+        make_worker().work(burst=True, logging_level="WARNING", dequeue_strategy=DEQUEUE_STRATEGY)
+    finally:
+        receiver.stop()
+    done = stores.batches().get(batch["id"], any_owner=True)
+    assert done.status.value == "completed"
+    assert len(receiver.requests) >= 3
+    assert done.finished_at.timestamp() < receiver.request_times[2]
+
+
 def test_a_lost_scheduled_job_is_recovered_from_mongodb(http_server, work, monkeypatch):
     http_server.routes["/hook"] = Route(b"", 204)
     batch = finished_batch(webhook_url=http_server.url("/hook"))

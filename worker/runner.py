@@ -15,6 +15,11 @@ QUEUE_ORDER = (queues.WEBHOOKS, queues.BATCHES, queues.IMAGES)
 # receivers (up to WEBHOOK_TIMEOUT_S an attempt) while batches wait, so webhooks get their own.
 IMAGE_QUEUES = (queues.BATCHES, queues.IMAGES)
 WEBHOOK_QUEUES = (queues.WEBHOOKS,)
+# A worker serving every queue takes them in turn (RQ's round robin), not webhooks first: each
+# attempt ends by WEBHOOK_TIMEOUT_S, so slow receivers get at most every other job while image
+# work waits. The production workers (Procfile, compose, `make worker`) pass
+# `--dequeue-strategy round_robin` for the same reason.
+DEQUEUE_STRATEGY = "round_robin"
 
 
 def make_worker(simple: bool = True, names: tuple[str, ...] = QUEUE_ORDER) -> Worker:
