@@ -1,42 +1,38 @@
 """MongoDB access: one lazily created client per process, the collections, and their indexes."""
 from __future__ import annotations
 
-import os
-import threading
-
 import pymongo
 from pymongo.database import Database
 
+from infra.per_process import per_process
 from infra.settings import get_settings
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
-_lock = threading.Lock()
-_state: dict = {"client": None, "pid": None}
-
 
 def use_client(client) -> None:
     """Install a client (a mongomock one for the embedded default and tests); None forgets it."""
-    with _lock:
-        _state["client"] = client
-        _state["pid"] = None  # an installed client is not re-created after a fork
+    if client is None:
+        _client.reset()
+    else:
+        _client.install(client)  # an installed client is not re-created after a fork
+
+
+@per_process
+def _client():
+    # PyMongo is not fork-safe: each process makes its own.
+    settings = get_settings()
+    return pymongo.MongoClient(
+        settings.mongo_url or "mongodb://localhost:27017",
+        serverSelectionTimeoutMS=int(settings.mongo_timeout_s * 1000),
+        connectTimeoutMS=int(settings.mongo_timeout_s * 1000),
+        tz_aware=True,
+    )
 
 
 def get_client():
-    """The process's MongoDB client, created on first use (PyMongo is not fork-safe)."""
-    with _lock:
-        client = _state["client"]
-        if client is None or (_state["pid"] is not None and _state["pid"] != os.getpid()):
-            settings = get_settings()
-            client = pymongo.MongoClient(
-                settings.mongo_url or "mongodb://localhost:27017",
-                serverSelectionTimeoutMS=int(settings.mongo_timeout_s * 1000),
-                connectTimeoutMS=int(settings.mongo_timeout_s * 1000),
-                tz_aware=True,
-            )
-            _state["client"] = client
-            _state["pid"] = os.getpid()
-        return client
+    """The process's MongoDB client, created on first use."""
+    return _client()
 
 
 def get_db() -> Database:
