@@ -6,10 +6,14 @@ Processes (each its own PID, each one's CPU seconds reported):
 - redis-server: started on a free port, stopped by PID (tests/servers.RedisServer).
 - moto: `python -m moto.server`, S3 over HTTP in a process of its own (its own GIL, but it
   shares the machine's cores with everything else: its CPU is counted).
-- the service: this file's `child` command. The Flask API served by werkzeug in a thread, and a
-  real RQ SimpleWorker in burst mode in the main thread. They share one process because there
-  is no MongoDB server on the bench machine: MongoDB is mongomock (in memory, in the process),
-  unless MONGO_URL is set, which then uses that real MongoDB (a fresh database, dropped after).
+- the service, with `workers` > 0 (`make bench`'s default: one per core): this file's `child`
+  command is the API (werkzeug, threaded) and `workers` worker processes (this file's `worker`
+  command: one RQ worker each on the batch and image queues, as in production), all sharing one
+  SQLite file, the stores' SQLite implementation.
+- the service, with `workers` 0: the API in a thread of the `child` and a real RQ SimpleWorker
+  in burst mode in its main thread, one process, because MongoDB is mongomock there (in memory,
+  in the process), unless MONGO_URL is set (a fresh database, dropped after). Only this shape
+  also times each step of the chunk job (it wraps them in-process).
 
 The child uploads a CSV of the corpus URLs, repeated with ?copy=N so that every URL is distinct
 (the service fetches a URL once per batch), through POST /api/v1/batches over HTTP, runs the
@@ -118,7 +122,7 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
 
 def run(corpus: Path, names: list[str], copies: int, *, profile: str | None = None,
         profile_rate: int = 50, native: bool = False, latency_ms: float = 0.0,
-        extra_env: dict | None = None) -> dict:
+        extra_env: dict | None = None, workers: int = 0) -> dict:
     """Start the services, run the child (under py-spy when `profile`), return its report."""
     services = Services(corpus, latency_ms)
     try:
@@ -137,7 +141,7 @@ def run(corpus: Path, names: list[str], copies: int, *, profile: str | None = No
         })
         env.update(extra_env or {})
         spec = {"image_base": services.image_base, "names": names, "copies": copies,
-                "pids": services.pids()}
+                "pids": services.pids(), "workers": workers}
         command = [sys.executable, str(Path(__file__).resolve()), "child", json.dumps(spec)]
         if profile:
             spy = str(Path(sys.executable).parent / "py-spy")
@@ -177,7 +181,13 @@ def child(spec: dict) -> None:
         pids["py-spy"] = os.getppid()
     settings = get_settings()
     real_mongo = bool(os.environ.get("BENCH_REAL_MONGO"))
-    if not real_mongo:
+    workers = int(spec.get("workers") or 0)
+    sqlite_path = None
+    if workers:  # worker processes share the stores' SQLite implementation, on one file
+        from infra.stores.sqlite import SqliteStores
+        sqlite_path = os.path.join(tempfile.mkdtemp(prefix="bench-e2e-"), "e2e.sqlite3")
+        stores.use(SqliteStores(sqlite_path))
+    elif not real_mongo:
         import mongomock
         db.use_client(mongomock.MongoClient(tz_aware=True))
 
@@ -196,6 +206,10 @@ def child(spec: dict) -> None:
             n += 1
             lines.append(f"{n},Product {n},{spec['image_base']}/{name}?copy={copy}")
     body = ("\n".join(lines) + "\n").encode()
+    if workers:
+        _processes_child(spec, api, body, sqlite_path, workers, pids, settings)
+        server.shutdown()
+        return
     response = requests.post(f"{api}/batches", data=body, headers={"Content-Type": "text/csv"},
                              timeout=60)
     if response.status_code != 202:
@@ -232,6 +246,85 @@ def child(spec: dict) -> None:
         "chunk_size": settings.chunk_size, "image_concurrency": settings.image_concurrency,
     }
     print(json.dumps(report), flush=True)
+
+
+def _processes_child(spec: dict, api: str, body: bytes, sqlite_path: str, workers: int,
+                     pids: dict, settings) -> None:
+    """The production shape: `workers` worker processes (one per core by default), each one RQ
+    worker on the batch and image queues with its chunk job's own thread pool for I/O; this
+    process is only the API. Runs until the batch is finished, then stops them."""
+    import requests
+    from redis import Redis
+    from rq import Worker
+
+    from infra import stores
+
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "worker",
+                               sqlite_path]) for _ in range(workers)]
+    try:
+        redis = Redis.from_url(settings.redis_url)
+        deadline = time.monotonic() + 60
+        while len(Worker.all(connection=redis)) < workers:  # start-up is not measured
+            if time.monotonic() > deadline:
+                raise SystemExit("the worker processes did not start")
+            time.sleep(0.05)
+        watched = {"API process": os.getpid(), **pids}
+        watched.update({f"worker {n + 1}": p.pid for n, p in enumerate(procs)})
+        cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        machine0 = machine_busy_seconds()
+        wall0 = time.perf_counter()
+        response = requests.post(f"{api}/batches", data=body,
+                                 headers={"Content-Type": "text/csv"}, timeout=60)
+        if response.status_code != 202:
+            raise SystemExit(f"upload refused: {response.status_code} {response.text[:300]}")
+        batch_id = response.json()["id"]
+        while True:
+            batch = stores.batches().get(batch_id, any_owner=True)
+            if batch.finished:
+                break
+            time.sleep(0.05)
+        wall = time.perf_counter() - wall0
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in watched.items()}
+        cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
+        peak = max(_vm_hwm_mb(p.pid) for p in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+    report = {
+        "status": batch.status.value,
+        "images": {"total": batch.images_total, "processed": batch.images_processed,
+                   "failed": batch.images_failed},
+        "worker_wall_s": wall,
+        "batch_s": (batch.finished_at - batch.started_at).total_seconds(),
+        "peak_rss_mb": peak, "cpu_s": cpu, "stages": {}, "mongo": "sqlite",
+        "workers": workers, "chunk_size": settings.chunk_size,
+        "image_concurrency": settings.image_concurrency,
+    }
+    print(json.dumps(report), flush=True)
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker_process(sqlite_path: str) -> None:
+    """One worker process of `_processes_child`: the batch and image queues until SIGTERM."""
+    from infra import stores
+    from infra.stores.sqlite import SqliteStores
+    from worker.runner import IMAGE_QUEUES, run_worker
+    stores.use(SqliteStores(sqlite_path))
+    run_worker(names=IMAGE_QUEUES)
 
 
 def _count_stages() -> dict:
@@ -282,5 +375,7 @@ def _count_stages() -> dict:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "child":
         child(json.loads(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "worker":
+        worker_process(sys.argv[2])
     else:
         raise SystemExit("usage: e2e.py child SPEC (started by bench/pipeline.py)")

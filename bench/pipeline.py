@@ -152,7 +152,8 @@ def measure_limit(items: list[Item], options: dict, processes: int, seconds: flo
 
 def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
                        limit_images_per_s: float, *, profile: str | None = None,
-                       native: bool = False, latency_ms: float = 0.0) -> tuple[Rate, dict]:
+                       native: bool = False, latency_ms: float = 0.0,
+                       workers: int = 0) -> tuple[Rate, dict]:
     """(b) The same images through the whole service (see bench/e2e.py for the processes).
 
     The corpus is repeated (distinct URLs, ?copy=N) so that the run lasts about `seconds` at
@@ -165,7 +166,7 @@ def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
     per_pass = len(items)
     copies = max(1, round(seconds * 0.55 * limit_images_per_s / per_pass))
     report = e2e.run(corpus_dir(), [item.name for item in items], copies, profile=profile,
-                     native=native, latency_ms=latency_ms)
+                     native=native, latency_ms=latency_ms, workers=workers)
     done = report["images"]["processed"]
     if done == 0:
         raise SystemExit(f"e2e: no image was processed (batch {report['status']}: "
@@ -175,7 +176,9 @@ def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
     pixels = round(sum(item.pixels for item in items) * copies * done / (copies * per_pass))
     bytes_in = sum(len(item.data) for item in items) * copies
     elapsed = report["batch_s"] or report["worker_wall_s"]
-    label = f"e2e: worker+{report['mongo']}" + (f", +{latency_ms:g} ms" if latency_ms else "")
+    shape = (f"{report['workers']} worker processes+{report['mongo']}" if report.get("workers")
+             else f"worker+{report['mongo']}")
+    label = f"e2e: {shape}" + (f", +{latency_ms:g} ms" if latency_ms else "")
     return Rate(label, done, pixels, elapsed, 0, 0, report["peak_rss_mb"]), report
 
 
@@ -193,7 +196,7 @@ def e2e_module():
     return e2e
 
 
-def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int) -> None:
+def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int, encode_cpu: float) -> None:
     """Where the machine's CPU went while the worker ran: each process's CPU seconds."""
     wall = report["worker_wall_s"]
     capacity = wall * cores
@@ -218,6 +221,24 @@ def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int) -> None:
     encode = e2e.images / (limit.images_per_s / cores)
     print(f"  (encoding these {e2e.images} images costs {encode:.1f} CPU-s at the limit's "
           f"per-core rate: {encode / capacity:.1%} of the machine)")
+    workers = {n: v for n, v in report["cpu_s"].items() if n.startswith("worker ")}
+    if workers:
+        # Both per image in CPU seconds, so they do not depend on what else runs meanwhile.
+        per_image = sum(workers.values()) / e2e.images
+        print(f"\nworkers' CPU per image: {per_image * 1e3:.1f} ms; the encode alone in (a): "
+              f"{encode_cpu * 1e3:.1f} ms; workers/encode: {per_image / encode_cpu:.2f}")
+        # The stand-ins (moto, the image server, redis-server) and the API run on other
+        # machines in production: the limit the workers had is the CPU those left them.
+        stand_ins = sum(v for n, v in report["cpu_s"].items()
+                        if n not in workers and n != "other processes")
+        left = max(capacity - stand_ins, 1e-9)
+        print(f"ratio e2e/limit, unadjusted: {e2e.images_per_s / limit.images_per_s:.2f}; "
+              f"adjusted to the {left / capacity:.0%} of the CPU the stand-ins and the API "
+              f"left: {e2e.images_per_s / (limit.images_per_s * left / capacity):.2f}")
+        other = report["cpu_s"].get("other processes", 0.0)
+        if other > 0.05 * capacity:
+            print(f"warning: other processes took {other / capacity:.0%} of the machine during "
+                  "(b): the ratios are understated (workers/encode is not)")
 
 
 # --------------------------------------------------------------------------- --compare
@@ -311,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip (a) and take this as the limit (for sweeps of (b) only)")
     parser.add_argument("--no-e2e", action="store_true", help="only (a)")
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="(b) with this many worker processes on a shared SQLite store "
+                             "(default: one per core); 0: API and one worker in one process, "
+                             "on mongomock (or MONGO_URL), with the per-step CPU table")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -334,19 +359,22 @@ def main(argv: list[str] | None = None) -> None:
         limit = measure_limit(items, options, cores, args.seconds)
         rates.append(limit)
         wall = time.perf_counter() - started
-        other = e2e_module().machine_busy_seconds() - busy0 - (_our_cpu() - ours0)
+        limit_cpu = _our_cpu() - ours0  # the pool's processes: CPU seconds, whatever the load
+        other = e2e_module().machine_busy_seconds() - busy0 - limit_cpu
         if other > 0.05 * wall * cores:
             print(f"warning: other processes used ~{other:.1f} CPU-s while (a) ran on all cores; "
                   "the limit is understated", file=sys.stderr)
+    encode_cpu = limit_cpu / limit.images if not args.limit else cores / limit.images_per_s
     e2e = report = None
     if not args.no_e2e:
         e2e, report = measure_end_to_end(items, settings, args.e2e_seconds,
                                          limit.images_per_s, profile=args.profile,
-                                         native=args.native, latency_ms=args.latency_ms)
+                                         native=args.native, latency_ms=args.latency_ms,
+                                         workers=args.workers)
         rates.append(e2e)
     print_table(rates)
     if report is not None:
-        print_cpu(report, limit, e2e, cores)
+        print_cpu(report, limit, e2e, cores, encode_cpu)
     if args.compare:
         compare(items, settings, args.seconds)
     if e2e is not None:
