@@ -60,7 +60,8 @@ def child(size: int, images: int, threads: int, budget: int) -> None:
 def run(size: int, images: int, threads: int, budget: int) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--child", str(size), str(images), str(threads), str(budget)],
-        capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_ARENA_MAX": "2", **EXTRA_ENV})
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "MALLOC_ARENA_MAX": "2", **EXTRA_ENV})
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

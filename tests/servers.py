@@ -1,4 +1,5 @@
-"""Real loopback servers the tests start: redis-server, and a tiny HTTP server for images/webhooks."""
+"""Real loopback servers the tests start: redis-server, a tiny HTTP server for images and
+webhooks, and DripServer, a misbehaving peer for every way an HTTP answer can be framed."""
 from __future__ import annotations
 
 import os

@@ -1,9 +1,9 @@
 """How many pixels a worker process may hold decoded at once: admission, first come first served.
 
-A decoded image costs memory in proportion to its pixels (14 to 35 bytes a pixel at the peak
-for RGBA going to WebP, photo to noise: decoded pixels, their converted copy and libwebp's
-buffers), whatever its file size. Encode slots bound how many images are decoded at once, not how big they are;
-this budget bounds the sum of their pixels, so a worker's peak memory follows a setting.
+A decoded image costs memory in proportion to its pixels (14 to 35 bytes a pixel at the peak for
+RGBA going to WebP, photo to noise: decoded pixels, their converted copy and libwebp's buffers),
+whatever its file size. Encode slots bound how many images are decoded at once, not how big they
+are; this budget bounds the sum of their pixels, so a worker's peak memory follows a setting.
 
 - An image is admitted when its pixels fit in what is left of the budget, in arrival order (a
   large image is not overtaken for ever by small ones).
