@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -18,15 +16,11 @@ from flask import Blueprint, Response, jsonify
 from api import app_settings
 from api.errors import problem
 from infra import db, metrics, queues, storage
+from infra.per_process import per_process
 from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
-
-_clients_lock = threading.Lock()
-_clients: dict = {}
-_pool: dict = {"pool": None, "pid": None}
-
 
 @bp.get("/healthz")
 def healthz():
@@ -55,14 +49,30 @@ def metrics_endpoint():
 
 # --- readiness checks ---------------------------------------------------------------------------
 
-def _cached(name: str, factory):
-    """One short-timeout client per process and target (clients must not cross a fork)."""
-    with _clients_lock:
-        entry = _clients.get(name)
-        if entry is None or entry[0] != os.getpid():
-            entry = (os.getpid(), factory())
-            _clients[name] = entry
-        return entry[1]
+# One short-timeout client per process and target (clients must not cross a fork).
+@per_process
+def _short_redis(url: str, timeout: float):
+    import redis
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                retry_on_timeout=False)
+
+
+@per_process
+def _short_mongo(url: str, timeout: float):
+    import pymongo
+    ms = int(timeout * 1000)
+    return pymongo.MongoClient(url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
+                               socketTimeoutMS=ms, maxPoolSize=2)
+
+
+@per_process
+def _short_s3(endpoint: str, timeout: float):
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=endpoint, region_name=get_settings().s3_region,
+                        config=Config(connect_timeout=timeout, read_timeout=timeout,
+                                      retries={"max_attempts": 1, "mode": "standard"},
+                                      s3={"addressing_style": "path"}))
 
 
 def check_redis(timeout: float) -> None:
@@ -71,11 +81,7 @@ def check_redis(timeout: float) -> None:
     pool = getattr(conn, "connection_pool", None)
     real = pool is not None and type(conn).__module__.startswith("redis") and settings.redis_url
     if real:
-        import redis
-        url = settings.redis_url
-        conn = _cached(f"redis:{url}:{timeout}", lambda: redis.Redis.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=timeout,
-            retry_on_timeout=False))
+        conn = _short_redis(settings.redis_url, timeout)
     if not conn.ping():
         raise RuntimeError("PING did not answer PONG")
 
@@ -85,10 +91,7 @@ def check_mongo(timeout: float) -> None:
     client = db.get_client()
     import pymongo
     if isinstance(client, pymongo.MongoClient) and settings.mongo_url:
-        url, ms = settings.mongo_url, int(timeout * 1000)
-        client = _cached(f"mongo:{url}:{timeout}", lambda: pymongo.MongoClient(
-            url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms,
-            maxPoolSize=2))
+        client = _short_mongo(settings.mongo_url, timeout)
     try:
         client.admin.command("ping")
     except NotImplementedError:  # an in-memory stand-in without `ping`: reading is proof enough
@@ -98,16 +101,7 @@ def check_mongo(timeout: float) -> None:
 def check_s3(timeout: float) -> None:
     settings = get_settings()
     endpoint = storage.get_s3().meta.endpoint_url
-
-    def make():
-        import boto3
-        from botocore.config import Config
-        return boto3.client("s3", endpoint_url=endpoint, region_name=settings.s3_region,
-                            config=Config(connect_timeout=timeout, read_timeout=timeout,
-                                          retries={"max_attempts": 1, "mode": "standard"},
-                                          s3={"addressing_style": "path"}))
-    client = _cached(f"s3:{endpoint}:{timeout}", make)
-    client.head_bucket(Bucket=settings.s3_bucket)
+    _short_s3(endpoint, timeout).head_bucket(Bucket=settings.s3_bucket)
 
 
 CHECKS = {"redis": check_redis, "mongodb": check_mongo, "s3": check_s3}
@@ -125,12 +119,9 @@ def metrics_safe(text: str) -> str:
     return redact(text)
 
 
+@per_process
 def _executor() -> ThreadPoolExecutor:
-    with _clients_lock:
-        if _pool["pool"] is None or _pool["pid"] != os.getpid():
-            _pool.update(pool=ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz"),
-                         pid=os.getpid())
-        return _pool["pool"]
+    return ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
 
 
 def run_checks(timeout: float, checks: dict | None = None) -> dict[str, str | None]:

@@ -22,7 +22,6 @@ import heapq
 import http.cookiejar
 import ipaddress
 import itertools
-import os
 import socket
 import threading
 import time
@@ -36,6 +35,7 @@ from requests_hardened.ip_filter_adapter import IPFilterAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from infra.per_process import per_process
 from infra.settings import Settings
 from infra.url_safety import is_public_address
 
@@ -99,21 +99,15 @@ def _shutdown(sock: socket.socket | None) -> None:
 
 
 class _Watchdog:
-    """A single daemon thread that expires watches at their deadlines (restarted after fork)."""
+    """A single daemon thread that expires watches at their deadlines (one per process)."""
 
     def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._pid = os.getpid()
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Watch]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
     def watch(self, deadline: float) -> Watch:
-        if self._pid != os.getpid():
-            self._reset()
         watch = Watch(deadline)
         with self._cond:
             heapq.heappush(self._heap, (deadline, next(self._seq), watch))
@@ -139,7 +133,7 @@ class _Watchdog:
                 watch.expire()
 
 
-_watchdog = _Watchdog()
+_watchdog = per_process(_Watchdog)  # a forked child has none of the parent's threads
 _current = threading.local()  # the watch of the deadline block running in this thread
 
 
@@ -148,7 +142,7 @@ def deadline(seconds: float) -> Iterator[Watch]:
     """One deadline over every request this thread makes with a `make_session` session inside
     the block: when it passes, the socket in use is shut down. Check `.expired` on the yielded
     watch afterwards."""
-    watch = _watchdog.watch(time.monotonic() + seconds)
+    watch = _watchdog().watch(time.monotonic() + seconds)
     previous = getattr(_current, "watch", None)
     _current.watch = watch
     try:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 from typing import BinaryIO
 
 import boto3
@@ -11,6 +9,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from infra.per_process import per_process
 from infra.settings import get_settings
 
 # Uploads go up in 8 MiB parts, two at a time: memory stays bounded whatever the file's size.
@@ -20,39 +19,40 @@ UPLOAD_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
 OUTPUT_PREFIX = "outputs/"
 UPLOAD_PREFIX = "uploads/"
 
-_lock = threading.Lock()
-_state: dict = {"client": None, "pid": None, "endpoint": None}
+_override: dict = {"endpoint": None}
+
+
+@per_process
+def _client():
+    # boto3 clients must not cross a fork: each process makes its own.
+    settings = get_settings()
+    return boto3.client(
+        "s3",
+        endpoint_url=_override["endpoint"] or settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=max(10, settings.image_concurrency * 2),
+            s3={"addressing_style": "path"},
+            # S3 needs no CRC of every body we send or receive (botocore computes
+            # one by default since 1.36): MD5/CRC work per image for nothing.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
 
 
 def get_s3():
-    """The process's boto3 S3 client, created on first use (clients must not cross a fork)."""
-    with _lock:
-        if _state["client"] is None or _state["pid"] != os.getpid():
-            settings = get_settings()
-            _state["client"] = boto3.client(
-                "s3",
-                endpoint_url=_state["endpoint"] or settings.s3_endpoint_url,
-                region_name=settings.s3_region,
-                config=Config(
-                    connect_timeout=5,
-                    read_timeout=30,
-                    retries={"max_attempts": 3, "mode": "standard"},
-                    max_pool_connections=max(10, settings.image_concurrency * 2),
-                    s3={"addressing_style": "path"},
-                    # S3 needs no CRC of every body we send or receive (botocore computes
-                    # one by default since 1.36): MD5/CRC work per image for nothing.
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                ),
-            )
-            _state["pid"] = os.getpid()
-        return _state["client"]
+    """The process's boto3 S3 client, created on first use."""
+    return _client()
 
 
 def use_endpoint(url: str | None) -> None:
     """Talk to this S3 endpoint instead of S3_ENDPOINT_URL (the embedded default, tests)."""
-    with _lock:
-        _state.update(client=None, endpoint=url)
+    _override["endpoint"] = url
+    _client.reset()
 
 
 def ensure_bucket() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 
 from infra import settings as settings_module
+from infra.per_process import per_process
 from tests.servers import Route
 from tests.test_flow import jpeg, upload
 from worker import chunks
@@ -16,8 +17,7 @@ def test_decodes_in_flight_follow_the_pixel_budget(client, http_server, work, mo
     monkeypatch.setenv("IMAGE_CONCURRENCY", "4")
     monkeypatch.setenv("CHUNK_SIZE", "4")
     settings_module.get_settings.cache_clear()
-    monkeypatch.setattr(chunks, "encode_slots_count", lambda: 4)
-    monkeypatch.setattr(chunks, "_slots", {"pid": None, "semaphore": None})
+    monkeypatch.setattr(chunks, "_encode_slots", per_process(lambda: threading.BoundedSemaphore(4)))
     urls = []
     for n in range(4):
         http_server.routes[f"/{n}.jpg"] = Route(jpeg(100, 100, color=(n * 60, 10, 10)))

@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from infra import metrics, storage, stores
+from infra.per_process import per_process
 from infra.settings import Settings
 from schemas.batch import BatchStatus
 from schemas.failures import FailureCode
@@ -35,31 +36,18 @@ def encode_slots_count() -> int:
 # most one encoder per core; a thread waiting for a slot holds only its downloaded bytes.
 # Process-wide (jobs run one at a time, but tests and the embedded mode may run several); made
 # anew in a forked child, where the parent's threads that may hold slots do not exist.
-_slots: dict = {"pid": None, "semaphore": None}
-_slots_lock = threading.Lock()
-
-
+@per_process
 def _encode_slots() -> threading.BoundedSemaphore:
-    with _slots_lock:
-        if _slots["pid"] != os.getpid():
-            _slots.update(pid=os.getpid(),
-                          semaphore=threading.BoundedSemaphore(encode_slots_count()))
-        return _slots["semaphore"]
+    return threading.BoundedSemaphore(encode_slots_count())
 
 
 # Slots bound how many images are decoded at once, not how large they are: the pixel budget
 # bounds their sum, so the process's peak memory follows MAX_PIXELS_IN_FLIGHT. Same per-process
 # rule as the slots.
-_budget: dict = {"pid": None, "budget": None}
-
-
+@per_process(maxsize=1)
 def pixel_budget(limit: int) -> PixelBudget:
     """This process's pixel budget (made anew when MAX_PIXELS_IN_FLIGHT changes)."""
-    with _slots_lock:
-        current = _budget["budget"]
-        if _budget["pid"] != os.getpid() or current is None or current.limit != limit:
-            _budget.update(pid=os.getpid(), budget=PixelBudget(limit))
-        return _budget["budget"]
+    return PixelBudget(limit)
 
 
 def output_key(batch_id: str, digest: str, extension: str, size: str | None = None) -> str:

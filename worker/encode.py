@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
+from infra.per_process import per_process
 from schemas.failures import FailureCode
 from worker.strip import strip_metadata
 
@@ -370,7 +371,8 @@ def _variants(im: Image.Image, fmt: str, icc: bytes | None, source_format: str,
     return out
 
 
-_scratch = threading.local()
+# One memory-backed file per thread, and new ones in a forked child: the parent's would be shared.
+_scratch = per_process(threading.local)
 
 
 def _save_jpeg(im: Image.Image, options: dict, sink: str) -> bytes:
@@ -389,12 +391,12 @@ def _save_jpeg(im: Image.Image, options: dict, sink: str) -> bytes:
 
 
 def _scratch_file() -> io.FileIO:
-    """This thread's memory-backed file (new after a fork: the parent's would be shared)."""
-    file = getattr(_scratch, "file", None)
-    if file is None or _scratch.pid != os.getpid():
+    """This thread's memory-backed file."""
+    scratch = _scratch()
+    file = getattr(scratch, "file", None)
+    if file is None:
         fd = os.memfd_create("batchpress-encode", os.MFD_CLOEXEC)
-        file = io.FileIO(fd, "w+b", closefd=True)
-        _scratch.file, _scratch.pid = file, os.getpid()
+        file = scratch.file = io.FileIO(fd, "w+b", closefd=True)
     return file
 
 

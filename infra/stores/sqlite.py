@@ -10,13 +10,13 @@ across processes as it does on MongoDB. Times are kept as integer milliseconds s
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from datetime import datetime, timedelta, timezone
 
+from infra.per_process import per_process
 from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, Stores,
                                      WebhookStore)
 from schemas.batch import BatchStatus
@@ -156,15 +156,11 @@ class Database:
 
     def __init__(self, path: str):
         self.path = path
-        self._local = threading.local()
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Per thread, and anew in a forked child: the parent's connections are not ours.
+        self._local = per_process(threading.local)
 
     def conn(self) -> sqlite3.Connection:
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
-                self._local, self._pid = threading.local(), os.getpid()
-            local = self._local
+        local = self._local()
         conn = getattr(local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
