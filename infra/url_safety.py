@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 from requests_hardened.ip_filter import EXTRA_BLOCKED_NET_RANGES
 
-MAX_URL_LENGTH = 2048
+from schemas.urls import UrlShapeError, check_fetchable
+
 DNS_TIMEOUT_S = 5.0
 
 _resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
@@ -52,25 +53,13 @@ def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
 
 
 def check_shape(url: object) -> str:
-    """An absolute http(s) URL with a host and no credentials, or UnsafeUrl."""
-    if not isinstance(url, str) or not url:
-        raise UnsafeUrl("the URL must be a non-empty string")
-    if len(url) > MAX_URL_LENGTH:
-        raise UnsafeUrl(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        raise UnsafeUrl("the URL must not contain spaces or control characters")
+    """An absolute http(s) URL with a host, no credentials and no whitespace, or UnsafeUrl
+    (the rule of schemas/urls.py)."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise UnsafeUrl("the URL is not well formed") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise UnsafeUrl(f"the URL must be http or https, not {parts.scheme or 'scheme-less'!r}")
-    if not parts.hostname:
-        raise UnsafeUrl("the URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise UnsafeUrl("the URL must not contain a user name or password")
-    return url
+        check_fetchable(url, spaces=False)
+    except UrlShapeError as error:
+        raise UnsafeUrl(str(error)) from None
+    return str(url)
 
 
 def check_url(url: object, *, allow_private: bool, resolve: bool = True) -> str:

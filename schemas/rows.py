@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from schemas.urls import UrlShapeError, check_absolute_http, excerpt
+
 MAX_NAME = 300
 MAX_URLS = 50
-MAX_URL_LENGTH = 2048
 MAX_SERIAL = 2**63 - 1  # MongoDB stores integers as at most 8 bytes
 # A row's cells are stored in one document (MongoDB's limit: 16 MB); a product row of more
 # than a mebibyte is a mistake (a broken quote, a pasted file) rather than a product.
@@ -109,11 +109,10 @@ class ProductRow(BaseModel):
         if isinstance(value, str):
             value = [part for part in split_url_cell(value) if part]
         for url in value:
-            if len(url) > MAX_URL_LENGTH:
-                raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters: {url[:60]}…")
-            parts = urlsplit(url)
-            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"not an absolute http(s) URL: {url!r}")
+            try:
+                check_absolute_http(url)
+            except UrlShapeError as error:
+                raise ValueError(f"{error}: {excerpt(str(url))!r}") from None
         return value
 
 

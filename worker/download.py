@@ -2,7 +2,8 @@
 
 The rules (CONTRACT.md sections 2 and 4):
 
-- Only ``http`` and ``https`` URLs with a host and without userinfo are fetched.
+- Only URLs of the shape ``schemas/urls.py`` allows are fetched (http or https, a host, no
+  userinfo, at most 2048 characters), at every hop.
 - Unless ``ALLOW_PRIVATE_URLS`` is set, every host is resolved and refused when the address is not
   public (loopback, private, link-local incl. 169.254.169.254, CGNAT, multicast, reserved,
   IPv4-mapped/compatible/translated, NAT64, 6to4, Teredo, site-local, ``localhost``, decimal and
@@ -24,7 +25,7 @@ from __future__ import annotations
 import socket
 import time
 from typing import Iterable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 from requests_hardened.ip_filter import InvalidIPAddress
@@ -34,6 +35,7 @@ from infra import http
 from infra.http import Watch, caused_by, connection_failure, deadline, short_error
 from infra.settings import Settings
 from schemas.failures import FailureCode
+from schemas.urls import UrlShapeError, check_fetchable, excerpt
 
 CHUNK = 64 * 1024
 
@@ -160,23 +162,12 @@ def _failure(error: requests.RequestException, watch: Watch, host: str, timeout:
 
 
 def _check_url(url: str, *, redirected: bool = False) -> str:
-    """The URL's host; refuses other schemes, userinfo, missing hosts and bad ports."""
-    prefix = "refused: redirected to " if redirected else "refused: "
+    """The URL's host, when its shape may be fetched (schemas/urls.py); else RefusedURL."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise RefusedURL(f"{prefix}an invalid URL") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise RefusedURL(f"{prefix}a {parts.scheme or 'relative'!s} URL; "
-                         "only http and https URLs are fetched")
-    if "@" in parts.netloc:
-        raise RefusedURL(f"{prefix}a URL with a user name or password; those are not fetched")
-    if not parts.hostname:
-        raise RefusedURL(f"{prefix}a URL without a host")
-    if port == 0:
-        raise RefusedURL(f"{prefix}a URL with port 0")
-    return parts.hostname
+        return check_fetchable(url).hostname or ""
+    except UrlShapeError as error:
+        where = f"redirected to {excerpt(url)!r}: " if redirected else ""
+        raise RefusedURL(f"refused: {where}{error}") from None
 
 
 def _decode_location(location: str) -> str:
