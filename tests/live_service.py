@@ -6,6 +6,7 @@ user sees and that one key never sees another's batches.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,17 +77,19 @@ def start_service(log: Path, **settings: str):
                WEBHOOK_RETRY_SCHEDULE="60")
     env.update({name: value.replace("{base}", base) for name, value in settings.items()})
     with open(log, "w") as out:
+        # A session of its own: the service's children (RQ's scheduler process) stop with it,
+        # as they do when Ctrl-C reaches the whole group in a terminal.
         process = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_until_up(base, process, log)
         yield LiveService(base, process, log)
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
