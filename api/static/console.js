@@ -239,8 +239,6 @@ const batchId = body.dataset.batchId;
 let current = null;
 let events = null;
 let productsCursor = null;
-let productCount = 0;
-let totals = {in: 0, out: 0};
 let refreshTimer = null;
 
 function showBatch(batch) {
@@ -255,6 +253,9 @@ function showBatch(batch) {
   $("rows").textContent = batch.rows.total + " (" + batch.rows.valid + " valid, " + batch.rows.invalid + " rejected)";
   $("images").textContent = batch.images.processed + " / " + batch.images.total + " done" +
     (batch.images.failed ? ", " + batch.images.failed + " failed" : "");
+  // The batch's own totals: every processed image, not only the products on this page.
+  $("bytes").textContent = bytes(batch.bytes.in) + " → " + bytes(batch.bytes.out);
+  $("saved").textContent = batch.saving_percent === null ? "–" : Math.round(batch.saving_percent) + " %";
   const errorBox = $("batch-error");
   errorBox.textContent = batch.error || "";
   errorBox.hidden = !batch.error;
@@ -262,12 +263,6 @@ function showBatch(batch) {
   $("cancel").disabled = finished;
   $("retry").disabled = !(finished && batch.status !== "cancelled" && batch.images.failed > 0);
   body.dataset.status = batch.status;
-}
-
-function showTotals() {
-  $("bytes").textContent = bytes(totals.in) + " → " + bytes(totals.out) +
-    (productsCursor ? " (first " + productCount + " products)" : "");
-  $("saved").textContent = totals.in ? Math.round((1 - totals.out / totals.in) * 100) + " %" : "–";
 }
 
 function imageCell(product, image, index) {
@@ -299,12 +294,8 @@ async function loadProducts(append) {
   if (append && productsCursor) params.set("cursor", productsCursor);
   const page = await apiJson("batches/" + encodeURIComponent(batchId) + "/products?" + params);
   const tbody = document.querySelector("#products tbody");
-  if (!append) { tbody.replaceChildren(); totals = {in: 0, out: 0}; productCount = 0; }
+  if (!append) tbody.replaceChildren();
   for (const product of page.items) {
-    productCount++;
-    for (const image of product.images) {
-      if (image.status === "processed") { totals.in += image.bytes_in || 0; totals.out += image.bytes_out || 0; }
-    }
     tbody.append(el("tr", {"data-line": product.line},
       el("td", {text: product.line}), el("td", {text: product.serial_no}),
       el("td", {text: product.product_name}),
@@ -312,7 +303,6 @@ async function loadProducts(append) {
   }
   productsCursor = page.next_cursor;
   $("products-more").hidden = !productsCursor;
-  showTotals();
 }
 
 async function loadRejected() {
