@@ -15,91 +15,156 @@ from schemas.sizes import parse_sizes
 
 
 class Settings(BaseSettings):
-    """Every setting named by the public contract, with its default."""
+    """Every setting named by the public contract, with its default.
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    Each field's docstring is its description in docs/settings.md (`python -m infra.settings_doc`).
+    """
 
-    # Where the service listens and which outside services it uses. Loopback by default: the
-    # embedded default has no API keys, so other machines must not reach it unless asked for.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False,
+                                      use_attribute_docstrings=True)
+
+    # Where the service listens and which outside services it uses.
     host: str = Field("127.0.0.1", min_length=1)
+    """Address `make run` listens on. Loopback by default: the embedded default has no API keys,
+    so other machines must not reach it unless asked for (`HOST=0.0.0.0`, and then set
+    `API_KEYS`). `gunicorn.conf.py` reads it too, defaulting to `0.0.0.0` for containers."""
     port: int = Field(8000, ge=1, le=65535)
+    """Port `make run` listens on (gunicorn's too, through `gunicorn.conf.py`)."""
     redis_url: str | None = None
+    """Redis for the job queues and metrics, e.g. `redis://localhost:6379/0`. Set all three of
+    `REDIS_URL`, `MONGO_URL` and `S3_ENDPOINT_URL` for the real services, or none for the
+    embedded default; one or two alone stop the service at start-up."""
     mongo_url: str | None = None
+    """MongoDB for batches, products, images and deliveries, e.g. `mongodb://localhost:27017`."""
     mongo_db: str = "batchpress"
-    # How long a MongoDB call waits for a reachable server before it fails (the API then
-    # answers 503 naming MongoDB; a job fails and is retried).
+    """The MongoDB database."""
     mongo_timeout_s: float = Field(5.0, gt=0, le=60)
+    """How long a MongoDB call waits for a reachable server before it fails (the API then
+    answers 503 naming MongoDB; a job fails and is retried)."""
     s3_endpoint_url: str | None = None
+    """S3 or MinIO, e.g. `http://localhost:9000`; credentials come from the usual
+    `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`."""
     s3_bucket: str = Field("batchpress", min_length=3, max_length=63)
+    """The bucket holding the uploaded files (`uploads/`) and the outputs (`outputs/`)."""
     s3_region: str = "us-east-1"
+    """The bucket's region."""
     public_base_url: str | None = None
-    public_api_url: str | None = None  # absolute base for links in webhook bodies
+    """Where output URLs point (a CDN, or the bucket's public URL), followed by the object key;
+    unset: the S3 endpoint's own URL for the object."""
+    public_api_url: str | None = None
+    """Absolute base of the API for the `links` inside webhook bodies. Unset under `make run`: the
+    address it serves on (`http://localhost:$PORT`). Compose sets `http://localhost:8000`; set it
+    wherever workers run apart from the API (they cannot guess its public address)."""
 
     # Upload limits.
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    """Largest CSV accepted (100 MiB), checked while it streams: `413 too-large`."""
 
     # Image pipeline.
     output_quality: int = Field(50, ge=1, le=100)
+    """JPEG and WebP quality of the outputs."""
     output_optimize: bool = False
-    webp_method: int = Field(2, ge=0, le=6)  # 2: +33 % throughput for +0.8 % bytes vs 4 (bench)
-    # Store the input itself (metadata removed) when that is smaller than its re-encode.
+    """Huffman-optimised JPEGs: 7-8 % smaller for about 1.5x the JPEG encoding time."""
+    webp_method: int = Field(2, ge=0, le=6)
+    """libwebp's effort: 2 gives +33 % throughput for +0.8 % bytes against 4 (`make bench`)."""
     keep_original_when_smaller: bool = True
-    # Extra outputs of every batch that names none at upload, e.g. "thumb=200,medium=800".
+    """Store the input itself (metadata removed) when that is smaller than its re-encode."""
     default_sizes: str = ""
+    """Extra outputs of every batch that names none at upload, e.g. `thumb=200,medium=800`."""
     max_download_bytes: int = Field(25_000_000, gt=0)
+    """Largest image downloaded: a larger `Content-Length` is refused before the body is read,
+    a longer body is cut off at the limit."""
     max_image_pixels: int = Field(50_000_000, gt=0)
+    """Largest image decoded, checked from the file's header before any pixel is decoded."""
     download_timeout_s: float = Field(30.0, gt=0)
+    """Deadline for a whole image download: redirects, headers and body together."""
     connect_timeout_s: float = Field(5.0, gt=0)
+    """Per connection attempt, never more than what is left of the download deadline."""
     max_redirects: int = Field(3, ge=0, le=10)
-    image_concurrency: int = Field(8, ge=1, le=64)  # threads; encoders capped at cores (chunks.py)
-    # Pixels decoded at once per worker process (worker/pixel_budget.py): 14-35 bytes each at the
-    # peak (photo to noise, bench/pixel_budget.py), so 60 M is 0.85-2 GB; a larger image runs alone.
+    """Redirects followed per image; each hop is checked like the first URL."""
+    image_concurrency: int = Field(8, ge=1, le=64)
+    """Images in flight per chunk job (threads); decode+encode is capped at one per core
+    (`worker/chunks.py`)."""
     max_pixels_in_flight: int = Field(60_000_000, gt=0)
+    """Pixels decoded at once per worker process (`worker/pixel_budget.py`): 14-35 bytes each at
+    the peak (photo to noise, `bench/pixel_budget.py`), so 60 M is 0.85-2 GB; a larger image
+    runs alone."""
     chunk_size: int = Field(50, ge=1, le=5000)
+    """Unique image URLs per chunk job."""
     allow_private_urls: bool = False
-    # Origins (scheme://host[:port]) whose images are fetched even on a loopback or private
-    # address, e.g. a local image server; every other host keeps the address rule.
+    """Let image and webhook URLs reach loopback and private addresses, and webhooks use plain
+    `http`: for tests and local development only."""
     trusted_image_origins: str = ""
+    """Origins (`scheme://host[:port]`, comma-separated) whose images are fetched even on a
+    loopback or private address, e.g. a local image server; every other host keeps the address
+    rule."""
 
     # Jobs.
     job_timeout_s: int = Field(900, gt=0)
+    """RQ's timeout of one job."""
     stall_timeout_s: int = Field(600, gt=0)
-    # A worker dying while it processes an image (OOM, decoder crash) leaves it pending: after
-    # this many started attempts the image fails instead of being tried again.
+    """A running batch with no progress for this long (and no live job) is taken for stalled by
+    the sweeper."""
     max_image_attempts: int = Field(3, ge=1, le=100)
+    """A worker dying while it processes an image (OOM, decoder crash) leaves it pending: after
+    this many started attempts the image fails instead of being tried again."""
 
     # Stall sweeper (worker/sweeper.py).
     sweep_interval_s: int = Field(60, ge=1, le=86400)
-    sweep_limit: int = Field(1000, ge=1)  # stalled batches handled per sweep, oldest first
-    # Recoveries of one batch in a row without progress before the sweeper gives up on it.
+    """How often the cron scheduler enqueues a sweep."""
+    sweep_limit: int = Field(1000, ge=1)
+    """Stalled batches handled per sweep, oldest first."""
     max_stall_recoveries: int = Field(5, ge=1, le=1000)
+    """Recoveries of one batch in a row without progress before the sweeper gives up on it."""
 
     # Progress events (GET /batches/{id}/events).
-    events_max_stream_s: float = Field(300.0, gt=0)  # then the stream ends; the client reconnects
-    events_poll_s: float = Field(1.0, gt=0)          # how often MongoDB is read for changes
-    events_heartbeat_s: float = Field(15.0, gt=0)    # a comment line when nothing else was sent
-    events_retry_ms: int = Field(2000, ge=0)         # the reconnect delay suggested to clients
+    events_max_stream_s: float = Field(300.0, gt=0)
+    """Longest single event stream; then it ends and the client reconnects."""
+    events_poll_s: float = Field(1.0, gt=0)
+    """How often a stream reads MongoDB for changes."""
+    events_heartbeat_s: float = Field(15.0, gt=0)
+    """A heartbeat comment goes out after this much silence."""
+    events_retry_ms: int = Field(2000, ge=0)
+    """The reconnect delay suggested to clients (`retry:`)."""
 
     # Webhooks.
     webhook_secret: str = Field(default_factory=lambda: "whsec_" + base64.b64encode(
         secrets.token_bytes(32)).decode())
+    """`whsec_<base64 of 24-64 random bytes>` signing deliveries to a batch's `webhook_url`.
+    Unset, each process makes a random one (`make run` prints it in the embedded default) that
+    receivers cannot know: set it, the same value in API and workers."""
     webhook_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a delivery attempt may take, from connecting to the end of the answer."""
     webhook_retry_schedule: str = "5,30,300,1800,7200,18000,36000"
-    # Manual redeliveries per caller (API key, or client address when the API is open), in the
-    # `limits` notation: "10/minute", "100/hour".
+    """Seconds to wait before each retry of a delivery; its length + 1 is the number of
+    attempts."""
     redeliver_rate: str = "10/minute"
+    """Manual redeliveries per caller (API key, or client address when the API is open), in the
+    `limits` notation: `N/second`, `N/minute`, `N/hour`, `N/day`."""
 
     # Operators.
     api_keys: str | None = None
+    """`name:key,name:key`, or the path of a file (`/…`, `./…`, `../…`, `~…` or `@path`) with one
+    `name:key` a line (`#` comments allowed); a name may have two keys while its key is rotated.
+    Unset: the API is open to anyone who reaches it."""
     dashboard_user: str | None = None
+    """With `DASHBOARD_PASSWORD`, opens the RQ dashboard at `/rq` with HTTP basic auth; unset
+    (and no API key named `ADMIN_KEY_NAME`): `/rq` is off."""
     dashboard_password: str | None = None
+    """The RQ dashboard's basic-auth password (see `DASHBOARD_USER`)."""
     log_level: str = "INFO"
-    log_format: str = "json"  # json (one object a line) or text
-    admin_key_name: str = "admin"  # the API key of this name may also open /rq
+    """`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`."""
+    log_format: str = "json"
+    """`json` (one object a line) or `text`."""
+    admin_key_name: str = "admin"
+    """The API key of this name also opens `/rq` (user `admin`, the key as password)."""
     ready_timeout_s: float = Field(2.0, gt=0, le=30)
-    # Browser origins allowed to call /api/v1 (CORS), comma-separated; none by default.
+    """Per-dependency timeout of `/readyz` and of `make run`'s start-up check."""
     cors_origins: str | None = None
-    events_token_ttl_s: int = Field(300, ge=10, le=86400)  # the console's events-stream tokens
+    """Browser origins allowed to call `/api/v1` (CORS), comma-separated `https://host[:port]`,
+    or `*`; none by default."""
+    events_token_ttl_s: int = Field(300, ge=10, le=86400)
+    """How long an events-stream token (for browsers: the console) is accepted."""
 
     @field_validator("log_level")
     @classmethod
