@@ -1,6 +1,10 @@
 """Row rules: each bad row is rejected alone, with its line number and a reason."""
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
+from schemas.rows import ProductRow, row_error
 from tests.test_flow import read_csv
 from tests.test_upload import HEADER, post_raw
 
@@ -255,3 +259,29 @@ def test_a_part_that_is_not_a_url_rejects_the_row_and_slots_stay_aligned(
     slots = {row[0]: row[3].split(",") for row in output[1:]}
     out_a, out_b = products[0]["output_image_urls"]
     assert slots == {"1": [out_a, out_b], "2": [out_b, "", out_a], "3": ["", ""]}
+
+
+@pytest.mark.parametrize("serial, name, urls, reason", [
+    ("x1", "Mug", GOOD, "S. No. must be a positive whole number, got 'x1'"),
+    ("0", "Mug", GOOD, "S. No.: Input should be greater than 0"),
+    ("99999999999999999999", "Mug", GOOD, "S. No. is too large (at most 9223372036854775807)"),
+    ("1", "   ", GOOD, "Product Name: must not be empty"),
+    ("1", "n" * 301, GOOD, "Product Name: is longer than 300 characters"),
+    ("1", "Mug", "", "Input Image Urls: must hold at least one URL"),
+    ("1", "Mug", ",".join(f"http://h/{i}.jpg" for i in range(51)),
+     "Input Image Urls: holds more than 50 URLs"),
+    ("1", "Mug", "http://h/" + "a" * 2050,
+     "Input Image Urls: the URL is longer than 2048 characters: 'http://h/" + "a" * 51 + "…'"),
+    ("1", "Mug", f"{GOOD}, photo.jpg", "Input Image Urls: not an absolute http(s) URL: 'photo.jpg'"),
+])
+def test_each_row_rule_names_its_field_and_reason_without_a_server(serial, name, urls, reason):
+    with pytest.raises(ValidationError) as caught:
+        ProductRow(serial_no=serial, product_name=name, input_image_urls=urls)
+    assert row_error(caught.value) == reason
+
+
+def test_a_valid_row_keeps_its_urls_in_order_and_trims_its_name():
+    row = ProductRow(serial_no=" 007 ", product_name="  Mug ",
+                     input_image_urls="http://h/b.jpg,http://h/a.jpg")
+    assert (row.serial_no, row.product_name) == (7, "Mug")
+    assert row.input_image_urls == ["http://h/b.jpg", "http://h/a.jpg"]
