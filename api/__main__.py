@@ -1,4 +1,4 @@
-"""`make run`: the API and a worker in one process, on in-memory stand-ins unless services are set."""
+"""`make run`: the API and a worker in one process, on the embedded default unless services are set."""
 from __future__ import annotations
 
 import logging
@@ -93,6 +93,10 @@ def main() -> None:
     print(f"Batchpress is listening on http://{shown}:{settings.port}  (Ctrl-C stops it)",
           flush=True)
     from worker import sweeper
+    if settings.embedded:  # its queues start empty: resume what the last run left unfinished
+        resumed = sweeper.resume_unfinished()
+        if resumed:
+            print(f"Resuming {len(resumed)} unfinished batch(es) from the last run", flush=True)
     stop = threading.Event()
     sweeper.start_thread(stop)  # in production `rq cron` runs the sweep (see Procfile)
     # Webhooks on a thread of their own: slow receivers never hold batches up.

@@ -87,8 +87,10 @@ def register(app: Flask) -> None:
     from pymongo.errors import PyMongoError
     from redis.exceptions import RedisError
 
+    from sqlite3 import OperationalError as SqliteError  # locked past busy_timeout, disk full
+
     for error_class, service in ((PyMongoError, "MongoDB"), (RedisError, "Redis"),
-                                 (BotoCoreError, "S3")):
+                                 (BotoCoreError, "S3"), (SqliteError, "SQLite")):
         app.register_error_handler(error_class, _unavailable_handler(service))
 
     @app.errorhandler(Exception)

@@ -6,6 +6,7 @@ from flask import Blueprint, Response
 
 from api.errors import not_found
 from infra import storage
+from infra.object_folder import BadKey, ObjectNotFound
 
 bp = Blueprint("files", __name__, url_prefix="/files")
 
@@ -16,7 +17,7 @@ def get_file(key: str):
         raise not_found("file")
     try:
         obj = storage.get_object(key)
-    except ClientError:
+    except (ClientError, ObjectNotFound, BadKey):
         raise not_found("file") from None
     body = obj["Body"]
     return Response(body.iter_chunks(64 * 1024), mimetype=obj.get("ContentType"),

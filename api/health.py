@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify
 
 from api import app_settings
 from api.errors import problem
-from infra import db, metrics, queues, storage
+from infra import db, metrics, queues, storage, stores
 from infra.per_process import per_process
 from infra.settings import get_settings
 
@@ -107,6 +107,23 @@ def check_s3(timeout: float) -> None:
 CHECKS = {"redis": check_redis, "mongodb": check_mongo, "s3": check_s3}
 
 
+def check_store(timeout: float) -> None:
+    stores.current().ping()
+
+
+def check_folder(timeout: float) -> None:
+    storage.ping()
+
+
+def current_checks() -> dict:
+    """What this process depends on: Redis, the stores' database and the object store (SQLite
+    and the object folder in the embedded default, named so)."""
+    name = stores.current().name
+    database = {"mongodb": check_mongo} if name == "mongodb" else {name: check_store}
+    objects = {"files": check_folder} if storage.folder() else {"s3": check_s3}
+    return {"redis": check_redis, **database, **objects}
+
+
 def _describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     text = metrics_safe(text)
@@ -128,7 +145,7 @@ def run_checks(timeout: float, checks: dict | None = None) -> dict[str, str | No
     """Each dependency's failure as text, or None when it answered; all checked at once."""
     started = time.monotonic()
     futures = {name: _executor().submit(check, timeout)
-               for name, check in (checks or CHECKS).items()}
+               for name, check in (checks or current_checks()).items()}
     wait(futures.values(), timeout=timeout + 0.5)
     results: dict[str, str | None] = {}
     for name, future in futures.items():

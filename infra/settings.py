@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     """Absolute base of the API for the `links` inside webhook bodies. Unset under `make run`: the
     address it serves on (`http://localhost:$PORT`). Compose sets `http://localhost:8000`; set it
     wherever workers run apart from the API (they cannot guess its public address)."""
+    batchpress_home: str = Field(".batchpress", min_length=1)
+    """The embedded default's data folder: its SQLite file `batchpress.sqlite3` and the objects
+    under `objects/`, kept across restarts (delete it to wipe them). Unused with the services."""
 
     # Upload limits.
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)
@@ -282,7 +285,7 @@ class Settings(BaseSettings):
 
     @property
     def embedded(self) -> bool:
-        """True when no outside service is configured: run on in-memory stand-ins."""
+        """True when no outside service is configured: run on SQLite and local files."""
         return not (self.redis_url or self.mongo_url or self.s3_endpoint_url)
 
 

@@ -1,7 +1,10 @@
-"""S3 access through boto3: the bucket, streamed uploads and downloads, and public object URLs."""
+"""Object storage: S3 through boto3 (the bucket, streamed uploads and downloads, public object
+URLs), or a local folder (infra/object_folder.py) when one is installed, as the embedded default
+does."""
 from __future__ import annotations
 
 import json
+import os
 from typing import BinaryIO
 
 import boto3
@@ -9,6 +12,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from infra.object_folder import ObjectFolder
 from infra.per_process import per_process
 from infra.settings import get_settings
 
@@ -19,7 +23,7 @@ UPLOAD_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
 OUTPUT_PREFIX = "outputs/"
 UPLOAD_PREFIX = "uploads/"
 
-_override: dict = {"endpoint": None}
+_override: dict = {"endpoint": None, "folder": None}
 
 
 @per_process
@@ -55,8 +59,21 @@ def use_endpoint(url: str | None) -> None:
     _client.reset()
 
 
+def use_folder(root: str | os.PathLike | None) -> ObjectFolder | None:
+    """Keep objects as files under `root` instead of in S3; None goes back to S3."""
+    _override["folder"] = ObjectFolder(root) if root is not None else None
+    return _override["folder"]
+
+
+def folder() -> ObjectFolder | None:
+    """The local object folder in use, if any."""
+    return _override["folder"]
+
+
 def ensure_bucket() -> None:
     """Create the bucket if missing and let anyone read the outputs (not the uploads)."""
+    if folder():
+        return folder().ensure()
     s3 = get_s3()
     bucket = get_settings().s3_bucket
     try:
@@ -82,6 +99,8 @@ def ensure_bucket() -> None:
 
 def upload_stream(key: str, stream: BinaryIO, content_type: str) -> None:
     """Stream a file-like object to S3 in parts; never holds it whole in memory."""
+    if folder():
+        return folder().upload_stream(key, stream)
     get_s3().upload_fileobj(
         _FullReads(stream), get_settings().s3_bucket, key,
         ExtraArgs={"ContentType": content_type}, Config=UPLOAD_TRANSFER,
@@ -116,6 +135,8 @@ class _FullReads:
 
 
 def put_bytes(key: str, data: bytes, content_type: str, cache_control: str | None = None) -> None:
+    if folder():
+        return folder().put_bytes(key, data)
     extra = {"CacheControl": cache_control} if cache_control else {}
     get_s3().put_object(
         Bucket=get_settings().s3_bucket, Key=key, Body=data, ContentType=content_type, **extra
@@ -124,15 +145,21 @@ def put_bytes(key: str, data: bytes, content_type: str, cache_control: str | Non
 
 def open_stream(key: str):
     """The object's body as a streaming file-like object (botocore StreamingBody)."""
+    if folder():
+        return folder().open_stream(key)
     return get_s3().get_object(Bucket=get_settings().s3_bucket, Key=key)["Body"]
 
 
 def get_object(key: str) -> dict:
     """The whole get_object answer (body stream, content type, length), for proxying."""
+    if folder():
+        return folder().get(key)
     return get_s3().get_object(Bucket=get_settings().s3_bucket, Key=key)
 
 
 def delete(key: str) -> None:
+    if folder():
+        return folder().delete(key)
     get_s3().delete_object(Bucket=get_settings().s3_bucket, Key=key)
 
 
@@ -147,5 +174,7 @@ def public_url(key: str) -> str:
 
 
 def ping() -> None:
-    """Raise unless the bucket answers."""
+    """Raise unless the bucket (or the folder) answers."""
+    if folder():
+        return folder().ping()
     get_s3().head_bucket(Bucket=get_settings().s3_bucket)

@@ -74,7 +74,7 @@ def start_service(log: Path, **settings: str):
     env.update(PORT=str(port), ALLOW_PRIVATE_URLS="true", PYTHONUNBUFFERED="1",
                API_KEYS=",".join(f"{n}:{k}" for n, k in KEYS.items()),
                EVENTS_POLL_S="0.2", LOG_LEVEL="WARNING", DOWNLOAD_TIMEOUT_S="10",
-               WEBHOOK_RETRY_SCHEDULE="60")
+               WEBHOOK_RETRY_SCHEDULE="60", BATCHPRESS_HOME=str(log.parent / "home"))
     env.update({name: value.replace("{base}", base) for name, value in settings.items()})
     with open(log, "w") as out:
         # A session of its own: the service's children (RQ's scheduler process) stop with it,

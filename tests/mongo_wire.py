@@ -1,6 +1,6 @@
 """A MongoDB wire-protocol stand-in for multi-process tests: mockupdb in front of one mongomock.
 
-Test tree only: `make run` never uses it (its embedded default keeps mongomock in-process). No
+Test tree only: `make run` never uses it (its embedded default keeps its data in SQLite). No
 MongoDB server can be installed where the suite runs, and processes cannot share an in-process
 mongomock, so this answers real pymongo clients over TCP from one mongomock store. Every command
 runs under one lock, so each is atomic, as a single mongod makes each single-document write.

@@ -149,6 +149,14 @@ def sweep(now: datetime | None = None) -> list[dict]:
     return done
 
 
+def resume_unfinished() -> list[dict]:
+    """Sweep every queued or processing batch now, not after STALL_TIMEOUT_S: for a process
+    whose queues start empty (the embedded default's in-process Redis), where a batch left
+    unfinished by the previous run has lost all its jobs."""
+    ahead = timedelta(seconds=get_settings().stall_timeout_s)
+    return sweep(datetime.now(timezone.utc) + ahead)
+
+
 def run_sweep() -> dict:
     """The RQ job the cron scheduler enqueues."""
     recovered = sweep()
