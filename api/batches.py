@@ -445,6 +445,7 @@ def output_csv(batch_id: str):
 @bp.get("/<batch_id>/errors.csv")
 def errors_csv(batch_id: str):
     batch = load_batch(batch_id)
+    cancelled = batch.status == BatchStatus.CANCELLED
 
     def lines():
         yield _inert_csv_line(["Line", "S. No.", "Input Image Url", "Error", "Code"])
@@ -460,5 +461,9 @@ def errors_csv(batch_id: str):
                 if image and image.status == FAILED:
                     yield _inert_csv_line([row.line, row.serial_no, url, image.error,
                                            image.error_code or ""])
+                elif cancelled and (image is None or image.status == PENDING):
+                    yield _inert_csv_line([row.line, row.serial_no, url,
+                                           "not processed: the batch was cancelled first",
+                                           FailureCode.CANCELLED])
 
     return _csv_response(batch, "-errors.csv", lines())

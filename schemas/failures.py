@@ -27,6 +27,8 @@ class FailureCode(StrEnum):
     WORKER_DIED = "worker_died"                # the worker died on it MAX_IMAGE_ATTEMPTS times
     STALLED = "stalled"                        # the sweeper gave up on a batch that stopped moving
     INTERNAL_ERROR = "internal_error"          # a bug: see the worker's log
-    # The CSV: a row rejected before any image of it was fetched, or the whole file.
+    # errors.csv only: a row rejected before any image of it was fetched, the whole file, or an
+    # image a cancel kept from being processed.
     INVALID_ROW = "invalid_row"
     FILE_UNREADABLE = "file_unreadable"        # the batch failed before its rows were read
+    CANCELLED = "cancelled"                    # never processed: the batch was cancelled first

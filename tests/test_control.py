@@ -152,6 +152,11 @@ def test_cancel_processing_batch_stops_within_seconds(client, http_server, work)
     assert JobStatus.CANCELED in statuses
     # The output CSV still answers, with empty slots for images never processed.
     assert client.get(after["links"]["output_csv"]).status_code == 200
+    # errors.csv lists every image the cancel kept from being processed.
+    errors = client.get(after["links"]["errors_csv"]).get_data(as_text=True).splitlines()[1:]
+    never = [line for line in errors if line.endswith(",cancelled")]
+    assert len(never) == 12 - done and len(errors) == len(never) + after["images"]["failed"]
+    assert all("the batch was cancelled" in line for line in never)
 
 
 def test_cancel_finished_and_unknown_batches(client, http_server, work):

@@ -248,3 +248,24 @@ def test_bad_sizes_are_refused_at_upload_and_defaults_apply_without_them(
         "Output Image Urls (tiny)")
     assert read_csv(client.get(f"/api/v1/batches/{without}/output.csv"))[0] == [
         "S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+
+
+def test_output_objects_are_named_after_the_input_file(client, http_server, work, s3, env):
+    http_server.routes["/shop/p800_coffee.jpg"] = Route(jpeg(64, 48))
+    http_server.routes["/x/caf%C3%A9%20cup%20(1).JPG"] = Route(jpeg(64, 48))
+    http_server.routes["/"] = Route(jpeg(64, 48))
+    urls = [http_server.url(p) for p in ("/shop/p800_coffee.jpg?w=2", "/x/caf%C3%A9 cup (1).JPG",
+                                        "/")]
+    text = "S. No.,Product Name,Input Image Urls\n" + "".join(
+        f'{n},P{n},"{url}"\n' for n, url in enumerate(urls, 1))
+    batch_id = upload(client, text, sizes="thumb=32").get_json()["id"]
+    work()
+    items = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
+    names = [item["images"][0]["output_url"].rsplit("/", 1)[1] for item in items]
+    assert names == ["p800_coffee.jpg", "caf_cup_1.jpg", "image.jpg"]
+    assert items[0]["images"][0]["sizes"]["thumb"].endswith("/p800_coffee-thumb.jpg")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=env.s3_bucket,
+                                                 Prefix=f"outputs/{batch_id}/")["Contents"]]
+    assert len(keys) == 6  # a main output and a thumb each
+    for item in items:
+        assert requests.get(item["images"][0]["output_url"], timeout=5).status_code == 200

@@ -12,6 +12,7 @@ from infra.per_process import per_process
 from infra.settings import Settings
 from schemas.batch import BatchStatus
 from schemas.failures import FailureCode
+from schemas.object_names import object_stem
 from schemas.records import ImageRecord
 from worker.download import DownloadError, download, make_session
 from worker.encode import ImageError, compress, header_pixels
@@ -50,11 +51,13 @@ def pixel_budget(limit: int) -> PixelBudget:
     return PixelBudget(limit)
 
 
-def output_key(batch_id: str, digest: str, extension: str, size: str | None = None) -> str:
-    """Deterministic: the same input URL in the same batch always lands on the same key (one
-    per named size beside the main one)."""
+def output_key(batch_id: str, digest: str, url: str, extension: str,
+               size: str | None = None) -> str:
+    """Deterministic: the same input URL in the same batch always lands on the same key, named
+    after the input file (`<batch>/<hash>/p800_coffee.jpg`, `…/p800_coffee-thumb.jpg`)."""
     suffix = f"-{size}" if size else ""
-    return f"{storage.OUTPUT_PREFIX}{batch_id}/{digest}{suffix}.{extension}"
+    return (f"{storage.OUTPUT_PREFIX}{batch_id}/{digest}/{object_stem(url)}{suffix}"
+            f".{extension}")
 
 
 class _CancelWatch:
@@ -126,14 +129,14 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
         bytes_in = len(data)
         encoded = _encode(data, settings, sizes)
         del data
-        key = output_key(batch_id, image.hash, encoded.extension)
+        key = output_key(batch_id, image.hash, image.url, encoded.extension)
         _store(key, encoded)
         size_urls = {}
         for name, variant in encoded.variants.items():
             if variant is None:  # not larger than that size: the main output serves it
                 size_urls[name] = storage.public_url(key)
                 continue
-            size_key = output_key(batch_id, image.hash, variant.extension, size=name)
+            size_key = output_key(batch_id, image.hash, image.url, variant.extension, size=name)
             _store(size_key, variant)
             size_urls[name] = storage.public_url(size_key)
     except (DownloadError, ImageError) as error:
