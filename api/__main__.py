@@ -67,10 +67,6 @@ def prepare(settings: Settings) -> Settings:
             for failure in failures:
                 print("Batchpress cannot start: " + failure, file=sys.stderr, flush=True)
             raise SystemExit(1)
-    elif "webhook_secret" not in settings.model_fields_set:
-        print(f"Webhooks to a batch's webhook_url are signed with WEBHOOK_SECRET="
-              f"{settings.webhook_secret}\n(random for this run only: set WEBHOOK_SECRET to keep "
-              "one across restarts)", flush=True)
     return settings
 
 

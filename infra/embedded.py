@@ -8,6 +8,7 @@ stall sweeper from what the stores say is unfinished.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from infra.settings import Settings
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 DATABASE_FILE = "batchpress.sqlite3"
 OBJECTS_FOLDER = "objects"
+SECRET_FILE = "webhook_secret"
 
 BANNER = """
 ==========================================================================================
@@ -51,7 +53,31 @@ def start(settings: Settings) -> Settings:
     storage.use_folder(root / OBJECTS_FOLDER)
     queues.use_connection(in_memory_redis())
     print(BANNER.format(home=root, database=DATABASE_FILE, objects=OBJECTS_FOLDER), flush=True)
-    if settings.public_base_url:
-        return settings
-    return settings.model_copy(
-        update={"public_base_url": f"http://localhost:{settings.port}/files"})
+    update = {}
+    if "webhook_secret" not in settings.model_fields_set:
+        update["webhook_secret"] = kept_webhook_secret(root, settings.webhook_secret)
+        print(f"Webhooks to a batch's webhook_url are signed with WEBHOOK_SECRET="
+              f"{update['webhook_secret']}\n(kept in {root / SECRET_FILE} with the data, so "
+              "retries after a restart verify too; set WEBHOOK_SECRET to choose your own)",
+              flush=True)
+    if not settings.public_base_url:
+        update["public_base_url"] = f"http://localhost:{settings.port}/files"
+    return settings.model_copy(update=update)
+
+
+def kept_webhook_secret(root: Path, fresh: str) -> str:
+    """The secret this home signs batch webhooks with: made once (`fresh`), then read back, so
+    a delivery retried after a restart carries a signature the receiver can still check."""
+    path = root / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    # Created with owner-only permissions and never replaced: two starts at once keep one.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(fresh + "\n")
+    return fresh

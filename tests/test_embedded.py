@@ -183,3 +183,9 @@ def test_a_batch_interrupted_by_a_restart_finishes_with_nothing_doubled(http_ser
     assert len(set(fetched)) == count
     assert fetched_before >= 2  # /0.jpg holds two of the slots counted
     assert "Resuming 1 unfinished batch" in log.read_text()
+    # Both runs signed batch webhooks with the one secret kept in the home folder, so a
+    # delivery retried after the restart still verifies.
+    printed = re.findall(r"signed with WEBHOOK_SECRET=(whsec_\S+)", log.read_text())
+    assert len(printed) == 2 and printed[0] == printed[1], printed
+    kept = home / "webhook_secret"
+    assert kept.read_text().strip() == printed[0] and kept.stat().st_mode & 0o777 == 0o600
