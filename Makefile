@@ -28,10 +28,10 @@ demo: $(STAMP)
 	$(PY) -m demo $(DEMO_ARGS)
 
 worker: $(STAMP)
-	$(VENV)/bin/rq worker -c worker.rq_config --with-scheduler --dequeue-strategy round_robin webhooks batches images
+	$(PY) -m worker
 
 cron: $(STAMP)
-	$(VENV)/bin/rq cron -c worker.rq_config worker.cron_config
+	$(PY) -m worker --cron
 
 test: $(STAMP) $(CLI)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -24,7 +24,6 @@ ANNOUNCE = "worker.tasks.announce"
 WEBHOOK_ATTEMPT = "worker.webhook_delivery.attempt"
 WEBHOOK_REDELIVER = "worker.webhook_delivery.redeliver"
 
-RETRY_INTERVALS = [10, 60, 300]  # seconds before each retry of a failed parse or chunk job
 WEBHOOK_LEASE_MARGIN_S = 30      # how long past its timeout a webhook attempt may run
 
 
@@ -44,7 +43,8 @@ def batch_job_ids(batch) -> list[str]:
 
 
 def _retry() -> Retry:
-    return Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS))
+    delays = get_settings().job_retry_delays  # JOB_RETRY_SCHEDULE
+    return Retry(max=len(delays), interval=list(delays))
 
 
 def enqueue_parse(batch_id: str):

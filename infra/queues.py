@@ -10,7 +10,10 @@ from infra.settings import get_settings
 BATCHES = "batches"   # one job per upload: parse the CSV and fan out
 IMAGES = "images"     # chunk jobs: many images each
 WEBHOOKS = "webhooks"  # one job per delivery attempt
-ALL_QUEUES = (BATCHES, IMAGES, WEBHOOKS)
+# Every queue, most urgent first: the order a worker takes them in. The one list of queues:
+# `python -m worker` (Makefile, Procfile, compose), the embedded worker and metrics read it.
+QUEUE_ORDER = (WEBHOOKS, BATCHES, IMAGES)
+ALL_QUEUES = QUEUE_ORDER
 
 
 def use_connection(conn) -> None:

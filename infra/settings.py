@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     loopback or private address, e.g. a local image server; every other host keeps the address
     rule."""
 
+    # How long an output's S3 put is retried while S3 fails transiently before the chunk job
+    # gives up on it for now (the image stays pending and its job is retried).
+    storage_retry_s: float = Field(60.0, ge=0, le=3600)
+
     # Jobs.
     job_timeout_s: int = Field(900, gt=0)
     """RQ's timeout of one job."""
@@ -111,6 +115,14 @@ class Settings(BaseSettings):
     max_image_attempts: int = Field(3, ge=1, le=100)
     """A worker dying while it processes an image (OOM, decoder crash) leaves it pending: after
     this many started attempts the image fails instead of being tried again."""
+
+    # Seconds before each retry of a failed parse or chunk job (RQ Retry; needs a scheduler).
+    job_retry_schedule: str = "10,60,300"
+    # RQ workers: how often a running job's heartbeat is written (a job whose heartbeat is two
+    # of these old is taken for dead by the sweeper), and how often a worker cleans RQ's
+    # registries (abandoned jobs of killed workers are failed or retried then).
+    job_heartbeat_s: int = Field(30, ge=1, le=3600)
+    rq_maintenance_interval_s: int = Field(600, ge=1, le=86400)
 
     # Stall sweeper (worker/sweeper.py).
     sweep_interval_s: int = Field(60, ge=1, le=86400)
@@ -227,7 +239,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a rate such as 10/minute or 100/hour") from None
         return value
 
-    @field_validator("webhook_retry_schedule")
+    @field_validator("webhook_retry_schedule", "job_retry_schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
         try:
@@ -282,6 +294,11 @@ class Settings(BaseSettings):
     def retry_delays(self) -> list[int]:
         """Seconds to wait before each webhook retry, in order."""
         return [int(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
+
+    @property
+    def job_retry_delays(self) -> list[int]:
+        """Seconds to wait before each retry of a failed parse or chunk job, in order."""
+        return [int(part) for part in self.job_retry_schedule.split(",") if part.strip()]
 
     @property
     def embedded(self) -> bool:

@@ -4,13 +4,15 @@ does."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from typing import BinaryIO
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
 
 from infra.object_folder import ObjectFolder
 from infra.per_process import per_process
@@ -19,6 +21,8 @@ from infra.settings import get_settings
 # Uploads go up in 8 MiB parts, two at a time: memory stays bounded whatever the file's size.
 UPLOAD_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
                                  multipart_chunksize=8 * 1024 * 1024, max_concurrency=2)
+
+log = logging.getLogger(__name__)
 
 OUTPUT_PREFIX = "outputs/"
 UPLOAD_PREFIX = "uploads/"
@@ -141,6 +145,47 @@ def put_bytes(key: str, data: bytes, content_type: str, cache_control: str | Non
     get_s3().put_object(
         Bucket=get_settings().s3_bucket, Key=key, Body=data, ContentType=content_type, **extra
     )
+
+
+class StorageUnavailable(Exception):
+    """S3 kept failing with transient errors for STORAGE_RETRY_S: the work is to be retried
+    later, and is no fault of the image."""
+
+
+# S3's answers that mean "try again": throttling and server-side errors.
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
+                    "Throttling", "ThrottlingException", "RequestLimitExceeded"}
+
+
+def is_transient(error: Exception) -> bool:
+    """A connection refused, reset or timed out, a 5xx or a throttling answer."""
+    if isinstance(error, (BotoConnectionError, HTTPClientError)):
+        return True
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or error.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+    return False
+
+
+def put_bytes_retrying(key: str, data: bytes, content_type: str,
+                       cache_control: str | None = None) -> None:
+    """put_bytes, retried with exponential backoff (0.5 s doubling, at most 8 s apart) while S3
+    fails transiently, for up to STORAGE_RETRY_S; then StorageUnavailable. botocore's own
+    retries (3 attempts within about a second) cover a blip, this covers an outage."""
+    deadline = time.monotonic() + get_settings().storage_retry_s
+    delay = 0.5
+    while True:
+        try:
+            put_bytes(key, data, content_type, cache_control)
+            return
+        except Exception as error:  # noqa: BLE001 - sorted by is_transient just below
+            if not is_transient(error):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StorageUnavailable(f"S3 unreachable: {type(error).__name__}") from error
+            log.warning("S3 put failed (%s); retrying in %.1f s", type(error).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def open_stream(key: str):

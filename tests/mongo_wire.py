@@ -38,7 +38,8 @@ class MongoWire:
 
     def __init__(self, port: int | None = None):
         self.client = mongomock.MongoClient()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one command at a time
+        self._serving = threading.Lock()  # one start or stop at a time
         self._cursors: dict[int, tuple[str, list]] = {}
         self._cursor_ids = itertools.count(1)
         self.port = port
@@ -49,6 +50,12 @@ class MongoWire:
 
     def start(self) -> int:
         """Listen (on the same port as before, after a stop); returns the port."""
+        with self._serving:
+            if self._server is None:
+                self._start()
+            return self.port
+
+    def _start(self) -> None:
         server = mockupdb.MockupDB(port=self.port, request_timeout=int(1e6))
         server._address = ("127.0.0.1", self.port)  # loopback only, never every interface
         server.autoresponds(self._handle)
@@ -62,13 +69,13 @@ class MongoWire:
                     raise
                 time.sleep(0.05)
         self._server = server
-        return self.port
 
     def stop(self) -> None:
         """Stop listening and drop every connection; the data stays."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        with self._serving:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
 
     @property
     def running(self) -> bool:

@@ -20,34 +20,50 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, stopped by PID."""
+    """A real redis-server on a free loopback port, stopped by PID.
 
-    def __init__(self):
-        binary = shutil.which("redis-server")
-        if not binary:
+    With `appendonly`, every write goes to an AOF file in its own directory, so `restart()`
+    (SIGTERM, then a new server on the same port and directory) comes back with the data.
+    """
+
+    def __init__(self, appendonly: bool = False):
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.port = free_port()
+        self.appendonly = appendonly
         self.dir = tempfile.mkdtemp(prefix="bp-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._start()
+
+    def _start(self) -> None:
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--dir", self.dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
+                return
             except OSError:
                 time.sleep(0.05)
-        else:
-            self.stop()
-            raise RuntimeError("redis-server did not start")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.stop()
+        raise RuntimeError("redis-server did not start")
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port and data directory."""
+        self._terminate()
+        self._start()
+
+    def stop(self) -> None:
+        self._terminate()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

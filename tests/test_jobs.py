@@ -5,6 +5,7 @@ import pymongo
 import pytest
 
 from infra import db, jobs, queues, storage, stores
+from infra.settings import get_settings
 from tests.servers import Route, free_port
 from tests.test_flow import jpeg, upload
 from tests.test_upload import HEADER, assert_problem, post_raw
@@ -168,7 +169,7 @@ def test_a_parse_job_that_crashes_on_every_retry_fails_its_batch_once(
     import worker.parse
     from tests.servers import Route
     http_server.routes["/hook"] = Route(b"", 204)
-    monkeypatch.setattr(jobs, "RETRY_INTERVALS", [0, 0, 0])  # retries at once, same burst
+    monkeypatch.setattr(get_settings(), "job_retry_schedule", "0,0,0")  # at once, same burst
     calls = []
 
     def crash(*args, **kwargs):
@@ -189,7 +190,7 @@ def test_a_parse_job_that_crashes_on_every_retry_fails_its_batch_once(
 
 
 def test_a_parse_job_whose_csv_is_gone_fails_its_batch(client, work, s3, env, monkeypatch):
-    monkeypatch.setattr(jobs, "RETRY_INTERVALS", [0])
+    monkeypatch.setattr(get_settings(), "job_retry_schedule", "0")
     batch_id = post_raw(client, (HEADER + "1,P,http://h/a.jpg\n").encode()).get_json()["id"]
     s3.delete_object(Bucket=env.s3_bucket, Key=db.batches().find_one({"_id": batch_id})["csv_key"])
     work()

@@ -141,6 +141,11 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
             size_urls[name] = storage.public_url(size_key)
     except (DownloadError, ImageError) as error:
         return _record_failure(image, batch_id, str(error), error.code, bytes_in)
+    except storage.StorageUnavailable:
+        # Not the image's fault: it stays pending (attempt taken back) and the chunk job fails,
+        # so RQ retries it (JOB_RETRY_SCHEDULE), or the sweeper re-enqueues it later.
+        stores.products().undo_attempt(image)
+        raise
     except Exception as error:  # noqa: BLE001 - one image must never take the chunk down
         log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
         return _record_failure(image, batch_id, f"internal error: {type(error).__name__}",
@@ -163,8 +168,8 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
 
 
 def _store(key: str, encoded) -> None:
-    storage.put_bytes(key, encoded.data, encoded.content_type,
-                      cache_control="public, max-age=31536000, immutable")
+    storage.put_bytes_retrying(key, encoded.data, encoded.content_type,
+                               cache_control="public, max-age=31536000, immutable")
 
 
 def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None):

@@ -1,4 +1,6 @@
-"""Starting an RQ worker on the service's queues (used by `make run`, tests and `python -m worker`)."""
+"""Starting an in-process RQ worker on the service's queues (`make run`'s embedded worker, tests).
+
+Production workers are `python -m worker` (worker/__main__.py): forking, one per process."""
 from __future__ import annotations
 
 import threading
@@ -8,9 +10,9 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from infra import queues
+from infra.settings import get_settings
 
-# Most urgent first: webhooks, then new batches, then image chunks.
-QUEUE_ORDER = (queues.WEBHOOKS, queues.BATCHES, queues.IMAGES)
+QUEUE_ORDER = queues.QUEUE_ORDER
 # The image work, without webhooks: a worker that also sent webhooks could be held by slow
 # receivers (up to WEBHOOK_TIMEOUT_S an attempt) while batches wait, so webhooks get their own.
 IMAGE_QUEUES = (queues.BATCHES, queues.IMAGES)
@@ -26,7 +28,8 @@ def make_worker(simple: bool = True, names: tuple[str, ...] = QUEUE_ORDER) -> Wo
     """A worker on `names` (SimpleWorker: no fork, so in-memory stores are shared)."""
     worker_class = SimpleWorker if simple else Worker
     return worker_class([queues.get_queue(name) for name in names],
-                        connection=queues.get_redis())
+                        connection=queues.get_redis(),
+                        job_monitoring_interval=get_settings().job_heartbeat_s)
 
 
 class _ThreadWorker(SimpleWorker):

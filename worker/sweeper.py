@@ -1,8 +1,9 @@
 """The stall sweeper: no batch may hang forever because its jobs vanished from Redis.
 
 A batch that is `queued` or `processing` but has recorded no progress (`updated_at`) for
-`STALL_TIMEOUT_S`, and none of whose jobs is still alive in Redis (queued, scheduled, deferred,
-or started by a worker whose heartbeat is fresh), gets its missing work enqueued again:
+`STALL_TIMEOUT_S`, and none of whose jobs is still alive in Redis (queued, deferred, scheduled
+for less than `STALL_TIMEOUT_S` ago, or started by a worker whose heartbeat is fresh), gets its
+missing work enqueued again:
 
 - not parsed yet: the parse job (parsing is idempotent: rows are upserted, images keep state);
 - parsed, with pending images: one chunk job per chunk that still has pending images (chunk jobs
@@ -15,11 +16,11 @@ not re-enqueued again but given up on (`give_up`): unparsed, it fails with an er
 parsed, its pending images fail and it finishes as its counts say.
 
 What loses jobs: a Redis restart without persistence, a flushed or evicted key, a worker killed
-(SIGKILL, OOM, lost node) mid-job, before RQ's own maintenance notices (≈ 10 minutes or more).
+(SIGKILL, OOM, lost node) mid-job: its job stays "started" until RQ's maintenance
+(`RQ_MAINTENANCE_INTERVAL_S`) cleans it up, but its heartbeat stops, which is what is read here.
 
 Scheduling (see the README section "Batch control"): run RQ's cron scheduler with this
-package's config, `rq cron -c worker.rq_config worker.cron_config` (or
-`rq cron --url "$REDIS_URL" worker.cron_config`), which enqueues `run_sweep` on the `batches`
+package's config, `python -m worker --cron`, which enqueues `run_sweep` on the `batches`
 queue every `SWEEP_INTERVAL_S` seconds. The cron scheduler keeps its schedule in its own
 process memory, so it survives a Redis restart (a job that re-enqueues itself would not). Two
 sweeps at once are harmless: each stalled batch is claimed with a conditional update, so only
@@ -33,7 +34,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 from rq.job import Job, JobStatus
-from rq.registry import StartedJobRegistry
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
 from infra import jobs, queues, stores
 from infra.settings import get_settings
@@ -46,31 +47,64 @@ log = logging.getLogger(__name__)
 ALIVE = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
+# RQ scores a started job at its last heartbeat + JOB_HEARTBEAT_S + a fixed 60 s, so a killed
+# worker's job would look alive for a minute more; the sweeper takes a job whose heartbeat is
+# two JOB_HEARTBEAT_S old for dead instead.
+RQ_HEARTBEAT_GRACE_S = 60
+
+
 def _running_job_ids(conn, at: float) -> set[str]:
-    """Jobs in a StartedJobRegistry whose worker heartbeat has not expired."""
+    """Jobs in a StartedJobRegistry whose worker wrote a heartbeat lately."""
     running: set[str] = set()
+    fresh_for = get_settings().job_heartbeat_s - RQ_HEARTBEAT_GRACE_S
     for name in (queues.BATCHES, queues.IMAGES):
         key = StartedJobRegistry(name, connection=conn).key
         for member, expires in conn.zrange(key, 0, -1, withscores=True):
-            if expires > at:
+            if expires + fresh_for > at:
                 running.add(member.decode().rsplit(":", 1)[0])
     return running
 
 
-def live_jobs(batch: BatchRecord, conn=None, running: set[str] | None = None) -> list[str]:
-    """The batch's jobs still alive in Redis (waiting, or running with a fresh heartbeat)."""
+def _overdue_scheduled_ids(conn, at: float) -> set[str]:
+    """Jobs scheduled (an RQ retry) for more than STALL_TIMEOUT_S ago and still not moved to
+    their queue: no scheduler is running (the worker holding RQ's scheduler lock was killed,
+    and the lock outlives it by a minute)."""
+    cutoff = at - get_settings().stall_timeout_s
+    overdue: set[str] = set()
+    for name in (queues.BATCHES, queues.IMAGES):
+        key = ScheduledJobRegistry(name, connection=conn).key
+        overdue.update(member.decode() for member in conn.zrangebyscore(key, 0, cutoff))
+    return overdue
+
+
+def live_jobs(batch: BatchRecord, conn=None, running: set[str] | None = None,
+              overdue: set[str] | None = None) -> list[str]:
+    """The batch's jobs still alive in Redis (waiting, scheduled and not overdue, or running
+    with a fresh heartbeat)."""
     conn = conn or queues.get_redis()
+    at = datetime.now(timezone.utc).timestamp()
     if running is None:
-        running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
+        running = _running_job_ids(conn, at)
+    if overdue is None:
+        overdue = _overdue_scheduled_ids(conn, at)
     ids = jobs.batch_job_ids(batch)
     alive = []
     for job_id, job in zip(ids, Job.fetch_many(ids, connection=conn)):
         if job is None:
             continue
         status = job.get_status(refresh=False)
+        if status == JobStatus.SCHEDULED and job_id in overdue:
+            continue
         if status in ALIVE or (status == JobStatus.STARTED and job_id in running):
             alive.append(job_id)
     return alive
+
+
+def _unschedule(conn, job_ids: set[str]) -> None:
+    """Take overdue jobs out of RQ's scheduled registries: the sweeper enqueues them itself."""
+    if job_ids:
+        for name in (queues.BATCHES, queues.IMAGES):
+            conn.zrem(ScheduledJobRegistry(name, connection=conn).key, *job_ids)
 
 
 def recover(batch: BatchRecord) -> dict:
@@ -120,16 +154,19 @@ def sweep(now: datetime | None = None) -> list[dict]:
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(seconds=settings.stall_timeout_s)
     conn = queues.get_redis()
-    running = _running_job_ids(conn, datetime.now(timezone.utc).timestamp())
+    at = datetime.now(timezone.utc).timestamp()
+    running = _running_job_ids(conn, at)
+    overdue = _overdue_scheduled_ids(conn, at)
     done = []
     for batch in stores.batches().stalled(cutoff, limit=settings.sweep_limit):
-        alive = live_jobs(batch, conn, running)
+        alive = live_jobs(batch, conn, running, overdue)
         if alive:
             log.debug("stalled batch still has live jobs", extra={"batch_id": batch.id})
             continue
         claimed = stores.batches().claim_stalled(batch)
         if claimed is None:
             continue  # it moved (or another sweep took it) since it was read
+        _unschedule(conn, overdue & set(jobs.batch_job_ids(claimed)))
         try:
             if claimed.sweeps > settings.max_stall_recoveries:
                 outcome = give_up(claimed, settings.max_stall_recoveries)

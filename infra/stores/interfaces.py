@@ -148,6 +148,12 @@ class ProductStore(abc.ABC):
         the change, or None when it is no longer pending (done by another run)."""
 
     @abc.abstractmethod
+    def undo_attempt(self, image: ImageRecord) -> None:
+        """Take back the attempt counted for a pending image whose run stopped for a reason
+        that is not the image's (S3 unreachable): only worker deaths on it count toward its
+        limit."""
+
+    @abc.abstractmethod
     def fail_pending(self, batch_id: str, error: str, code: str) -> int:
         """pending -> failed (message and FailureCode) for every pending image of a batch;
         returns how many."""

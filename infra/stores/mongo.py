@@ -273,6 +273,10 @@ class MongoProductStore(ProductStore):
         image.attempts = (image.attempts or 0) + 1
         return image
 
+    def undo_attempt(self, image):
+        db.images().update_one({"_id": image.id, "status": PENDING, "attempts": {"$gt": 0}},
+                               {"$inc": {"attempts": -1}})
+
     def fail_pending(self, batch_id, error, code):
         return db.images().update_many(
             {"batch_id": batch_id, "status": PENDING},

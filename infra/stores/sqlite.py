@@ -437,6 +437,10 @@ class SqliteProductStore(ProductStore):
         image.attempts = row[0]
         return image
 
+    def undo_attempt(self, image):
+        self.db.run("UPDATE images SET attempts = attempts - 1 "
+                    "WHERE id = ? AND status = ? AND attempts > 0", (image.id, PENDING))
+
     def fail_pending(self, batch_id, error, code):
         return self.db.run("UPDATE images SET status = ?, error = ?, error_code = ? "
                            "WHERE batch_id = ? AND status = ?",

@@ -1,0 +1,88 @@
+"""`python -m worker [QUEUE ...]` and `python -m worker --cron`: the production worker processes
+(the Makefile, Procfile and compose run these commands).
+
+- A forking RQ worker (each job in a fresh work-horse process, so a crash or an OOM kill takes
+  one job down, never the worker) with RQ's scheduler (retries and webhook backoff wait in it),
+  on the given queues or, by default, every queue (`infra.queues.QUEUE_ORDER`), taken in turn.
+  SIGTERM: the job in hand is finished, then the worker exits; a second SIGTERM cuts it off.
+- `--cron`: RQ's cron scheduler with `worker/cron_config.py` (the stall sweeper and overdue
+  webhook recovery). One per deployment; a second one only adds harmless sweeps.
+
+RQ's worker and cron scheduler quit when Redis goes away under them (a restart, a failover);
+here each is started again after RESTART_DELAY_S until it stops because it was asked to.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+# First: the service's JSON logs and settings warnings, before RQ installs its own handler.
+from worker import rq_config  # noqa: F401  isort: skip
+
+import redis
+from rq import Worker
+from rq.worker import DequeueStrategy
+from rq.cron import CronScheduler
+
+from infra import queues
+from infra.settings import get_settings
+
+log = logging.getLogger("worker")
+
+RESTART_DELAY_S = 2.0
+CRON_CONFIG = "worker.cron_config"
+
+
+def run_worker(names: list[str]) -> int:
+    settings = get_settings()
+    while True:
+        worker = Worker([queues.get_queue(name) for name in names],
+                        connection=queues.get_redis(),
+                        job_monitoring_interval=settings.job_heartbeat_s,
+                        maintenance_interval=settings.rq_maintenance_interval_s)
+        try:
+            # Queues in turn (round robin), so slow webhook receivers get at most every other
+            # job while images wait.
+            worker.work(with_scheduler=True, logging_level=settings.log_level,
+                        dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.error("worker lost Redis: %s", error)
+        # RQ records when SIGTERM/SIGINT asked it to stop; any other return is RQ quitting
+        # on an error.
+        if worker._shutdown_requested_date is not None:
+            return 0
+        log.error("the RQ worker quit on an error; starting it again in %.0f s",
+                  RESTART_DELAY_S)
+        time.sleep(RESTART_DELAY_S)
+
+
+def run_cron() -> int:
+    level = get_settings().log_level
+    while True:
+        scheduler = CronScheduler(connection=queues.get_redis(), logging_level=level)
+        scheduler.load_config_from_file(CRON_CONFIG)
+        try:
+            scheduler.start()  # returns on SIGTERM/SIGINT
+            return 0
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.error("cron scheduler lost Redis (%s); starting it again in %.0f s", error,
+                      RESTART_DELAY_S)
+            time.sleep(RESTART_DELAY_S)
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--cron"]:
+        return run_cron()
+    names = argv or list(queues.QUEUE_ORDER)
+    unknown = [name for name in names if name not in queues.QUEUE_ORDER]
+    if unknown:
+        print(f"unknown queue(s): {', '.join(unknown)}; the queues are "
+              f"{', '.join(queues.QUEUE_ORDER)} (or --cron for the cron scheduler)",
+              file=sys.stderr)
+        return 2
+    return run_worker(names)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
