@@ -111,7 +111,7 @@ def wait_for(condition, timeout: float, what: str, topo=None, step: float = 0.1)
     raise AssertionError(f"timed out waiting for {what}" + (f"\n{topo.logs()}" if topo else ""))
 
 
-def wait_final(topo, batch_id: str, timeout: float = 60) -> dict:
+def wait_final(topo, batch_id: str, timeout: float = 120) -> dict:
     return wait_for(lambda: (b := get_batch(topo, batch_id))["status"] in FINAL and b,
                     timeout, f"batch {batch_id} to finish", topo)
 
