@@ -271,6 +271,6 @@ def test_a_webhook_receiver_down_gets_the_event_later_with_the_same_id(topo, pee
                          processed=2, failed=0)
     wait_for(lambda: time.monotonic() > up_at and len(hook_requests(peers, batch_id)) >= 2
              and any(r for r in topo.mongo_db().deliveries.find(
-                 {"batch_id": batch_id, "status": "succeeded"})), 30, "the late delivery", topo)
+                 {"batch_id": batch_id, "status": "succeeded"})), 90, "the late delivery", topo)
     sent = hook_requests(peers, batch_id)
     assert len({r["headers"]["webhook-id"] for r in sent}) == 1 and len(sent) >= 3
