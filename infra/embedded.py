@@ -46,6 +46,13 @@ def start(settings: Settings) -> Settings:
     touches a store."""
     from infra import queues, storage, stores
     from infra.stores.sqlite import SqliteStores
+    try:
+        import fakeredis  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            f"none of REDIS_URL, MONGO_URL, S3_ENDPOINT_URL is set, so this would run in the "
+            f"embedded mode, whose stand-ins are not installed ({error.name}): set the three "
+            f"variables, or pip install -r requirements-embedded.txt") from None
 
     root = home(settings)
     root.mkdir(parents=True, exist_ok=True)

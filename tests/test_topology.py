@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import json
 import signal
-import threading
+import subprocess
+import sys
 import time
 
 import psutil
@@ -169,6 +170,37 @@ def test_a_batch_goes_through_gunicorn_two_forking_workers_and_cron(topo, peers)
     assert_batch_outcome(topo, peers, batch_id, status="completed", rows=5, images=10,
                          processed=10, failed=0)
     assert len(hook_requests(peers, batch_id)) == 1
+
+
+def test_the_compose_healthchecks_of_worker_and_cron_tell_a_live_process_from_a_stopped_one(
+        topo):
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+
+    def check(name: str) -> int:
+        command = services[name]["healthcheck"]["test"][1:]  # after "CMD"
+        assert command[0] == "python"
+        return subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=topo.env,
+                              timeout=30).returncode
+    assert check("worker") == 0 and check("cron") == 0
+    topo.cron.signal(signal.SIGTERM)
+    topo.cron.popen.wait(timeout=30)
+    assert check("cron") == 1  # the fixture starts it again for the next test
+
+
+def test_the_production_processes_need_none_of_the_embedded_stand_ins(topo):
+    # The production image installs requirements.txt only: fakeredis, mongomock and moto are in
+    # requirements-embedded.txt. Importing the API, the worker and cron must not need them.
+    blocker = ("import sys\n"
+               "class Block:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in {'fakeredis', 'mongomock', 'moto'}:\n"
+               "            raise ImportError(name)\n"
+               "sys.meta_path.insert(0, Block())\n"
+               "from api import create_app; create_app()\n"
+               "import worker.__main__, worker.cron_config, worker.tasks, worker.sweeper\n")
+    result = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, env=topo.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # --- faults ----------------------------------------------------------------------------------------
