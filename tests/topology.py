@@ -213,10 +213,10 @@ class Topology:
         client = pymongo.MongoClient(self.env["MONGO_URL"], serverSelectionTimeoutMS=5000)
         return client[self.env["MONGO_DB"]]
 
-    def s3_client(self):
+    def s3_client(self, **options):
         return boto3.client("s3", endpoint_url=self.env["S3_ENDPOINT_URL"],
                             region_name="us-east-1", aws_access_key_id="test",
-                            aws_secret_access_key="test")
+                            aws_secret_access_key="test", **options)
 
     # --- operations ----------------------------------------------------------------------------
 

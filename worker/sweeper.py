@@ -1,8 +1,9 @@
 """The stall sweeper: no batch may hang forever because its jobs vanished from Redis.
 
 A batch that is `queued` or `processing` but has recorded no progress (`updated_at`) for
-`STALL_TIMEOUT_S`, and none of whose jobs is still alive in Redis (queued, deferred, scheduled
-for less than `STALL_TIMEOUT_S` ago, or started by a worker whose heartbeat is fresh), gets its
+`STALL_TIMEOUT_S`, and none of whose jobs is still alive in Redis (waiting on its queue, deferred,
+scheduled for less than `STALL_TIMEOUT_S` ago, or started by a worker whose heartbeat is fresh),
+gets its
 missing work enqueued again:
 
 - not parsed yet: the parse job (parsing is idempotent: rows are upserted, images keep state);
@@ -95,9 +96,18 @@ def live_jobs(batch: BatchRecord, conn=None, running: set[str] | None = None,
         status = job.get_status(refresh=False)
         if status == JobStatus.SCHEDULED and job_id in overdue:
             continue
+        if status == JobStatus.QUEUED and not _in_queue(conn, job):
+            continue  # taken off its queue by a worker that died before starting it
         if status in ALIVE or (status == JobStatus.STARTED and job_id in running):
             alive.append(job_id)
     return alive
+
+
+def _in_queue(conn, job: Job) -> bool:
+    """Whether a job marked queued is really waiting on its queue. A worker that loses Redis
+    between taking a job and starting it (a Redis restart) leaves it marked queued on no
+    queue; RQ's maintenance finds it only much later."""
+    return conn.lpos(f"rq:queue:{job.origin}", job.id) is not None
 
 
 def _unschedule(conn, job_ids: set[str]) -> None:
