@@ -22,11 +22,11 @@ from worker import rq_config  # noqa: F401  isort: skip
 
 import redis
 from rq import Worker
-from rq.worker import DequeueStrategy
 from rq.cron import CronScheduler
 
 from infra import queues
 from infra.settings import get_settings
+from worker.runner import DEQUEUE_STRATEGY
 
 log = logging.getLogger("worker")
 
@@ -42,10 +42,8 @@ def run_worker(names: list[str]) -> int:
                         job_monitoring_interval=settings.job_heartbeat_s,
                         maintenance_interval=settings.rq_maintenance_interval_s)
         try:
-            # Queues in turn (round robin), so slow webhook receivers get at most every other
-            # job while images wait.
             worker.work(with_scheduler=True, logging_level=settings.log_level,
-                        dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+                        dequeue_strategy=DEQUEUE_STRATEGY)  # queues in turn: see runner.py
         except (redis.ConnectionError, redis.TimeoutError) as error:
             log.error("worker lost Redis: %s", error)
         # RQ records when SIGTERM/SIGINT asked it to stop; any other return is RQ quitting

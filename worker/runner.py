@@ -19,8 +19,7 @@ IMAGE_QUEUES = (queues.BATCHES, queues.IMAGES)
 WEBHOOK_QUEUES = (queues.WEBHOOKS,)
 # A worker serving every queue takes them in turn (RQ's round robin), not webhooks first: each
 # attempt ends by WEBHOOK_TIMEOUT_S, so slow receivers get at most every other job while image
-# work waits. The production workers (Procfile, compose, `make worker`) pass
-# `--dequeue-strategy round_robin` for the same reason.
+# work waits. The production workers (`python -m worker`) use it too.
 DEQUEUE_STRATEGY = "round_robin"
 
 
