@@ -211,7 +211,21 @@ def test_the_production_processes_need_none_of_the_embedded_stand_ins(topo):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-# --- faults ----------------------------------------------------------------------------------------
+# --- faults: the receiver one first, before the ones that cost RQ its scheduler for a minute --
+
+def test_a_webhook_receiver_down_gets_the_event_later_with_the_same_id(topo, peers):
+    up_at = time.monotonic() + 6
+    peers.routes["/hook"] = lambda handler: Route(b"", 204 if time.monotonic() > up_at else 503)
+    urls = serve(peers, 2)
+    batch_id = upload(topo, [urls], peers)
+    assert_batch_outcome(topo, peers, batch_id, status="completed", rows=1, images=2,
+                         processed=2, failed=0)
+    wait_for(lambda: time.monotonic() > up_at and len(hook_requests(peers, batch_id)) >= 2
+             and any(r for r in topo.mongo_db().deliveries.find(
+                 {"batch_id": batch_id, "status": "succeeded"})), 90, "the late delivery", topo)
+    sent = hook_requests(peers, batch_id)
+    assert len({r["headers"]["webhook-id"] for r in sent}) == 1 and len(sent) >= 2
+
 
 def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(topo, peers):
     urls = serve(peers, 12, delay=0.25)
@@ -313,17 +327,3 @@ def test_mongodb_unreachable_for_10_s_answers_503_then_the_batch_finishes(topo, 
     topo.mongo.signal(signal.SIGUSR2)
     assert_batch_outcome(topo, peers, batch_id, status="completed", rows=10, images=10,
                          processed=10, failed=0)
-
-
-def test_a_webhook_receiver_down_gets_the_event_later_with_the_same_id(topo, peers):
-    up_at = time.monotonic() + 6
-    peers.routes["/hook"] = lambda handler: Route(b"", 204 if time.monotonic() > up_at else 503)
-    urls = serve(peers, 2)
-    batch_id = upload(topo, [urls], peers)
-    assert_batch_outcome(topo, peers, batch_id, status="completed", rows=1, images=2,
-                         processed=2, failed=0)
-    wait_for(lambda: time.monotonic() > up_at and len(hook_requests(peers, batch_id)) >= 2
-             and any(r for r in topo.mongo_db().deliveries.find(
-                 {"batch_id": batch_id, "status": "succeeded"})), 90, "the late delivery", topo)
-    sent = hook_requests(peers, batch_id)
-    assert len({r["headers"]["webhook-id"] for r in sent}) == 1 and len(sent) >= 2
