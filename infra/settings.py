@@ -102,9 +102,10 @@ class Settings(BaseSettings):
     loopback or private address, e.g. a local image server; every other host keeps the address
     rule."""
 
-    # How long an output's S3 put is retried while S3 fails transiently before the chunk job
-    # gives up on it for now (the image stays pending and its job is retried).
     storage_retry_s: float = Field(60.0, ge=0, le=3600)
+    """How long an output's S3 upload is retried (backoff 0.5 s doubling to 8 s) while S3 fails
+    with connection errors, 5xx or throttling; then the image stays pending (not failed) and its
+    chunk job is retried."""
 
     # Jobs.
     job_timeout_s: int = Field(900, gt=0)
@@ -116,13 +117,15 @@ class Settings(BaseSettings):
     """A worker dying while it processes an image (OOM, decoder crash) leaves it pending: after
     this many started attempts the image fails instead of being tried again."""
 
-    # Seconds before each retry of a failed parse or chunk job (RQ Retry; needs a scheduler).
     job_retry_schedule: str = "10,60,300"
-    # RQ workers: how often a running job's heartbeat is written (a job whose heartbeat is two
-    # of these old is taken for dead by the sweeper), and how often a worker cleans RQ's
-    # registries (abandoned jobs of killed workers are failed or retried then).
+    """Seconds before each retry of a failed parse or chunk job (a crash, a killed work-horse,
+    S3 or MongoDB down); RQ's scheduler runs them (`python -m worker` has it)."""
     job_heartbeat_s: int = Field(30, ge=1, le=3600)
+    """How often a worker writes a running job's heartbeat; the sweeper takes a job silent for
+    twice that for dead."""
     rq_maintenance_interval_s: int = Field(600, ge=1, le=86400)
+    """How often each worker cleans RQ's registries (fails or retries the jobs of killed
+    workers)."""
 
     # Stall sweeper (worker/sweeper.py).
     sweep_interval_s: int = Field(60, ge=1, le=86400)
