@@ -149,8 +149,9 @@ class Settings(BaseSettings):
     webhook_secret: str = Field(default_factory=lambda: "whsec_" + base64.b64encode(
         secrets.token_bytes(32)).decode())
     """`whsec_<base64 of 24-64 random bytes>` signing deliveries to a batch's `webhook_url`.
-    Unset, each process makes a random one (`make run` prints it in the embedded default) that
-    receivers cannot know: set it, the same value in API and workers."""
+    Unset, each process makes a random one that receivers cannot know (the embedded default
+    keeps its one in `BATCHPRESS_HOME` and prints it): set it, the same value in API and
+    workers."""
     webhook_timeout_s: float = Field(10.0, gt=0)
     """Seconds a delivery attempt may take, from connecting to the end of the answer."""
     webhook_retry_schedule: str = "5,30,300,1800,7200,18000,36000"

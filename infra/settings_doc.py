@@ -22,8 +22,10 @@ too; names are case-insensitive). A bad value stops the service at start-up with
 variable naming it and what is wrong (exit status 2), never a traceback.
 
 Variables read by other programs, not by the service: gunicorn's (`WEB_CONCURRENCY`,
-`GUNICORN_*`, `FORWARDED_ALLOW_IPS`, `PROMETHEUS_MULTIPROC_DIR`) and the command line's
-(`BATCHPRESS_URL`, `BATCHPRESS_API_KEY`) are described in the README.
+`GUNICORN_*`, `FORWARDED_ALLOW_IPS`, `PROMETHEUS_MULTIPROC_DIR`) are in
+[operations](operations.md#gunicorn), the command line's (`BATCHPRESS_URL`,
+`BATCHPRESS_API_KEY`) in the [README](../README.md#the-command-line-batchpress), the tests'
+(`MONGO_URL` for a real MongoDB, `CHROMIUM`, `UPDATE_SCREENSHOT`) in [testing](testing.md).
 
 | Variable | Default | Allowed | Meaning |
 |---|---|---|---|
