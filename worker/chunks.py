@@ -1,4 +1,5 @@
-"""Processing one chunk of a batch's images: download, re-encode, store, record, in a bounded pool."""
+"""Processing one chunk of a batch's images: download (politely: per-host slots, Retry-After
+waits rescheduled, retries of transient failures), re-encode, store, record, in a bounded pool."""
 from __future__ import annotations
 
 import logging
