@@ -7,7 +7,7 @@ second enqueue of the same work is recognisable (and cancel or the sweeper can f
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import RedisError
 from rq import Callback, Retry
@@ -35,10 +35,16 @@ def chunk_job_id(batch_id: str, chunk: int) -> str:
     return f"{batch_id}-chunk-{chunk}"
 
 
+def later_job_ids(batch_id: str, chunk: int) -> tuple[str, str]:
+    """The two ids a chunk job queued again for later takes in turn (one may be running)."""
+    return f"{chunk_job_id(batch_id, chunk)}-later-a", f"{chunk_job_id(batch_id, chunk)}-later-b"
+
+
 def batch_job_ids(batch) -> list[str]:
     """Every job id a batch (a BatchRecord) can have."""
     ids = [parse_job_id(batch.id)]
-    ids += [chunk_job_id(batch.id, n) for n in range(batch.chunks)]
+    for n in range(batch.chunks):
+        ids += [chunk_job_id(batch.id, n), *later_job_ids(batch.id, n)]
     return ids
 
 
@@ -75,6 +81,19 @@ def enqueue_chunks(batch_id: str, chunk_numbers, *, skip_existing: bool = False)
     ) for n in chunk_numbers]
     for start in range(0, len(jobs), 500):
         queue.enqueue_many(jobs[start:start + 500])
+
+
+def enqueue_chunk_later(batch_id: str, chunk: int, seconds: float, *,
+                        current_job_id: str | None = None) -> None:
+    """Run a chunk job again in `seconds` (RQ's scheduler), for images a server asked to wait;
+    under an id other than the running job's."""
+    first, second = later_job_ids(batch_id, chunk)
+    job_id = second if current_job_id == first else first
+    settings = get_settings()
+    queues.get_queue(queues.IMAGES).enqueue_in(
+        timedelta(seconds=max(seconds, 0.0)), PROCESS_CHUNK, batch_id, chunk, job_id=job_id,
+        job_timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=7 * 86400,
+        retry=_retry())
 
 
 def enqueue_announce(batch_id: str) -> None:

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     """Per connection attempt, never more than what is left of the download deadline."""
     max_redirects: int = Field(3, ge=0, le=10)
     """Redirects followed per image; each hop is checked like the first URL."""
+    per_host_concurrency: int = Field(4, ge=1, le=64)
+    """Image downloads in flight at once per host, across all workers (Redis-held slots whose
+    leases expire, so a killed worker cannot keep one)."""
+    max_retry_after_s: float = Field(600.0, ge=0, le=86400)
+    """How long in all an image may wait on a host answering 429 (or 503 with `Retry-After`):
+    while within it, the image is put back and its chunk queued again after the wait asked
+    for; past it, the image fails with `http_status`."""
+    download_retries: int = Field(2, ge=0, le=10)
+    """More tries of an image whose download fails on the connection or with a 5xx."""
+    download_retry_backoff_s: float = Field(1.0, ge=0, le=60)
+    """Wait before the first of those tries, doubled before each next one."""
     image_concurrency: int = Field(8, ge=1, le=64)
     """Images in flight per chunk job (threads); decode+encode is capped at one per core
     (`worker/chunks.py`)."""

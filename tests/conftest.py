@@ -43,7 +43,7 @@ def env(monkeypatch, redis_server, s3_server):
         "AWS_DEFAULT_REGION": "us-east-1", "ALLOW_PRIVATE_URLS": "true",
         "MONGO_URL": REAL_MONGO_URL or "mongodb://mongomock.invalid",
         "MONGO_DB": "bp_test_" + uuid.uuid4().hex[:8], "DOWNLOAD_TIMEOUT_S": "5",
-        "WEBHOOK_TIMEOUT_S": "2", "CHUNK_SIZE": "3", "IMAGE_CONCURRENCY": "2",
+        "WEBHOOK_TIMEOUT_S": "2", "DOWNLOAD_RETRY_BACKOFF_S": "0.05", "CHUNK_SIZE": "3", "IMAGE_CONCURRENCY": "2",
         "WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     }
     for name in list(os.environ):

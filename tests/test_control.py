@@ -182,7 +182,7 @@ def test_retry_reprocesses_only_failed_images(client, http_server, work):
     def flaky(handler):
         calls["n"] += 1
         if calls["n"] == 1:
-            return Route(b"upstream down", 500)
+            return Route(b"not there yet", 404)  # a 4xx fails at once (a 5xx is tried again)
         return Route(jpeg((0, 0, 255)), headers={"Content-Type": "image/jpeg"})
     http_server.routes["/flaky.jpg"] = flaky
     flaky_url = http_server.url("/flaky.jpg")

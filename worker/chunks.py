@@ -1,4 +1,5 @@
-"""Processing one chunk of a batch's images: download, re-encode, store, record, in a bounded pool."""
+"""Processing one chunk of a batch's images: download (politely: per-host slots, Retry-After
+waits rescheduled, retries of transient failures), re-encode, store, record, in a bounded pool."""
 from __future__ import annotations
 
 import logging
@@ -6,8 +7,11 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
-from infra import metrics, storage, stores
+from rq import get_current_job
+
+from infra import host_slots, jobs, metrics, queues, storage, stores
 from infra.per_process import per_process
 from infra.settings import Settings
 from schemas.batch import BatchStatus
@@ -63,8 +67,9 @@ def output_key(batch_id: str, digest: str, url: str, extension: str,
 class _CancelWatch:
     """Reads the batch status at most once a second, shared by the pool's threads."""
 
-    def __init__(self, batch_id: str):
+    def __init__(self, batch_id: str, later: _Later | None = None):
         self.batch_id = batch_id
+        self.later = later or _Later()
         self._lock = threading.Lock()
         self._checked = 0.0
         self._stop = False
@@ -77,12 +82,41 @@ class _CancelWatch:
             return self._stop
 
 
+class _Later:
+    """The shortest wait a server asked for among the images put back (shared by the threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: float | None = None
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds = seconds if self.seconds is None else min(self.seconds, seconds)
+
+
+def _throttle_key(image: ImageRecord) -> str:
+    return f"bp:throttle:{image.id}"
+
+
+def _deferrals(images: list[ImageRecord]) -> dict[str, int]:
+    """How many times each image was put back to wait (those runs counted an attempt too)."""
+    pipe = queues.get_redis().pipeline(transaction=False)
+    for image in images:
+        pipe.hget(_throttle_key(image), "deferred")
+    return {im.id: int(n or 0) for im, n in zip(images, pipe.execute())}
+
+
 def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
-    """Process the chunk's pending images; returns how many this run finished."""
+    """Process the chunk's pending images; returns how many this run finished. Images a server
+    asked to wait for are left pending and the chunk is queued again for after the wait."""
     images = stores.products().pending_images(batch_id, chunk)
     if not images:
         return 0
-    watch = _CancelWatch(batch_id)
+    deferred = _deferrals(images)
+    for image in images:
+        image.attempts = max(0, (image.attempts or 0) - deferred[image.id])
+    later = _Later()
+    watch = _CancelWatch(batch_id, later)
     batch = stores.batches().get(batch_id, any_owner=True)
     sizes = dict(batch.sizes) if batch is not None else {}
     session = make_session(settings, pool_size=settings.image_concurrency,
@@ -103,6 +137,10 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
             finished += _one(image, batch_id, session, settings, watch, sizes)
     finally:
         session.close()
+    if later.seconds is not None:
+        current = get_current_job()
+        jobs.enqueue_chunk_later(batch_id, chunk, later.seconds,
+                                 current_job_id=current.id if current else None)
     return finished
 
 
@@ -111,21 +149,38 @@ def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: 
     if watch.should_stop():
         return 0
     with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-        return _process(image, batch_id, session, settings, sizes or {})
+        return _process(image, batch_id, session, settings, sizes or {}, watch.later)
 
 
 def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
-             sizes: dict[str, int]) -> int:
+             sizes: dict[str, int], later: _Later) -> int:
+    host = (urlsplit(image.url).hostname or "").lower()
+    paused = host_slots.paused_for(queues.get_redis(), host) if host else 0.0
+    if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
+        later.add(paused)
+        return 0
+    # Runs that put the image back to wait counted an attempt too, and were no crash:
+    # process_chunk has taken them off `attempts` (start_attempt may overwrite it).
+    crashes = image.attempts
     started = stores.products().start_attempt(image)  # counted before any work that could crash
     if started is None:
         return 0  # another run finished it meanwhile
-    if started.attempts > settings.max_image_attempts:
+    if crashes + 1 > settings.max_image_attempts:
         return _record_failure(image, batch_id, f"gave up after {settings.max_image_attempts} "
                                "attempts: the worker died while processing it",
                                FailureCode.WORKER_DIED, None)
     bytes_in = None
     try:
-        data = metrics.timed("download_seconds", download, session, image.url, settings)
+        try:
+            data = _polite_download(session, image.url, host, settings)
+        except DownloadError as error:
+            if not error.throttled:
+                raise
+            failure, delay = _throttled(image, error, settings)
+            if failure is None:
+                later.add(delay)
+                return 0
+            raise DownloadError(failure, error.code) from None
         bytes_in = len(data)
         encoded = _encode(data, settings, sizes)
         del data
@@ -165,6 +220,59 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
         metrics.image_processed(bytes_in, bytes_out)
         return 1
     return 0
+
+
+def _polite_download(session, url: str, host: str, settings: Settings) -> bytes:
+    """download() within one of the host's slots; failures of the connection and 5xx answers
+    tried again after a growing wait (outside the slot)."""
+    conn = queues.get_redis()
+    lease = settings.download_timeout_s + 30  # a download never holds its slot past its deadline
+    for attempt in range(settings.download_retries + 1):
+        try:
+            if not host:
+                return metrics.timed("download_seconds", download, session, url, settings)
+            with host_slots.slot(conn, host, settings.per_host_concurrency, lease):
+                return metrics.timed("download_seconds", download, session, url, settings)
+        except DownloadError as error:
+            if not error.transient or attempt == settings.download_retries:
+                if error.transient and attempt:
+                    raise DownloadError(f"{error} ({attempt + 1} tries)", error.code,
+                                        status=error.status, host=error.host) from None
+                raise
+        time.sleep(settings.download_retry_backoff_s * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _throttled(image: ImageRecord, error: DownloadError,
+               settings: Settings) -> tuple[str | None, float]:
+    """A 429 (or 503 with Retry-After): (None, the wait) when the image is put back to wait,
+    else the failure to record because the waits would pass MAX_RETRY_AFTER_S."""
+    conn = queues.get_redis()
+    key = _throttle_key(image)
+    now = time.time()
+    pipe = conn.pipeline()
+    pipe.hsetnx(key, "first", repr(now))
+    pipe.hincrby(key, "hits", 1)
+    pipe.hget(key, "first")
+    pipe.expire(key, int(settings.max_retry_after_s) + 86400)
+    _, hits, first, _ = pipe.execute()
+    delay = error.retry_after if error.retry_after is not None else \
+        settings.download_retry_backoff_s * 2 ** min(hits - 1, 10)
+    spent = now - float(first)
+    if spent + delay > settings.max_retry_after_s:
+        return (f"HTTP {error.status} from {error.host} {hits} "
+                f"{'time' if hits == 1 else 'times'} over {_duration(spent)}"), delay
+    conn.hincrby(key, "deferred", 1)
+    host_slots.pause_host(conn, error.host, delay)  # every worker leaves the host alone meanwhile
+    return None, delay
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"
 
 
 def _store(key: str, encoded) -> None:

@@ -35,6 +35,7 @@ from infra import http
 from infra.http import Watch, caused_by, connection_failure, deadline, short_error
 from infra.settings import Settings
 from schemas.failures import FailureCode
+from schemas.retry_after import retry_after_seconds
 from schemas.urls import UrlShapeError, check_fetchable, excerpt
 
 CHUNK = 64 * 1024
@@ -43,9 +44,24 @@ CHUNK = 64 * 1024
 class DownloadError(Exception):
     """The image could not be fetched; the message is shown to the user, `code` says why."""
 
-    def __init__(self, message: str, code: FailureCode):
+    def __init__(self, message: str, code: FailureCode, *, status: int | None = None,
+                 host: str = "", retry_after: float | None = None):
         super().__init__(message)
         self.code = code
+        self.status = status            # the HTTP status, when the server answered
+        self.host = host
+        self.retry_after = retry_after  # seconds, from a Retry-After header
+
+    @property
+    def throttled(self) -> bool:
+        """The server asks us to come back later (429, or 503 with Retry-After)."""
+        return self.status == 429 or (self.status == 503 and self.retry_after is not None)
+
+    @property
+    def transient(self) -> bool:
+        """Worth another try soon: the connection failed or the server had an error (5xx)."""
+        return (self.code == FailureCode.CONNECTION_FAILED
+                or (self.status is not None and self.status >= 500 and not self.throttled))
 
 
 class RefusedURL(DownloadError):
@@ -115,8 +131,10 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: Wa
                 url = urljoin(url, _decode_location(location))
                 continue
             if response.status_code != 200:
-                raise DownloadError(f"HTTP {response.status_code} from the image server",
-                                    FailureCode.HTTP_STATUS)
+                raise DownloadError(
+                    f"HTTP {response.status_code} from {host}", FailureCode.HTTP_STATUS,
+                    status=response.status_code, host=host,
+                    retry_after=retry_after_seconds(response.headers.get("Retry-After")))
             declared = response.headers.get("Content-Length", "").strip()
             if declared.isdigit() and int(declared) > limit:
                 raise DownloadError(f"image is {int(declared)} bytes, over the {limit}-byte limit",
@@ -157,8 +175,9 @@ def _failure(error: requests.RequestException, watch: Watch, host: str, timeout:
                           requests.exceptions.MissingSchema)):
         return RefusedURL(f"refused: invalid URL ({short_error(error)})")
     if broke_off:
-        return DownloadError(f"download from {host} broke off before the end", _CONNECTION)
-    return DownloadError(connection_failure(error, host), _CONNECTION)
+        return DownloadError(f"download from {host} broke off before the end", _CONNECTION,
+                             host=host)
+    return DownloadError(connection_failure(error, host), _CONNECTION, host=host)
 
 
 def _check_url(url: str, *, redirected: bool = False) -> str:
