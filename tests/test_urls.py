@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.urls import MAX_URL_LENGTH, UrlShapeError, check_absolute_http, check_fetchable, excerpt
+from schemas.urls import (
+    MAX_URL_LENGTH, UrlShapeError, check_absolute_http, check_fetchable, excerpt)
 
 NOT_HTTP = ["ftp://h/a.jpg", "file:///etc/passwd", "data:image/png;base64,AAAA",
             "/images/a.jpg", "photo.jpg", "javascript:alert(1)", "gopher://127.0.0.1:6379/_"]
