@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from infra import settings as settings_module
-from tests.test_ops import make_app
+from tests.helpers import make_app
 
 PREFLIGHT = {"Access-Control-Request-Method": "POST",
              "Access-Control-Request-Headers": "authorization, idempotency-key"}

@@ -126,7 +126,7 @@ def test_an_image_that_q50_would_make_larger_is_stored_as_it_came_without_metada
 def test_every_failed_image_carries_a_stable_code_in_the_api_the_csv_and_the_metrics(
         client, http_server, work):
     from tests import image_factory as make
-    from tests.test_ops import metric
+    from tests.helpers import metric
     cases = {  # path -> (body, status, expected code)
         "/gone.jpg": (b"gone", 410, "http_status"),
         "/page.jpg": (b"<html>a web page</html>", 200, "not_an_image"),
@@ -168,7 +168,7 @@ def test_errors_csv_cells_never_run_as_spreadsheet_formulas(client, work):
 
 def test_each_image_says_what_it_is_and_the_batch_what_it_saved(client, http_server, work):
     from tests import image_factory as make
-    from tests.test_ops import metric
+    from tests.helpers import metric
     rotated = make.exif_rotated_jpeg(size=(96, 64), orientation=6)
     http_server.routes["/rotated.jpg"] = Route(rotated)
     http_server.routes["/alpha.png"] = Route(make.png(mode="RGBA"))
