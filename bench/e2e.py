@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import processes  # noqa: E402 - needs ROOT on sys.path
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -96,13 +98,7 @@ class Services:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            processes.stop(proc, grace=10)
         if self.redis is not None:
             self.redis.stop()
 

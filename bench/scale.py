@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench import processes  # noqa: E402 - needs ROOT on sys.path
 
 PAGE = 500
 
@@ -167,13 +168,7 @@ def run_size(rows: int, services, env: dict, workdir: Path, wait_images: bool) -
         return result
     finally:
         for proc in (worker, api):
-            if proc is not None and proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            processes.stop(proc, grace=20)
 
 
 def _wait_for_workers(redis_url: str, count: int, timeout: float = 60) -> None:
