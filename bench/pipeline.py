@@ -64,6 +64,8 @@ def corpus_dir() -> Path:
 
 def load_corpus(path: Path | None = None) -> list[Item]:
     path = path or corpus_dir()
+    if not path.is_dir():
+        raise SystemExit(f"no corpus folder at {path}: set BENCH_CORPUS to a folder of photos")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSIONS)
     if not files:
         raise SystemExit(f"no images in {path} (set BENCH_CORPUS)")
