@@ -94,13 +94,16 @@ def main() -> None:
         if resumed:
             print(f"Resuming {len(resumed)} unfinished batch(es) from the last run", flush=True)
     stop = threading.Event()
-    sweeper.start_thread(stop)  # in production `rq cron` runs the sweep (see Procfile)
+    sweeper.start_thread(stop)  # in production the `cron` process runs the sweep (Procfile)
     # Webhooks on a thread of their own: slow receivers never hold batches up.
-    start_webhook_worker(with_scheduler=not settings.embedded)
+    start_webhook_worker(with_scheduler=False)
     start_image_worker()  # images of a file being read are processed while it is read
     try:
         # The main thread works the batch and image queues until Ctrl-C.
-        run_worker(burst=False, in_process_scheduler=settings.embedded, names=IMAGE_QUEUES)
+        # Scheduled jobs move from a thread of this process, so a SIGTERM to its PID stops all
+        # of it (RQ's forked scheduler would outlive it).
+        run_worker(burst=False, in_process_scheduler=True, scheduler_locks=not settings.embedded,
+                   names=IMAGE_QUEUES)
     finally:
         stop.set()
         server.shutdown()

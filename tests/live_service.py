@@ -85,9 +85,11 @@ def start_service(log: Path, **settings: str):
         _wait_until_up(base, process, log)
         yield LiveService(base, process, log)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
         try:
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=15)
+        except ProcessLookupError:  # the group has stopped already
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -65,18 +65,27 @@ def start_image_worker() -> threading.Thread:
     return thread
 
 
-def start_scheduler_thread(stop: threading.Event, interval: float = 1.0) -> threading.Thread:
+def start_scheduler_thread(stop: threading.Event, interval: float = 1.0, *,
+                           locked: bool = False) -> threading.Thread:
     """Move due scheduled jobs (retries, webhook backoff) onto their queues from a thread.
 
-    RQ's own scheduler runs in a forked process, which cannot see an in-memory Redis; this
-    does the same work in-process for the embedded default.
+    RQ's own scheduler runs in a forked process, which cannot see an in-memory Redis and, in
+    `make run` on real services, outlives a SIGTERM sent to the service's PID; this does the
+    same work in-process. `locked`: take RQ's per-queue scheduler locks first (a real Redis,
+    where `python -m worker` processes may run schedulers too), and move jobs only for the
+    queues it holds.
     """
     scheduler = RQScheduler(list(QUEUE_ORDER), connection=queues.get_redis())
-    scheduler.prepare_registries(list(QUEUE_ORDER))
+    if not locked:
+        scheduler.prepare_registries(list(QUEUE_ORDER))
 
     def loop() -> None:
         while not stop.wait(interval):
+            if locked:
+                scheduler.acquire_locks()  # takes free locks and refreshes its own
             scheduler.enqueue_scheduled_jobs()
+        if locked:
+            scheduler.release_locks()
 
     thread = threading.Thread(target=loop, name="scheduler", daemon=True)
     thread.start()
@@ -84,14 +93,15 @@ def start_scheduler_thread(stop: threading.Event, interval: float = 1.0) -> thre
 
 
 def run_worker(*, burst: bool = False, in_process_scheduler: bool = False,
-               names: tuple[str, ...] = QUEUE_ORDER) -> bool:
+               scheduler_locks: bool = False, names: tuple[str, ...] = QUEUE_ORDER) -> bool:
     """Work the queues `names` in this thread until stopped (or, with burst, until they are
-    empty)."""
+    empty). `in_process_scheduler`: move scheduled jobs from a thread of this process (taking
+    RQ's scheduler locks with `scheduler_locks`) instead of RQ's forked scheduler."""
     worker = make_worker(simple=True, names=names)
     if not in_process_scheduler:
         return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
     stop = threading.Event()
-    start_scheduler_thread(stop)
+    start_scheduler_thread(stop, locked=scheduler_locks)
     try:
         return worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
     finally:
