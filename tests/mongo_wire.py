@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import signal
 import sys
 import threading
 import time
@@ -27,6 +26,8 @@ import time
 import mockupdb
 import mongomock
 from bson import SON
+
+from tests.servers import serve_until_terminated
 
 MAX_WIRE_VERSION = 21  # MongoDB 7.0: what pymongo 4.10 expects of a current server
 FIRST_BATCH = 101  # mongod's first batch when the client names no batchSize
@@ -348,14 +349,7 @@ def main(argv: list[str]) -> None:
     wire = MongoWire(port=int(argv[1]) if len(argv) > 1 else None)
     port = wire.start()
     print(f"mongo_wire listening on 127.0.0.1:{port}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=wire.stop).start())
-    signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(target=wire.start).start())
-    while not stop.wait(0.5):
-        pass
-    wire.stop()
+    serve_until_terminated(wire)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ this process's memory, behind a TCP relay that is what opens and closes.
 """
 from __future__ import annotations
 
-import signal
 import socket
 import sys
 import threading
 
 from moto.server import ThreadedMotoServer
+
+from tests.servers import serve_until_terminated
 
 
 class Relay:
@@ -93,14 +94,7 @@ def main(argv: list[str]) -> None:
     relay = Relay(int(argv[1]), moto.get_host_and_port())
     relay.start()
     print(f"s3_server listening on 127.0.0.1:{relay.port}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=relay.stop).start())
-    signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(target=relay.start).start())
-    while not stop.wait(0.5):
-        pass
-    relay.stop()
+    serve_until_terminated(relay)
     moto.stop()
 
 

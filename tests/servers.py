@@ -249,3 +249,17 @@ class DripServer:
     def stop(self) -> None:
         self._stop.set()
         self.sock.close()
+
+
+def serve_until_terminated(service) -> None:
+    """Keep a stand-in run from the command line (`python -m tests.…`) up until SIGTERM or
+    SIGINT; SIGUSR1 stops `service` and SIGUSR2 starts it again, so a test in another process
+    can play an outage. `service` has `start()` and `stop()`."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=service.stop).start())
+    signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(target=service.start).start())
+    while not stop.wait(0.5):
+        pass
+    service.stop()
