@@ -96,6 +96,21 @@ class Services:
             pids["redis-server"] = self.redis.process.pid
         return pids
 
+    def env(self, bucket: str) -> dict:
+        """The environment of a service process on these services: this machine's, less API
+        keys and dashboard credentials, with loopback image URLs allowed."""
+        env = dict(os.environ)
+        for name in ("API_KEYS", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "PUBLIC_BASE_URL"):
+            env.pop(name, None)
+        env.update({
+            "REDIS_URL": self.redis.url, "S3_ENDPOINT_URL": self.s3_url,
+            "S3_BUCKET": bucket, "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+            "ALLOW_PRIVATE_URLS": "true", "LOG_LEVEL": "WARNING",
+            "WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        })
+        return env
+
     def stop(self) -> None:
         for proc in self.procs.values():
             processes.stop(proc, grace=10)
@@ -122,17 +137,10 @@ def run(corpus: Path, names: list[str], copies: int, *, profile: str | None = No
     """Start the services, run the child (under py-spy when `profile`), return its report."""
     services = Services(corpus, latency_ms)
     try:
-        env = dict(os.environ)
-        for name in ("API_KEYS", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "PUBLIC_BASE_URL"):
-            env.pop(name, None)
+        env = services.env("bench-" + uuid.uuid4().hex[:8])
         env.update({
-            "REDIS_URL": services.redis.url, "S3_ENDPOINT_URL": services.s3_url,
-            "S3_BUCKET": "bench-" + uuid.uuid4().hex[:8], "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-            "ALLOW_PRIVATE_URLS": "true", "LOG_LEVEL": "WARNING",
             "MONGO_URL": os.environ.get("MONGO_URL") or "mongodb://mongomock.invalid",
             "MONGO_DB": "bench_" + uuid.uuid4().hex[:8],
-            "WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             "BENCH_REAL_MONGO": "1" if os.environ.get("MONGO_URL") else "",
         })
         env.update(extra_env or {})

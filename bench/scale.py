@@ -231,17 +231,10 @@ def main() -> None:
         (corpus / "tiny.jpg").write_bytes(buffer.getvalue())
         services = Services(corpus)
         try:
-            env = dict(os.environ)
-            for name in ("API_KEYS", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "PUBLIC_BASE_URL"):
-                env.pop(name, None)
+            env = services.env("scale-bench")
             env.update({
-                "REDIS_URL": services.redis.url, "S3_ENDPOINT_URL": services.s3_url,
-                "S3_BUCKET": "scale-bench", "AWS_ACCESS_KEY_ID": "bench",
-                "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                "ALLOW_PRIVATE_URLS": "true", "LOG_LEVEL": "WARNING",
                 # Not used (the stores are SQLite), but the settings want all three services.
                 "MONGO_URL": "mongodb://unused.invalid",
-                "WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                 "MAX_UPLOAD_BYTES": str(2 * 1024 ** 3),
                 "PYTHONPATH": str(ROOT),
             })
