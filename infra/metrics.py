@@ -58,6 +58,12 @@ PIPELINE = {
                                            "smaller than their inputs.", None),
     "download_seconds": ("histogram", "Time to download one image.", DOWNLOAD_BUCKETS),
     "encode_seconds": ("histogram", "Time to decode and re-encode one image.", ENCODE_BUCKETS),
+    "host_throttled_total": ("counter", "Throttle answers from image hosts (429, or 503 with "
+                                        "Retry-After), by status.", None),
+    "host_slowdowns_total": ("counter", "Times a host's allowed download concurrency was "
+                                        "halved after it throttled.", None),
+    "image_deferrals_total": ("counter", "Images put back to wait (left pending, the chunk "
+                                         "queued again), by reason.", None),
     "webhook_attempts_total": ("counter", "Webhook delivery attempts, by outcome.", None),
     "webhook_seconds": ("histogram", "Duration of one webhook delivery attempt.",
                         WEBHOOK_BUCKETS),
@@ -174,6 +180,22 @@ def image_failed(code: str, bytes_in: int | None = None) -> None:
     """A failed image, labelled by its FailureCode (a small, fixed set of label values)."""
     _record([(_field("images_total", {"result": "failed", "reason": str(code)}), 1),
            (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0)])
+
+
+def host_throttled(status: int | None) -> None:
+    """A 429 or 503 answer asking to come back later; labelled by status only (host names
+    would make the label set grow without bound)."""
+    inc("host_throttled_total", status=str(status or ""))
+
+
+def host_slowed_down() -> None:
+    inc("host_slowdowns_total")
+
+
+def image_deferred(reason: str) -> None:
+    """An image put back to wait: `throttled` (its own 429/503), `host_paused` (its host's),
+    `host_busy` (no free slot for too long), `retry_backoff` (a retry's wait too long)."""
+    inc("image_deferrals_total", reason=reason)
 
 
 def webhook_attempt(outcome: str, seconds: float | None = None) -> None:

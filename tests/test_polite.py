@@ -10,8 +10,9 @@ from email.utils import format_datetime
 
 from rq.scheduler import RQScheduler
 
-from infra import host_slots, queues, settings as settings_module
+from infra import host_slots, queues, settings as settings_module, stores
 from schemas.retry_after import retry_after_seconds
+from tests.helpers import metric, set_env
 from tests.servers import Route
 from tests.test_control import csv_text, get, jpeg, serve_images, upload
 from worker import tasks
@@ -149,11 +150,148 @@ def test_downloads_per_host_never_exceed_the_limit_across_workers(client, http_s
 def test_a_slot_left_by_a_killed_worker_expires(env):
     conn = queues.get_redis()
     conn.set(host_slots._slot_key("cdn.example", 0), "dead", px=200)  # never released
-    started = time.monotonic()
-    with host_slots.slot(conn, "cdn.example", 1, lease_s=5):
-        waited = time.monotonic() - started
-    assert 0.1 < waited < 2
+    assert host_slots.take(conn, "cdn.example", 1, lease_s=5) is None  # taken: no wait, None
+    time.sleep(0.25)
+    with host_slots.take(conn, "cdn.example", 1, lease_s=5):
+        assert conn.get(host_slots._slot_key("cdn.example", 0)) is not None
     assert conn.get(host_slots._slot_key("cdn.example", 0)) is None  # released after use
+
+
+def test_a_throttling_host_is_halved_once_per_episode_and_recovers_with_successes(env):
+    conn, host = queues.get_redis(), "cdn.example"
+    assert host_slots.limit_for(conn, host, 8) == 8
+    assert host_slots.slow_down(conn, host, 8, episode_s=1) == 4
+    assert host_slots.slow_down(conn, host, 8, episode_s=1) is None  # the same burst of 429s
+    assert host_slots.limit_for(conn, host, 8) == 4
+    for _ in range(4):  # additive increase: +1 per `limit` successes
+        host_slots.speed_up(conn, host, 8)
+    assert host_slots.limit_for(conn, host, 8) == 5
+    conn.delete(host_slots._slowed_key(host))  # a later episode
+    assert host_slots.slow_down(conn, host, 8, episode_s=1) == 2
+    conn.delete(host_slots._slowed_key(host))
+    assert host_slots.slow_down(conn, host, 8, episode_s=1) == 1
+    conn.delete(host_slots._slowed_key(host))
+    assert host_slots.slow_down(conn, host, 8, episode_s=1) == 1  # never below one
+    successes = 0
+    while conn.exists(host_slots._limit_key(host)):
+        host_slots.speed_up(conn, host, 8)
+        successes += 1
+    assert host_slots.limit_for(conn, host, 8) == 8
+    assert successes == 1 + 2 + 3 + 4 + 5 + 6 + 7  # back to full speed, one step at a time
+    assert conn.ttl(host_slots._limit_key(host)) == -2
+
+
+class ThrottlingHost:
+    """An image route that counts the requests it is answering at once and answers 429 with
+    Retry-After to any that arrives while `allowed` are in already (after a third of the time
+    an image takes: a real server's answer is not instant either). `log`: (arrival time,
+    requests in at its arrival, status) per request."""
+
+    def __init__(self, allowed: int, retry_after: str = "1", seconds: float = 0.3):
+        self.allowed, self.retry_after, self.seconds = allowed, retry_after, seconds
+        self.lock, self.inside, self.log = threading.Lock(), 0, []
+
+    def __call__(self, handler):
+        with self.lock:
+            self.inside += 1
+            arrived, inside = time.time(), self.inside
+        try:
+            if inside > self.allowed:
+                time.sleep(self.seconds / 3)
+                return Route(b"slow down", 429, headers={"Retry-After": self.retry_after})
+            time.sleep(self.seconds)
+            return Route(jpeg((0, 90, 0)), headers={"Content-Type": "image/jpeg"})
+        finally:
+            with self.lock:
+                self.inside -= 1
+                self.log.append((arrived, inside, 429 if inside > self.allowed else 200))
+
+
+def test_a_host_that_throttles_gets_fewer_downloads_at_once_and_the_batch_completes(
+        client, http_server, work, monkeypatch):
+    set_env(monkeypatch, PER_HOST_CONCURRENCY=6, IMAGE_CONCURRENCY=6, CHUNK_SIZE=12)
+    host = ThrottlingHost(allowed=2)
+    urls = []
+    for n in range(12):
+        http_server.routes[f"/t{n}.jpg"] = host
+        urls.append(http_server.url(f"/t{n}.jpg"))
+    batch = upload(client, csv_text([[url] for url in urls])).get_json()
+    conn = queues.get_redis()
+
+    work()
+    assert host_slots.limit_for(conn, "127.0.0.1", 6) == 3  # halved once for the whole burst
+    for _ in range(30):
+        if get(client, batch["id"])["status"] != "processing":
+            break
+        _run_scheduled(work, time.time() + host_slots.paused_for(conn, "127.0.0.1") + 0.1)
+    done = get(client, batch["id"])
+    assert done["status"] == "completed", done
+    assert done["images"]["processed"] == 12
+
+    first_429 = min(at for at, _, status in host.log if status == 429)
+    # Retry-After: 1, so the first wave is over half a second after its first 429.
+    before = max(inside for at, inside, _ in host.log if at < first_429 + 0.5)
+    after = max(inside for at, inside, _ in host.log if at > first_429 + 0.5)
+    assert before >= 5, host.log
+    assert after <= 3, host.log
+
+    body = client.get("/metrics").get_data(as_text=True)
+    throttled = sum(status == 429 for _, _, status in host.log)
+    assert metric(body, "batchpress_host_throttled_total", status="429") == throttled
+    assert metric(body, "batchpress_host_slowdowns_total") >= 2
+    assert metric(body, "batchpress_image_deferrals_total", reason="throttled") == throttled
+    assert metric(body, "batchpress_image_deferrals_total", reason="host_paused") >= 1
+
+
+def test_a_busy_host_holds_no_thread_and_the_other_hosts_images_go_first(
+        client, http_server, work, monkeypatch):
+    set_env(monkeypatch, PER_HOST_CONCURRENCY=1, IMAGE_CONCURRENCY=2, CHUNK_SIZE=10)
+    conn = queues.get_redis()
+    # Another worker holds the only slot of `localhost` (the same server under another name).
+    conn.set(host_slots._slot_key("localhost", 0), "another worker", px=60_000)
+    for n in range(5):
+        http_server.routes[f"/m{n}.jpg"] = Route(jpeg((n * 40, 0, 0)),
+                                                 headers={"Content-Type": "image/jpeg"})
+    busy = [f"http://localhost:{http_server.port}/m{n}.jpg" for n in (0, 1)]
+    free = [http_server.url(f"/m{n}.jpg") for n in (2, 3, 4)]
+    batch = upload(client, csv_text([[busy[0]], [free[0]], [busy[1]], [free[1]], [free[2]]]
+                                    )).get_json()
+
+    work()  # returns: the busy host's images are put back, no thread waits for its slot
+    images = {im["input_url"]: im for im in _images(client, batch["id"])}
+    assert [images[url]["status"] for url in free] == ["processed"] * 3
+    assert [images[url]["status"] for url in busy] == ["pending"] * 2
+    assert sorted(r["path"] for r in http_server.requests) == ["/m2.jpg", "/m3.jpg", "/m4.jpg"]
+    assert [im.attempts for im in stores.products().pending_images(batch["id"], 0)] == [0, 0]
+    body = client.get("/metrics").get_data(as_text=True)
+    assert metric(body, "batchpress_image_deferrals_total", reason="host_busy") == 2
+
+    conn.delete(host_slots._slot_key("localhost", 0))  # the other worker is done with it
+    _run_scheduled(work, time.time() + 1.1)
+    assert get(client, batch["id"])["status"] == "completed"
+
+
+def test_a_retry_backoff_holds_no_thread(client, http_server, work, monkeypatch):
+    set_env(monkeypatch, IMAGE_CONCURRENCY=1, CHUNK_SIZE=10, DOWNLOAD_RETRY_BACKOFF_S=1)
+    answers = []
+
+    def flaky(handler):
+        answers.append(time.time())
+        if len(answers) == 1:
+            return Route(b"bad gateway", 502)
+        return Route(jpeg((200, 0, 0)), headers={"Content-Type": "image/jpeg"})
+    http_server.routes["/flaky.jpg"] = flaky
+    for n in range(3):
+        http_server.routes[f"/o{n}.jpg"] = Route(jpeg((0, 0, 60 * n)),
+                                                 headers={"Content-Type": "image/jpeg"})
+    rows = [[http_server.url("/flaky.jpg")]] + [[http_server.url(f"/o{n}.jpg")] for n in range(3)]
+    batch = upload(client, csv_text(rows)).get_json()
+    work()
+    assert get(client, batch["id"])["status"] == "completed"
+    # One thread: the others were fetched while the flaky image waited out its backoff.
+    assert [r["path"] for r in http_server.requests] == [
+        "/flaky.jpg", "/o0.jpg", "/o1.jpg", "/o2.jpg", "/flaky.jpg"]
+    assert answers[1] - answers[0] >= 1.0
 
 
 def test_retry_after_seconds_reads_seconds_and_dates():

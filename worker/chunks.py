@@ -1,12 +1,12 @@
-"""Processing one chunk of a batch's images: download (politely: per-host slots, Retry-After
-waits rescheduled, retries of transient failures), re-encode, store, record, in a bounded pool."""
+"""Processing one chunk of a batch's images: download (politely: per-host slots and limits,
+Retry-After waits rescheduled, retries of transient failures, none of them waited for in a pool
+thread: worker/dispatch.py), re-encode, store, record, in a bounded pool."""
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from rq import get_current_job
@@ -18,6 +18,7 @@ from schemas.batch import BatchStatus
 from schemas.failures import FailureCode
 from schemas.object_names import object_stem
 from schemas.records import ImageRecord
+from worker import dispatch
 from worker.download import DownloadError, download, make_session
 from worker.encode import ImageError, compress, header_pixels
 from worker.pixel_budget import PixelBudget
@@ -128,13 +129,13 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     suspects = [im for im in images if im.attempts]
     finished = 0
     try:
-        with ThreadPoolExecutor(max_workers=settings.image_concurrency,
-                                thread_name_prefix=f"chunk{chunk}") as pool:
-            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch, sizes),
-                                 fresh):
-                finished += done
-        for image in suspects:
-            finished += _one(image, batch_id, session, settings, watch, sizes)
+        for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
+            outcome = dispatch.run(
+                group, lambda im: _host_slot(im, settings),
+                lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, slot),
+                threads=threads, host_of=_host, stop=watch.should_stop, name=f"chunk{chunk}")
+            finished += outcome.finished
+            _put_back(outcome, later)
     finally:
         session.close()
     if later.seconds is not None:
@@ -145,20 +146,48 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
-         sizes: dict[str, int] | None = None) -> int:
-    if watch.should_stop():
-        return 0
-    with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-        return _process(image, batch_id, session, settings, sizes or {}, watch.later)
+         sizes: dict[str, int] | None = None, slot: host_slots.Slot | None = None) -> int:
+    try:
+        if watch.should_stop():
+            return 0
+        with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
+            return _process(image, batch_id, session, settings, sizes or {}, watch.later, slot)
+    finally:
+        if slot is not None:  # released after the download already, unless it never began
+            slot.release()
+
+
+def _host(image: ImageRecord) -> str:
+    return (urlsplit(image.url).hostname or "").lower()
+
+
+def _host_slot(image: ImageRecord, settings: Settings) -> host_slots.Slot | None:
+    """The slot of the image's host its download goes in (None for a URL without a host: it
+    fails at download). dispatch.NotNow while the host is paused or all its slots are taken."""
+    host = _host(image)
+    if not host:
+        return None
+    conn = queues.get_redis()
+    paused, limit = host_slots.state(conn, host, settings.per_host_concurrency)
+    if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
+        raise dispatch.NotNow(paused, dispatch.PAUSED)
+    slot = host_slots.take(conn, host, limit, settings.download_timeout_s + 30)
+    if slot is None:
+        raise dispatch.NotNow(dispatch.POLL_S, dispatch.BUSY)
+    return slot
+
+
+def _put_back(outcome: dispatch.Outcome, later: _Later) -> None:
+    """Images the dispatcher put back stay pending; the chunk runs again after the wait."""
+    for _, reason in outcome.put_back:
+        metrics.image_deferred(reason)
+    if outcome.wait is not None:
+        later.add(outcome.wait)
 
 
 def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
-             sizes: dict[str, int], later: _Later) -> int:
-    host = (urlsplit(image.url).hostname or "").lower()
-    paused = host_slots.paused_for(queues.get_redis(), host) if host else 0.0
-    if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
-        later.add(paused)
-        return 0
+             sizes: dict[str, int], later: _Later, slot: host_slots.Slot | None = None) -> int:
+    host = _host(image)
     # Runs that put the image back to wait counted an attempt too, and were no crash:
     # process_chunk has taken them off `attempts` (start_attempt may overwrite it).
     crashes = image.attempts
@@ -172,7 +201,7 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
     bytes_in = None
     try:
         try:
-            data = _polite_download(session, image.url, host, settings)
+            data = _polite_download(session, image, host, settings, slot)
         except DownloadError as error:
             if not error.throttled:
                 raise
@@ -196,10 +225,11 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
             size_urls[name] = storage.public_url(size_key)
     except (DownloadError, ImageError) as error:
         return _record_failure(image, batch_id, str(error), error.code, bytes_in)
-    except storage.StorageUnavailable:
-        # Not the image's fault: it stays pending (attempt taken back) and the chunk job fails,
-        # so RQ retries it (JOB_RETRY_SCHEDULE), or the sweeper re-enqueues it later.
-        stores.products().undo_attempt(image)
+    except (storage.StorageUnavailable, dispatch.NotNow):
+        # Not the image's fault: it stays pending (attempt taken back). S3 down: the chunk job
+        # fails, so RQ retries it (JOB_RETRY_SCHEDULE), or the sweeper re-enqueues it later;
+        # NotNow: the dispatcher tries the image again after its backoff.
+        _give_back_attempt(image)
         raise
     except Exception as error:  # noqa: BLE001 - one image must never take the chunk down
         log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
@@ -222,25 +252,46 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
     return 0
 
 
-def _polite_download(session, url: str, host: str, settings: Settings) -> bytes:
-    """download() within one of the host's slots; failures of the connection and 5xx answers
-    tried again after a growing wait (outside the slot)."""
-    conn = queues.get_redis()
-    lease = settings.download_timeout_s + 30  # a download never holds its slot past its deadline
-    for attempt in range(settings.download_retries + 1):
-        try:
-            if not host:
-                return metrics.timed("download_seconds", download, session, url, settings)
-            with host_slots.slot(conn, host, settings.per_host_concurrency, lease):
-                return metrics.timed("download_seconds", download, session, url, settings)
-        except DownloadError as error:
-            if not error.transient or attempt == settings.download_retries:
-                if error.transient and attempt:
-                    raise DownloadError(f"{error} ({attempt + 1} tries)", error.code,
-                                        status=error.status, host=error.host) from None
-                raise
-        time.sleep(settings.download_retry_backoff_s * 2 ** attempt)
-    raise AssertionError("unreachable")
+def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
+                     slot: host_slots.Slot | None) -> bytes:
+    """download() in the host's slot, released as soon as the body is in. A failure of the
+    connection or a 5xx answer: dispatch.NotNow, to try again after a growing wait (no thread
+    waits), until DOWNLOAD_RETRIES more tries have failed."""
+    try:
+        data = metrics.timed("download_seconds", download, session, image.url, settings)
+    except DownloadError as error:
+        if not error.transient:
+            raise
+        tries = _count_try(image, settings)
+        if tries <= settings.download_retries:
+            raise dispatch.NotNow(settings.download_retry_backoff_s * 2 ** (tries - 1),
+                                  dispatch.BACKOFF) from None
+        if tries > 1:
+            raise DownloadError(f"{error} ({tries} tries)", error.code, status=error.status,
+                                host=error.host) from None
+        raise
+    finally:
+        if slot is not None:
+            slot.release()
+    if host:
+        host_slots.speed_up(queues.get_redis(), host, settings.per_host_concurrency)
+    return data
+
+
+def _count_try(image: ImageRecord, settings: Settings) -> int:
+    """One more failed try at the image's download (kept in Redis: a chunk put back and run
+    again goes on counting); how many so far."""
+    pipe = queues.get_redis().pipeline()
+    pipe.hincrby(_throttle_key(image), "tries", 1)
+    pipe.expire(_throttle_key(image), int(settings.max_retry_after_s) + 86400)
+    return pipe.execute()[0]
+
+
+def _give_back_attempt(image: ImageRecord) -> None:
+    """The attempt start_attempt counted did not end by the image's fault: take it back (in
+    the store and on the record the dispatcher may run again)."""
+    stores.products().undo_attempt(image)
+    image.attempts = max(0, (image.attempts or 0) - 1)
 
 
 def _throttled(image: ImageRecord, error: DownloadError,
@@ -248,6 +299,7 @@ def _throttled(image: ImageRecord, error: DownloadError,
     """A 429 (or 503 with Retry-After): (None, the wait) when the image is put back to wait,
     else the failure to record because the waits would pass MAX_RETRY_AFTER_S."""
     conn = queues.get_redis()
+    _slow_host(conn, _host(image), error, settings)
     key = _throttle_key(image)
     now = time.time()
     pipe = conn.pipeline()
@@ -264,7 +316,20 @@ def _throttled(image: ImageRecord, error: DownloadError,
                 f"{'time' if hits == 1 else 'times'} over {_duration(spent)}"), delay
     conn.hincrby(key, "deferred", 1)
     host_slots.pause_host(conn, error.host, delay)  # every worker leaves the host alone meanwhile
+    metrics.image_deferred("throttled")
     return None, delay
+
+
+def _slow_host(conn, host: str, error: DownloadError, settings: Settings) -> None:
+    """A throttle answer: counted, and the host's allowed concurrency halved (once for the
+    answers of one episode; host_slots.slow_down)."""
+    metrics.host_throttled(error.status)
+    if not host:
+        return
+    episode = error.retry_after if error.retry_after is not None else \
+        settings.download_retry_backoff_s
+    if host_slots.slow_down(conn, host, settings.per_host_concurrency, episode) is not None:
+        metrics.host_slowed_down()
 
 
 def _duration(seconds: float) -> str:

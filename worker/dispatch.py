@@ -1,0 +1,137 @@
+"""Which image of a chunk a free pool thread starts next, so that no thread waits on a host.
+
+The chunk job's own thread hands images, in order, to a pool of `threads` threads, each with its
+host's download slot already taken (`acquire`). An image that cannot go now raises NotNow:
+
+- `BUSY` (from `acquire`): every slot of its host is taken. Its host's images are skipped for
+  POLL_S and the other hosts' images start meanwhile, so a chunk mixing a saturated CDN with
+  other hosts keeps every thread working.
+- `BACKOFF` (from `work`, after a connection failure or a 5xx): the image is tried again after
+  its wait; the thread that ran it is free at once.
+- `PAUSED` (from `acquire`): its host asked everyone to wait (429/503 Retry-After); the image
+  and the rest of that host's images are put back at once.
+
+Only the chunk job's thread ever waits: while some of its images are in flight (their answers
+come anyway), or for at most HOLD_S when none is. Past that, and for waits longer than HOLD_S,
+the images left are put back (still pending, no attempt counted) and `Outcome.wait` says when
+the soonest of them can go: the caller queues the chunk again for then, and the worker takes
+other work meanwhile.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Hashable, TypeVar
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+BUSY, BACKOFF, PAUSED = "host_busy", "retry_backoff", "host_paused"
+POLL_S = 0.1            # how soon a busy host's slots are tried again
+HOLD_S = 2.0            # longest the chunk's thread waits with none of its images in flight
+BUSY_REQUEUE_S = 1.0    # when a chunk put back for a busy host runs again
+
+
+class NotNow(Exception):
+    """The image cannot go on now: try it again in `seconds` (`reason`: BUSY, BACKOFF, PAUSED).
+    Nothing about the image has been counted when this is raised."""
+
+    def __init__(self, seconds: float, reason: str):
+        super().__init__(f"{reason}: again in {seconds:.2f} s")
+        self.seconds = max(0.0, seconds)
+        self.reason = reason
+
+
+@dataclass
+class Outcome(Generic[T]):
+    finished: int = 0
+    put_back: list[tuple[T, str]] = field(default_factory=list)  # (image, reason)
+    wait: float | None = None  # seconds until the soonest image put back may go
+
+    def _put_back(self, item: T, reason: str, seconds: float) -> None:
+        self.put_back.append((item, reason))
+        self.wait = seconds if self.wait is None else min(self.wait, seconds)
+
+
+@dataclass
+class _Entry(Generic[T]):
+    item: T
+    at: float = 0.0       # not before (monotonic)
+    reason: str = BUSY    # why it waits, if it does
+
+
+def run(items: list[T], acquire: Callable[[T], S], work: Callable[[T, S], int], *,
+        threads: int, host_of: Callable[[T], Hashable], stop: Callable[[], bool] = lambda: False,
+        hold_s: float = HOLD_S, name: str = "chunk") -> Outcome[T]:
+    """`work(item, acquire(item))` for every item on `threads` threads, as described above;
+    `work` returns how many items it finished and owns what `acquire` gave it. Exceptions other
+    than NotNow propagate (after the items in flight end)."""
+    queue = [_Entry(item) for item in items]
+    busy_until: dict[Hashable, float] = {}
+    paused: dict[Hashable, float] = {}
+    running: dict[Future, _Entry[T]] = {}
+    out: Outcome[T] = Outcome()
+    idle_since: float | None = None
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
+        while queue or running:
+            if stop():
+                queue.clear()  # a stopped batch: nothing more starts, nothing is put back
+            now = time.monotonic()
+            _start(queue, running, pool, acquire, work, threads, host_of, busy_until, paused,
+                   out, now)
+            if not queue and not running:
+                break
+            soonest = min((max(e.at, busy_until.get(host_of(e.item), 0.0)) for e in queue),
+                          default=now)
+            if running:
+                idle_since = None
+            else:
+                idle_since = now if idle_since is None else idle_since
+                if soonest - now > hold_s or now - idle_since >= hold_s:
+                    for entry in queue:
+                        out._put_back(entry.item, entry.reason,
+                                      max(entry.at - now, BUSY_REQUEUE_S if entry.reason == BUSY
+                                          else 0.0))
+                    break
+            timeout = min(max(soonest - now, 0.005), POLL_S) if queue else None
+            if not running:
+                time.sleep(timeout)
+                continue
+            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in done:
+                entry = running.pop(future)
+                try:
+                    out.finished += future.result()
+                except NotNow as later:  # BACKOFF: the thread is free, the image waits here
+                    entry.at, entry.reason = time.monotonic() + later.seconds, later.reason
+                    queue.append(entry)
+    return out
+
+
+def _start(queue, running, pool, acquire, work, threads, host_of, busy_until, paused, out,
+           now) -> None:
+    """Start the queue's images that can go, in order, while threads are free."""
+    index = 0
+    while index < len(queue) and len(running) < threads:
+        entry = queue[index]
+        host = host_of(entry.item)
+        if host in paused:
+            out._put_back(entry.item, PAUSED, paused[host])
+            del queue[index]
+            continue
+        if entry.at > now or busy_until.get(host, 0.0) > now:
+            index += 1
+            continue
+        try:
+            held = acquire(entry.item)
+        except NotNow as later:
+            if later.reason == PAUSED:
+                paused[host] = later.seconds
+                continue  # put back on the next pass of the loop, with the host's other images
+            busy_until[host] = now + later.seconds
+            entry.reason = later.reason
+            index += 1
+            continue
+        del queue[index]
+        running[pool.submit(work, entry.item, held)] = entry
