@@ -27,7 +27,7 @@ from schemas.batch import BatchStatus, batch_json
 from schemas.csv_format import inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
-from schemas.sizes import parse_sizes, size_column
+from schemas.sizes import parse_full_size, parse_sizes, size_column
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
                              ProductRecord, new_batch_id)
 from schemas.product import ImageOut
@@ -61,6 +61,7 @@ def upload():
                                or (request.form.get("webhook_url")
                                    if request.mimetype == "multipart/form-data" else None))
     sizes = _sizes(settings)
+    full_size = _full_size(settings, sizes)
     idempotency_key = _idempotency_key()
     first = read_first_block(stream)
     check_first_block(first, complete=len(first) < FIRST_BLOCK)
@@ -73,7 +74,8 @@ def upload():
             raise _unavailable("MongoDB") from None
         if existing is not None:  # a replay: hash the body without storing it again
             _drain(reader, settings)
-            return _replay(existing, _fingerprint(reader.sha256.hexdigest(), webhook_url, sizes))
+            return _replay(existing, _fingerprint(reader.sha256.hexdigest(), webhook_url, sizes,
+                                                  full_size))
     batch_id = new_batch_id()
     key = f"{storage.UPLOAD_PREFIX}{batch_id}.csv"
     try:
@@ -83,12 +85,12 @@ def upload():
     except (BotoCoreError, ClientError) as error:
         log.error("S3 upload failed: %s", error)
         raise _unavailable("S3") from None
-    fingerprint = _fingerprint(reader.sha256.hexdigest(), webhook_url, sizes)
+    fingerprint = _fingerprint(reader.sha256.hexdigest(), webhook_url, sizes, full_size)
     try:
         batch = stores.batches().create(BatchRecord.new(
             batch_id=batch_id, owner=owner(), filename=filename, csv_key=key,
             csv_sha256=reader.sha256.hexdigest(), csv_bytes=reader.size,
-            webhook_url=webhook_url, sizes=sizes))
+            webhook_url=webhook_url, sizes=sizes, sizes_only=not full_size))
         # The batch exists before the key is claimed, so whoever finds the key finds its batch.
         claimed = (stores.idempotency().claim(IdempotencyRecord.new(
             owner(), idempotency_key, batch_id=batch_id, fingerprint=fingerprint))
@@ -133,26 +135,45 @@ def _idempotency_key() -> str | None:
     return value
 
 
-def _fingerprint(sha256: str, webhook_url: str | None, sizes: dict[str, int]) -> str:
-    """What must match for a request to count as the same one again: the file, webhook_url
-    and sizes."""
+def _fingerprint(sha256: str, webhook_url: str | None, sizes: dict[str, int],
+                 full_size: bool = True) -> str:
+    """What must match for a request to count as the same one again: the file, webhook_url,
+    sizes and full_size."""
     fingerprint = f"sha256:{sha256}|webhook_url:{webhook_url or ''}"
     if sizes:  # (without sizes, the same fingerprint as before sizes existed)
         fingerprint += "|sizes:" + ",".join(f"{n}={e}" for n, e in sizes.items())
+    if not full_size:  # (likewise with a full-size output)
+        fingerprint += "|full_size:false"
     return fingerprint
+
+
+def _option(name: str) -> str | None:
+    """An upload option: the query parameter, else the multipart form field."""
+    value = request.args.get(name)
+    if value is None and request.mimetype == "multipart/form-data":
+        value = request.form.get(name)
+    return value
 
 
 def _sizes(settings) -> dict[str, int]:
     """The extra output sizes asked for (`sizes` query parameter or form field), else
     DEFAULT_SIZES; an empty `sizes=` asks for none."""
-    value = request.args.get("sizes")
-    if value is None and request.mimetype == "multipart/form-data":
-        value = request.form.get("sizes")
+    value = _option("sizes")
     try:
         return parse_sizes(settings.default_sizes if value is None else value)
     except ValueError as error:
         raise ApiError(422, "Invalid sizes", f"sizes: {error}", kind="invalid-sizes",
                        field="sizes") from None
+
+
+def _full_size(settings, sizes: dict[str, int]) -> bool:
+    """Whether a full-size output is made (`full_size` query parameter or form field), else
+    DEFAULT_FULL_SIZE."""
+    try:
+        return parse_full_size(_option("full_size"), settings.default_full_size, sizes)
+    except ValueError as error:
+        raise ApiError(422, "Invalid full_size", f"full_size: {error}",
+                       kind="invalid-full-size", field="full_size") from None
 
 
 def _drain(reader: CappedHashingReader, settings) -> None:

@@ -123,7 +123,8 @@ def _paths() -> dict:
                  "413": problem("Larger than MAX_UPLOAD_BYTES."),
                  "415": problem("Not CSV, binary, or not UTF-8."),
                  "422": problem("No header, a missing required column, no data rows, an "
-                                "invalid webhook_url, or invalid sizes."),
+                                "invalid webhook_url, invalid sizes, or an invalid full_size "
+                                "(not true/false, or false without sizes)."),
                  "503": UNAVAILABLE},
                 params=[query_param("webhook_url", "With a raw text/csv body: called when the "
                                     "batch finishes.", {"type": "string", "format": "uri"}),
@@ -131,6 +132,9 @@ def _paths() -> dict:
                                     {"type": "string"}),
                         query_param("sizes", "Extra outputs, e.g. thumb=200,medium=800 (see "
                                     "the form field).", {"type": "string"}),
+                        query_param("full_size", "false: no full-size output, the main output "
+                                    "is the largest size (see the form field).",
+                                    {"type": "boolean"}),
                         {"name": "Idempotency-Key", "in": "header", "required": False,
                          "description": "The same key again returns the same batch.",
                          "schema": {"type": "string", "maxLength": 255}}],

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     """Store the input itself (metadata removed) when that is smaller than its re-encode."""
     default_sizes: str = ""
     """Extra outputs of every batch that names none at upload, e.g. `thumb=200,medium=800`."""
+    default_full_size: bool = True
+    """Make the full-size output of every image, unless an upload says `full_size=false`; when
+    false (it needs `DEFAULT_SIZES`), the main output is the largest size, and JPEGs are decoded
+    only as large as that size needs."""
     max_download_bytes: int = Field(25_000_000, gt=0)
     """Largest image downloaded: a larger `Content-Length` is refused before the body is read,
     a longer body is cut off at the limit."""
@@ -289,6 +293,13 @@ class Settings(BaseSettings):
             parts = urlsplit(origin)
             prefixes.append(f"{parts.scheme.lower()}://{parts.netloc.lower()}/")
         return prefixes
+
+    @model_validator(mode="after")
+    def _sizes_without_full_size(self) -> "Settings":
+        if not self.default_full_size and not parse_sizes(self.default_sizes):
+            raise ValueError("DEFAULT_FULL_SIZE=false needs DEFAULT_SIZES: without a full-size "
+                             "output, an image's outputs are its sizes")
+        return self
 
     @model_validator(mode="after")
     def _all_services_or_none(self) -> "Settings":

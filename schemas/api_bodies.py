@@ -40,6 +40,10 @@ class UploadForm(BaseModel):
         "Extra outputs as name=longest edge in pixels, e.g. thumb=200,medium=800 (16-4096, at "
         "most 5; names: lowercase letters, digits, _ and -). Left out: DEFAULT_SIZES; empty: "
         "none."))
+    full_size: bool | None = Field(None, examples=[True], description=(
+        "false: no full-size output; each image's main output (`Output Image Urls`, "
+        "`output_url`) is its largest size, and JPEGs are decoded only as large as that needs. "
+        "Needs at least one size. Left out: DEFAULT_FULL_SIZE (true)."))
 
 
 class Health(BaseModel):

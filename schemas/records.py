@@ -93,6 +93,8 @@ class BatchRecord:
     bytes_in: int = 0
     bytes_out: int = 0
     sizes: dict[str, int] = field(default_factory=dict)  # extra outputs: name -> longest edge
+    # No full-size output (upload option full_size=false): the main output is the largest size.
+    sizes_only: bool = False
     parsed: bool = False  # the whole file has been read (rows.done_reading)
     # Blocks of rows whose counts are in the totals: the watermark that keeps a re-run parse
     # from counting a block twice.
@@ -115,12 +117,12 @@ class BatchRecord:
     @classmethod
     def new(cls, *, batch_id: str, owner: str | None, filename: str | None, csv_key: str,
             csv_sha256: str, csv_bytes: int, webhook_url: str | None,
-            sizes: dict[str, int] | None = None) -> "BatchRecord":
+            sizes: dict[str, int] | None = None, sizes_only: bool = False) -> "BatchRecord":
         stamp = now()
         return cls(id=batch_id, owner=owner, status=BatchStatus.QUEUED, filename=filename,
                    csv_key=csv_key, csv_sha256=csv_sha256, csv_bytes=csv_bytes,
                    webhook_url=webhook_url, created_at=stamp, updated_at=stamp,
-                   sizes=dict(sizes or {}))
+                   sizes=dict(sizes or {}), sizes_only=sizes_only)
 
     @property
     def finished(self) -> bool:

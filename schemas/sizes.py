@@ -34,6 +34,24 @@ def parse_sizes(text: str | None) -> dict[str, int]:
     return sizes
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_full_size(text: str | None, default: bool, sizes: dict[str, int]) -> bool:
+    """The `full_size` upload option: true or false (also 1/0, yes/no), `default` when not
+    given; false needs at least one size. Raises ValueError naming what is wrong."""
+    if text is None:
+        value = default
+    else:
+        value = _BOOLEANS.get(text.strip().lower())
+        if value is None:
+            raise ValueError(f"must be true or false, got {text[:40]!r}")
+    if not value and not sizes:
+        raise ValueError("false needs at least one size (e.g. sizes=thumb=200,large=1200): "
+                         "without a full-size output, an image's outputs are its sizes")
+    return value
+
+
 def size_column(name: str) -> str:
     """The output CSV column of a size: `Output Image Urls (thumb)`."""
     return f"Output Image Urls ({name})"

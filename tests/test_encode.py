@@ -574,3 +574,51 @@ def test_sizes_are_resized_by_their_longest_edge_never_enlarged_same_format_rule
     assert open_out(alpha).mode == "RGBA"
     turned = compress(make.exif_rotated_jpeg(size=(96, 64)), sizes={"t": 48}).variants["t"]
     assert (turned.width, turned.height) == (32, 48)  # upright, like the main output
+
+
+# --------------------------------------------------------------------------- without full size
+
+def test_without_full_size_the_output_is_the_largest_size_and_the_others_follow():
+    data = make.jpeg(size=(2000, 1200))
+    result = compress(data, sizes={"thumb": 200, "large": 480}, full_size=False)
+    assert result.size_name == "large"
+    out = open_out(result)
+    assert (out.format, out.size, result.width, result.height) == ("JPEG", (480, 288), 480, 288)
+    assert out.quantization == reference_jpeg().quantization
+    assert result.variants["large"] is None  # this output is that size
+    thumb = open_out(result.variants["thumb"])
+    assert (thumb.format, thumb.size) == ("JPEG", (200, 120))
+    # Drafted, then Lanczos: the same picture as a full decode resized the same way.
+    full = compress(data, sizes={"large": 480}).variants["large"]
+    assert mean_diff(out.convert("RGB"), open_out(full).convert("RGB")) < 2.0
+
+
+def test_a_jpeg_is_decoded_at_the_smallest_scale_still_as_large_as_the_largest_size():
+    from worker.encode import _decode
+    for edge, decoded in ((480, (500, 300)), (500, (500, 300)), (501, (1000, 600)),
+                          (1000, (1000, 600)), (1001, (2000, 1200))):
+        im, _, stored = _decode(make.jpeg(size=(2000, 1200)), 50_000_000, draft_edge=edge)
+        assert (im.size, stored) == (decoded, (2000, 1200)), edge
+
+
+def test_without_full_size_the_contract_s_format_rules_hold():
+    # Stored sideways (1600x800, orientation 6): upright it is 800x1600, longest edge the same.
+    turned = compress(make.exif_rotated_jpeg(size=(1600, 800)), sizes={"s": 400},
+                      full_size=False)
+    assert open_out(turned).size == (200, 400) and turned.size_name == "s"
+    assert open_out(turned).getexif().get(0x0112) is None
+    cmyk = compress(make.cmyk_jpeg(size=(1200, 800)), sizes={"s": 300}, full_size=False)
+    assert (open_out(cmyk).mode, open_out(cmyk).size) == ("RGB", (300, 200))
+    profiled = compress(make.jpeg(size=(1200, 800), icc_profile=make.srgb_profile()),
+                        sizes={"s": 300}, full_size=False)
+    assert open_out(profiled).info["icc_profile"] == make.srgb_profile()
+    alpha = compress(make.png(size=(800, 600), mode="RGBA"), sizes={"s": 200}, full_size=False)
+    out = open_out(alpha)
+    assert (out.format, out.mode, out.size) == ("WEBP", "RGBA", (200, 150))
+
+
+def test_without_full_size_a_smaller_image_is_kept_at_its_own_size():
+    result = compress(make.jpeg(size=(300, 200)), sizes={"thumb": 100, "large": 800},
+                      full_size=False)
+    assert result.size_name is None and open_out(result).size == (300, 200)
+    assert result.variants["large"] is None and open_out(result.variants["thumb"]).size == (100, 67)

@@ -250,6 +250,52 @@ def test_bad_sizes_are_refused_at_upload_and_defaults_apply_without_them(
         "S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
 
 
+def test_without_full_size_the_main_output_is_the_largest_size(client, http_server, work, s3,
+                                                                env):
+    http_server.routes["/big.jpg"] = Route(jpeg(800, 600))
+    http_server.routes["/small.jpg"] = Route(jpeg(120, 90))
+    big, small = http_server.url("/big.jpg"), http_server.url("/small.jpg")
+    text = f'S. No.,Product Name,Input Image Urls\n1,Desk,"{big},{small}"\n'
+    response = upload(client, text, sizes="thumb=100,large=400", full_size="false")
+    assert response.status_code == 202, response.get_json()
+    batch_id = response.get_json()["id"]
+    work()
+
+    large, little = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"][0][
+        "images"]
+    assert large["output_url"] == large["sizes"]["large"]
+    assert large["output_url"].endswith("/big-large.jpg")
+    main = Image.open(io.BytesIO(requests.get(large["output_url"], timeout=5).content))
+    assert (main.format, main.size) == ("JPEG", (400, 300))
+    assert (large["width"], large["height"]) == (400, 300)
+    thumb = Image.open(io.BytesIO(requests.get(large["sizes"]["thumb"], timeout=5).content))
+    assert thumb.size == (100, 75)
+    # 120 px: not larger than `large`, so kept at its own size (never enlarged) and serving it
+    assert little["sizes"]["large"] == little["output_url"] != little["sizes"]["thumb"]
+    keys = [o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(
+        Bucket=env.s3_bucket, Prefix=f"outputs/{batch_id}/")["Contents"]]
+    assert sorted(keys) == ["big-large.jpg", "big-thumb.jpg", "small-thumb.jpg", "small.jpg"]
+
+    rows = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
+    assert rows[1][3].split(",") == [large["sizes"]["large"], little["output_url"]]
+    assert rows[1][5].split(",") == rows[1][3].split(",")  # Output Image Urls (large)
+
+
+def test_full_size_is_checked_at_upload(client):
+    text = "S. No.,Product Name,Input Image Urls\n1,A,http://h/a.jpg\n"
+    for fields, words in (({"full_size": "maybe", "sizes": "t=100"}, "true or false"),
+                          ({"full_size": "false"}, "needs at least one size"),
+                          ({"full_size": "false", "sizes": ""}, "needs at least one size")):
+        response = upload(client, text, **fields)
+        assert response.status_code == 422, fields
+        problem = response.get_json()
+        assert problem["type"].endswith("/invalid-full-size") and words in problem["detail"]
+        assert problem["field"] == "full_size"
+    raw = client.post("/api/v1/batches?full_size=no&sizes=t%3D100", data=text,
+                      content_type="text/csv")
+    assert raw.status_code == 202
+
+
 def test_output_objects_are_named_after_the_input_file(client, http_server, work, s3, env):
     http_server.routes["/shop/p800_coffee.jpg"] = Route(jpeg(64, 48))
     http_server.routes["/x/caf%C3%A9%20cup%20(1).JPG"] = Route(jpeg(64, 48))

@@ -71,6 +71,16 @@ def test_a_partial_real_services_configuration_is_refused_in_one_line(tmp_path):
     assert "listening" not in result.stdout
 
 
+def test_no_full_size_by_default_needs_default_sizes(tmp_path):
+    result = run_service(tmp_path, DEFAULT_FULL_SIZE="false")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("Invalid settings: DEFAULT_FULL_SIZE=false needs "
+                                     "DEFAULT_SIZES: without a full-size output, an image's "
+                                     "outputs are its sizes")
+    assert Settings(_env_file=None, default_full_size=False,
+                    default_sizes="thumb=200").default_full_size is False
+
+
 def test_a_service_down_at_start_up_is_named_in_one_line(tmp_path, redis_server, s3_server):
     from tests.servers import free_port
     dead = f"mongodb://127.0.0.1:{free_port()}"

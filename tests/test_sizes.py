@@ -27,3 +27,15 @@ def test_sizes_are_read_in_order():
 def test_bad_sizes_say_what_is_wrong(text, words):
     with pytest.raises(ValueError, match=words):
         parse_sizes(text)
+
+
+def test_full_size_reads_true_or_false_and_needs_a_size_to_be_false():
+    from schemas.sizes import parse_full_size
+    assert parse_full_size(None, True, {}) is True
+    assert parse_full_size(" False ", True, {"t": 100}) is False
+    assert parse_full_size("1", False, {}) is True and parse_full_size("no", True, {"t": 9}) is False
+    assert parse_full_size(None, False, {"t": 100}) is False
+    with pytest.raises(ValueError, match="true or false"):
+        parse_full_size("maybe", True, {"t": 100})
+    with pytest.raises(ValueError, match="at least one size"):
+        parse_full_size("false", True, {})

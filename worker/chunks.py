@@ -120,6 +120,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     watch = _CancelWatch(batch_id, later)
     batch = stores.batches().get(batch_id, any_owner=True)
     sizes = dict(batch.sizes) if batch is not None else {}
+    full_size = not (batch is not None and batch.sizes_only)
     session = make_session(settings, pool_size=settings.image_concurrency,
                            trusted_origins=settings.image_origin_prefixes)
     # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
@@ -132,7 +133,8 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
         for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
             outcome = dispatch.run(
                 group, lambda im: _host_slot(im, settings),
-                lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, slot),
+                lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, slot,
+                                      full_size),
                 threads=threads, host_of=_host, stop=watch.should_stop, name=f"chunk{chunk}")
             finished += outcome.finished
             _put_back(outcome, later)
@@ -146,12 +148,14 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
-         sizes: dict[str, int] | None = None, slot: host_slots.Slot | None = None) -> int:
+         sizes: dict[str, int] | None = None, slot: host_slots.Slot | None = None,
+         full_size: bool = True) -> int:
     try:
         if watch.should_stop():
             return 0
         with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-            return _process(image, batch_id, session, settings, sizes or {}, watch.later, slot)
+            return _process(image, batch_id, session, settings, sizes or {}, watch.later, slot,
+                            full_size)
     finally:
         if slot is not None:  # released after the download already, unless it never began
             slot.release()
@@ -186,7 +190,8 @@ def _put_back(outcome: dispatch.Outcome, later: _Later) -> None:
 
 
 def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
-             sizes: dict[str, int], later: _Later, slot: host_slots.Slot | None = None) -> int:
+             sizes: dict[str, int], later: _Later, slot: host_slots.Slot | None = None,
+             full_size: bool = True) -> int:
     host = _host(image)
     # Runs that put the image back to wait counted an attempt too, and were no crash:
     # process_chunk has taken them off `attempts` (start_attempt may overwrite it).
@@ -211,9 +216,11 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                 return 0
             raise DownloadError(failure, error.code) from None
         bytes_in = len(data)
-        encoded = _encode(data, settings, sizes)
+        encoded = _encode(data, settings, sizes, full_size)
         del data
-        key = output_key(batch_id, image.hash, image.url, encoded.extension)
+        # Without a full-size output the main one is a size's, and named after it.
+        key = output_key(batch_id, image.hash, image.url, encoded.extension,
+                         size=encoded.size_name)
         _store(key, encoded)
         size_urls = {}
         for name, variant in encoded.variants.items():
@@ -345,7 +352,8 @@ def _store(key: str, encoded) -> None:
                                cache_control="public, max-age=31536000, immutable")
 
 
-def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None):
+def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None,
+            full_size: bool = True):
     """compress() within the pixel budget and in one of the per-core slots; encode_seconds is
     the encoding, not the waits."""
     elapsed = 0.0
@@ -362,7 +370,7 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
                                 optimize=settings.output_optimize,
                                 webp_method=settings.webp_method,
                                 keep_original=settings.keep_original_when_smaller,
-                                sizes=sizes)
+                                sizes=sizes, full_size=full_size)
             finally:
                 elapsed = time.perf_counter() - started
     finally:  # outside the slot (in _one it is only held until the image's pipeline is sent)

@@ -28,6 +28,7 @@ encodes (with a BytesIO it holds it); WebP releases it either way. See bench/pip
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 import warnings
@@ -77,8 +78,10 @@ class EncodedImage:
     height: int
     source_format: str = ""  # what the input was, e.g. "PNG"
     kept_original: bool = False  # the input's own bytes, metadata removed (never larger)
-    # Smaller outputs by size name; None where the image is not larger than that size.
+    # Smaller outputs by size name; None where the image is not larger than that size (or,
+    # without a full-size output, for the size this output is itself).
     variants: dict[str, "EncodedImage | None"] = field(default_factory=dict)
+    size_name: str | None = None  # the size this output was made at; None: full size
 
     @property
     def pixels(self) -> int:
@@ -96,7 +99,8 @@ class EncodedImage:
 
 def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
              optimize: bool = False, webp_method: int = 2, sink: str = "auto",
-             keep_original: bool = True, sizes: dict[str, int] | None = None) -> EncodedImage:
+             keep_original: bool = True, sizes: dict[str, int] | None = None,
+             full_size: bool = True) -> EncodedImage:
     """Decode `data`, apply EXIF orientation, and re-encode: JPEG, or WebP for WebP and alpha.
 
     With `keep_original`, when `data` already shows what the output would (see `_keepable`) and,
@@ -106,20 +110,34 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
     `sizes` (name -> longest edge) adds `variants`: the image resized to each (Lanczos, never
     enlarged), encoded by the same format rules at the same quality, from the same decode.
 
+    Without `full_size` (and with `sizes`), no full-size output is made when the image is larger
+    than the largest size: the result is that size's output (`size_name`), and a JPEG is
+    decoded in draft mode, at the smallest DCT scale still at least that large (`_draft`).
+
     `sink` picks where JPEG output is written: "memfd" (releases the GIL), "bytesio", or "auto"
     (memfd where the OS has it). It exists for the benchmark; the output is the same.
     """
-    im, source_format = _decode(data, max_pixels)
+    largest = _largest(sizes) if sizes and not full_size else None
+    im, source_format, stored = _decode(data, max_pixels,
+                                        draft_edge=largest[1] if largest else None)
     try:
-        keepable = keep_original and _keepable(im, source_format, data)
+        # The output is the largest size when the image is larger than it (never enlarged).
+        main_size = largest if largest and max(stored) > largest[1] else None
+        keepable = keep_original and main_size is None and _keepable(im, source_format, data)
         im, fmt, icc = _prepare(im, source_format)
         options = dict(quality=quality, optimize=optimize, webp_method=webp_method, sink=sink)
-        encoded = _encode(im, fmt, icc, source_format, **options)
+        if main_size is not None:
+            encoded = replace(_resized(im, main_size[1], fmt, icc, source_format, options),
+                              size_name=main_size[0])
+        else:
+            encoded = _encode(im, fmt, icc, source_format, **options)
         if keepable:
             encoded = _original(data, encoded)
         if sizes:
-            encoded = replace(encoded, variants=_variants(im, fmt, icc, source_format, sizes,
-                                                          options))
+            # Without a full-size output, this output is the largest size (and any as large).
+            others = {n: e for n, e in sizes.items() if main_size is None or e < main_size[1]}
+            variants = _variants(im, fmt, icc, source_format, others, options)
+            encoded = replace(encoded, variants={n: variants.get(n) for n in sizes})
         return encoded
     except ImageError:
         raise
@@ -130,6 +148,12 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
                          FailureCode.ENCODE_FAILED) from None
     finally:
         im.close()
+
+
+def _largest(sizes: dict[str, int]) -> tuple[str, int]:
+    """The (name, edge) of the largest size (the first of equal ones)."""
+    name = max(sizes, key=lambda n: sizes[n])
+    return name, sizes[name]
 
 
 def header_pixels(data: bytes) -> int:
@@ -145,7 +169,10 @@ def header_pixels(data: bytes) -> int:
 
 # --------------------------------------------------------------------------- decoding
 
-def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+def _decode(data: bytes, max_pixels: int,
+            draft_edge: int | None = None) -> tuple[Image.Image, str, tuple[int, int]]:
+    """The image's first frame loaded, its format, and its size as stored. `draft_edge`: a JPEG
+    may be decoded smaller, its longest edge still at least that (`_draft`)."""
     _raise_pillow_limit(max_pixels)
     try:
         im = Image.open(io.BytesIO(data), formats=SOURCE_FORMATS)
@@ -164,6 +191,8 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
             raise ImageError(f"image is {width}x{height} = {width * height:,} pixels, over the "
                              f"{max_pixels:,}-pixel limit", _PIXELS)
         source_format = im.format or "?"
+        if draft_edge is not None and source_format in JPEG_SOURCES:
+            _draft(im, draft_edge)
         im.load()  # frame 0; loading now also avoids a full copy in save()
         if im.size != (width, height) and im.size[0] * im.size[1] > max_pixels:
             raise ImageError("image frame is over the pixel limit", _PIXELS)
@@ -181,7 +210,23 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
         if "truncated" in str(error):
             raise ImageError("image file is truncated", _BROKEN) from None
         raise ImageError(f"broken image data: {_short(error)}", _BROKEN) from None
-    return im, source_format
+    return im, source_format, (width, height)
+
+
+def _draft(im: Image.Image, edge: int) -> None:
+    """Have libjpeg decode at 1/2, 1/4 or 1/8 scale, the smallest whose longest edge is still
+    at least `edge` (Lanczos then makes the exact size from it, so the quality is the same).
+
+    Draft works on the pixels as stored, before the EXIF orientation is applied; a rotation by
+    90 degrees swaps width and height but keeps the longest edge, so both are scaled by the
+    same factor the longest edge needs, and the upright image's longest edge is at least `edge`.
+    """
+    width, height = im.size
+    scale = edge / max(width, height)
+    if scale > 0.5:
+        return  # more than half: the full decode is needed
+    # draft() keeps both sides at least what is asked for (ceil: never a pixel short)
+    im.draft(None, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
 
 
 def _raise_pillow_limit(max_pixels: int) -> None:
@@ -353,22 +398,25 @@ def _encode(im: Image.Image, fmt: str, icc: bytes | None, source_format: str, *,
 def _variants(im: Image.Image, fmt: str, icc: bytes | None, source_format: str,
               sizes: dict[str, int], options: dict) -> dict[str, EncodedImage | None]:
     """One smaller output per named size; None where the image is not larger than it."""
-    out: dict[str, EncodedImage | None] = {}
-    longest = max(im.size)
-    for name, edge in sizes.items():
-        if longest <= edge:
-            out[name] = None
-            continue
-        scale = edge / longest
-        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-        # reducing_gap: a box reduce to about 3x the target first, then Lanczos (fast, and
-        # indistinguishable from Lanczos over the full image at these ratios)
-        small = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        try:
-            out[name] = _encode(small, fmt, icc, source_format, **options)
-        finally:
-            small.close()
-    return out
+    return {name: (None if max(im.size) <= edge
+                   else _resized(im, edge, fmt, icc, source_format, options))
+            for name, edge in sizes.items()}
+
+
+def _resized(im: Image.Image, edge: int, fmt: str, icc: bytes | None, source_format: str,
+             options: dict) -> EncodedImage:
+    """`im` resized so that its longest edge is `edge` (as is when not larger), encoded."""
+    if max(im.size) <= edge:  # a draft decode can land on the size exactly
+        return _encode(im, fmt, icc, source_format, **options)
+    scale = edge / max(im.size)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    # reducing_gap: a box reduce to about 3x the target first, then Lanczos (fast, and
+    # indistinguishable from Lanczos over the full image at these ratios)
+    small = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    try:
+        return _encode(small, fmt, icc, source_format, **options)
+    finally:
+        small.close()
 
 
 # One memory-backed file per thread, and new ones in a forked child: the parent's would be shared.
