@@ -1,4 +1,5 @@
-"""File names inside the ZIP of a batch's output images: `<S. No.> <product>/<input name>.<ext>`.
+"""File names inside the ZIP of a batch's output images: `<S. No.> <product>/<input name>.<ext>`,
+and `<S. No.> <product>/<input name>-<size>.<ext>` for a size's output.
 
 Names come from users (product names, URL paths), so each part is cleaned to something every
 unzip tool accepts on every system: no slashes, control characters, or names Windows refuses, and
@@ -40,9 +41,11 @@ class ArchiveNames:
         self._used: set[str] = set()
 
     def name(self, serial_no: int, product_name: str, url: str, position: int,
-             extension: str) -> str:
+             extension: str, size: str | None = None) -> str:
+        """The entry of one output: the main one, or the output of `size` (a size name is
+        already a safe file-name part: schemas/sizes.py)."""
         folder = clean_part(f"{serial_no} {product_name}", str(serial_no))
-        stem = input_stem(url, f"image-{position}")
+        stem = input_stem(url, f"image-{position}") + (f"-{size}" if size else "")
         candidate, n = f"{folder}/{stem}.{extension}", 1
         while candidate.lower() in self._used:  # case-insensitive file systems
             n += 1

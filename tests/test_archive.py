@@ -5,6 +5,7 @@ import io
 import zipfile
 
 import requests
+from PIL import Image
 
 from schemas.archive_names import ArchiveNames, clean_part
 from tests import image_factory as images
@@ -38,6 +39,59 @@ def test_the_zip_holds_each_output_image_under_its_product_and_input_name(client
     assert archive.read("7 Mug_ red_blue/front view.jpg") == stored
 
 
+def _zip(client, batch_id: str) -> zipfile.ZipFile:
+    response = client.get(f"/api/v1/batches/{batch_id}/outputs.zip")
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(response.get_data()))
+    assert archive.testzip() is None
+    return archive
+
+
+def _size_of(archive: zipfile.ZipFile, name: str) -> tuple[int, int]:
+    return Image.open(io.BytesIO(archive.read(name))).size
+
+
+def test_the_zip_holds_every_size_output_beside_the_main_one(client, http_server, work):
+    http_server.routes["/front.jpg"] = Route(images.jpeg((400, 300)))
+    http_server.routes["/logo.png"] = Route(images.png((20, 20), mode="RGBA"))
+    http_server.routes["/a/front-thumb.jpg"] = Route(images.jpeg((64, 48)))
+    front, logo = http_server.url("/front.jpg"), http_server.url("/logo.png")
+    lookalike = http_server.url("/a/front-thumb.jpg")  # its main name is front's thumb's name
+    text = ("S. No.,Product Name,Input Image Urls\n"
+            f'7,Mug,"{front},{logo},{lookalike}"\n')
+    batch = upload(client, text, sizes="thumb=16,medium=100").get_json()
+    work()
+
+    archive = _zip(client, batch["id"])
+    assert archive.namelist() == [
+        "7 Mug/front.jpg", "7 Mug/front-thumb.jpg", "7 Mug/front-medium.jpg",
+        "7 Mug/logo.webp", "7 Mug/logo-thumb.webp",  # 20 px: `medium` is the main output
+        "7 Mug/front-thumb (2).jpg", "7 Mug/front-thumb-thumb.jpg"]
+    assert _size_of(archive, "7 Mug/front.jpg") == (400, 300)
+    assert _size_of(archive, "7 Mug/front-thumb.jpg") == (16, 12)
+    assert _size_of(archive, "7 Mug/front-medium.jpg") == (100, 75)
+    assert _size_of(archive, "7 Mug/logo-thumb.webp") == (16, 16)
+    assert _size_of(archive, "7 Mug/front-thumb (2).jpg") == (64, 48)
+    products = client.get(f"/api/v1/batches/{batch['id']}/products").get_json()["items"]
+    stored = requests.get(products[0]["images"][0]["sizes"]["medium"], timeout=5).content
+    assert archive.read("7 Mug/front-medium.jpg") == stored
+
+
+def test_without_full_size_the_zip_names_outputs_by_their_size(client, http_server, work):
+    http_server.routes["/front.jpg"] = Route(images.jpeg((400, 300)))
+    http_server.routes["/tiny.jpg"] = Route(images.jpeg((60, 45)))
+    text = ("S. No.,Product Name,Input Image Urls\n"
+            f'1,Cup,"{http_server.url("/front.jpg")},{http_server.url("/tiny.jpg")}"\n')
+    batch = upload(client, text, sizes="thumb=50,large=200", full_size="false").get_json()
+    work()
+
+    archive = _zip(client, batch["id"])
+    assert archive.namelist() == ["1 Cup/front-thumb.jpg", "1 Cup/front-large.jpg",
+                                  "1 Cup/tiny-thumb.jpg", "1 Cup/tiny-large.jpg"]
+    assert _size_of(archive, "1 Cup/front-large.jpg") == (200, 150)
+    assert _size_of(archive, "1 Cup/tiny-large.jpg") == (60, 45)  # never enlarged
+
+
 def test_a_batch_without_processed_images_answers_409_and_unknown_ids_404(client, work):
     batch = upload(client, "S. No.,Product Name,Input Image Urls\n1,Mug,http://127.0.0.1:9/x.jpg\n"
                    ).get_json()
@@ -57,5 +111,8 @@ def test_entry_names_are_safe_and_unique():
     assert names.name(1, "Cup", "https://x/c/Photo.png", 3, "webp") == "1 Cup/Photo.webp"
     assert names.name(1, "Cup", "https://x/d/photo.jpeg", 4, "jpg") == "1 Cup/photo (2).jpg"
     assert names.name(2, "../../etc", "https://x/", 1, "jpg") == "2 .._.._etc/image-1.jpg"
+    assert names.name(1, "Cup", "https://x/e/photo.jpg", 5, "jpg", "thumb") == "1 Cup/photo-thumb.jpg"
+    assert names.name(1, "Cup", "https://x/f/photo-thumb.jpg", 6, "jpg") == (
+        "1 Cup/photo-thumb (2).jpg")
     assert clean_part("a\x00b\nc" + "x" * 200, "f") == "a b c" + "x" * 75
     assert clean_part(" . ", "fallback") == "fallback"
