@@ -90,8 +90,11 @@ def enqueue_chunk_later(batch_id: str, chunk: int, seconds: float, *,
     first, second = later_job_ids(batch_id, chunk)
     job_id = second if current_job_id == first else first
     settings = get_settings()
-    queues.get_queue(queues.IMAGES).enqueue_in(
-        timedelta(seconds=max(seconds, 0.0)), PROCESS_CHUNK, batch_id, chunk, job_id=job_id,
+    at = datetime.now(timezone.utc) + timedelta(seconds=max(seconds, 0.0))
+    if at.microsecond:  # RQ keeps whole seconds, cutting the rest: never run before the wait
+        at = at.replace(microsecond=0) + timedelta(seconds=1)
+    queues.get_queue(queues.IMAGES).enqueue_at(
+        at, PROCESS_CHUNK, batch_id, chunk, job_id=job_id,
         job_timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=7 * 86400,
         retry=_retry())
 

@@ -16,6 +16,7 @@ import requests
 from PIL import Image
 from standardwebhooks import Webhook
 
+from tests.helpers import metric
 from tests.servers import DripServer, Route, free_port
 from tests.test_flow import jpeg
 
@@ -134,6 +135,36 @@ def test_a_slow_webhook_receiver_does_not_hold_up_other_batches(http_server, tmp
         receiver.stop()
     assert batch["status"] == "completed", batch
     assert held, "the second batch waited for the slow webhook attempt to end"
+
+
+def test_a_throttled_image_waits_out_its_retry_after_and_the_batch_completes(http_server,
+                                                                             tmp_path):
+    # `make run` alone: the wait goes through the in-process queues and scheduler thread.
+    seen: list[float] = []
+
+    def throttling(handler):
+        seen.append(time.time())
+        if len(seen) == 1:
+            return Route(b"slow down", 429, headers={"Retry-After": "2"})
+        return Route(jpeg(50, 40))
+    http_server.routes["/busy.jpg"] = throttling
+    http_server.routes["/calm.jpg"] = Route(jpeg(30, 20))
+    csv = ("S. No.,Product Name,Input Image Urls\n"
+           f"1,Mug,{http_server.url('/busy.jpg')}\n2,Cup,{http_server.url('/calm.jpg')}\n")
+    service = Service(tmp_path / "home", tmp_path / "run.log", IMAGE_CONCURRENCY="1")
+    try:
+        created = requests.post(service.base + "/api/v1/batches", files={"file": ("p.csv", csv)},
+                                timeout=10).json()
+        batch = service.wait(created["id"], finished, timeout=60)
+        metrics = requests.get(service.base + "/metrics", timeout=5).text
+    finally:
+        service.stop()
+    assert batch["status"] == "completed", batch
+    assert batch["images"] == {"total": 2, "processed": 2, "failed": 0}
+    assert len(seen) == 2 and seen[1] - seen[0] >= 2.0
+    assert metric(metrics, "batchpress_host_throttled_total", status="429") == 1
+    assert metric(metrics, "batchpress_image_deferrals_total", reason="throttled") == 1
+    assert metric(metrics, "batchpress_image_deferrals_total", reason="host_paused") == 1
 
 
 def _wait_for_webhook(http_server) -> dict:
