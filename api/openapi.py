@@ -220,7 +220,10 @@ def _paths() -> dict:
             "get": operation(
                 "getOutputsZip", "Every output image of the batch as one ZIP", batches,
                 {"200": {"description": "The ZIP, streamed; entries `<S. No.> <product name>/"
-                                        "<input file name>.<jpg|webp>`.",
+                                        "<input file name>.<jpg|webp>`, and each size's output "
+                                        "as `<input file name>-<size>.<jpg|webp>` (each object "
+                                        "once; with full_size=false every entry is named after "
+                                        "its size; a clash of names gets ` (2)`).",
                          "content": {"application/zip": {"schema": {
                              "type": "string", "format": "binary"}}}},
                  "404": NOT_FOUND, "409": problem("No image has been processed yet.")},
@@ -301,7 +304,12 @@ def _paths() -> dict:
         "/metrics": {"get": operation("metrics", "Prometheus metrics", ops,
                                       {"200": {"description": "Prometheus text format.",
                                                "content": {"text/plain": {"schema": {
-                                                   "type": "string"}}}}}, secured=False)},
+                                                   "type": "string"}}}}}, secured=False,
+                                      description="Pipeline, queue and HTTP metrics (docs/"
+                                                  "operations.md), among them polite fetching's "
+                                                  "`batchpress_host_throttled_total{status}`, "
+                                                  "`batchpress_host_slowdowns_total` and "
+                                                  "`batchpress_image_deferrals_total{reason}`.")},
         "/openapi.json": {"get": operation("openapi", "This document", ops,
                                            {"200": {"description": "OpenAPI 3.1 JSON.",
                                                     "content": {"application/json": {}}}},
