@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     """Redirects followed per image; each hop is checked like the first URL."""
     per_host_concurrency: int = Field(4, ge=1, le=64)
     """Image downloads in flight at once per host, across all workers (Redis-held slots whose
-    leases expire, so a killed worker cannot keep one)."""
+    leases expire, so a killed worker cannot keep one). A host that throttles (429, 503) gets
+    half as many, then one more per that many successes, back up to this."""
     max_retry_after_s: float = Field(600.0, ge=0, le=86400)
     """How long in all an image may wait on a host answering 429 (or 503 with `Retry-After`):
     while within it, the image is put back and its chunk queued again after the wait asked

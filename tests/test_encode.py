@@ -601,6 +601,17 @@ def test_a_jpeg_is_decoded_at_the_smallest_scale_still_as_large_as_the_largest_s
         assert (im.size, stored) == (decoded, (2000, 1200)), edge
 
 
+def test_without_full_size_the_sizes_are_the_same_as_from_a_full_decode():
+    # 3001x2001 is drafted to 1501x1001 (each side rounded up): the sizes still follow 3001x2001.
+    data = make.jpeg(size=(3001, 2001))
+    sizes = {"s": 333, "large": 800}
+    drafted = compress(data, sizes=sizes, full_size=False)
+    full = compress(data, sizes=sizes)
+    assert (drafted.width, drafted.height) == (full.variants["large"].width,
+                                               full.variants["large"].height) == (800, 533)
+    assert open_out(drafted.variants["s"]).size == open_out(full.variants["s"]).size == (333, 222)
+
+
 def test_without_full_size_the_contract_s_format_rules_hold():
     # Stored sideways (1600x800, orientation 6): upright it is 800x1600, longest edge the same.
     turned = compress(make.exif_rotated_jpeg(size=(1600, 800)), sizes={"s": 400},

@@ -183,8 +183,9 @@ def _host_slot(image: ImageRecord, settings: Settings) -> host_slots.Slot | None
 
 def _put_back(outcome: dispatch.Outcome, later: _Later) -> None:
     """Images the dispatcher put back stay pending; the chunk runs again after the wait."""
-    for _, reason in outcome.put_back:
-        metrics.image_deferred(reason)
+    with metrics.deferred():  # one round trip for all of them
+        for _, reason in outcome.put_back:
+            metrics.image_deferred(reason)
     if outcome.wait is not None:
         later.add(outcome.wait)
 
@@ -306,7 +307,6 @@ def _throttled(image: ImageRecord, error: DownloadError,
     """A 429 (or 503 with Retry-After): (None, the wait) when the image is put back to wait,
     else the failure to record because the waits would pass MAX_RETRY_AFTER_S."""
     conn = queues.get_redis()
-    _slow_host(conn, _host(image), error, settings)
     key = _throttle_key(image)
     now = time.time()
     pipe = conn.pipeline()
@@ -317,6 +317,7 @@ def _throttled(image: ImageRecord, error: DownloadError,
     _, hits, first, _ = pipe.execute()
     delay = error.retry_after if error.retry_after is not None else \
         settings.download_retry_backoff_s * 2 ** min(hits - 1, 10)
+    _slow_host(conn, _host(image), error, delay, settings)
     spent = now - float(first)
     if spent + delay > settings.max_retry_after_s:
         return (f"HTTP {error.status} from {error.host} {hits} "
@@ -327,15 +328,12 @@ def _throttled(image: ImageRecord, error: DownloadError,
     return None, delay
 
 
-def _slow_host(conn, host: str, error: DownloadError, settings: Settings) -> None:
+def _slow_host(conn, host: str, error: DownloadError, delay: float, settings: Settings) -> None:
     """A throttle answer: counted, and the host's allowed concurrency halved (once for the
-    answers of one episode; host_slots.slow_down)."""
+    answers of one episode, as long as the wait it asked for; host_slots.slow_down)."""
     metrics.host_throttled(error.status)
-    if not host:
-        return
-    episode = error.retry_after if error.retry_after is not None else \
-        settings.download_retry_backoff_s
-    if host_slots.slow_down(conn, host, settings.per_host_concurrency, episode) is not None:
+    if host and host_slots.slow_down(conn, host, settings.per_host_concurrency,
+                                     delay) is not None:
         metrics.host_slowed_down()
 
 

@@ -124,11 +124,14 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
         # The output is the largest size when the image is larger than it (never enlarged).
         main_size = largest if largest and max(stored) > largest[1] else None
         keepable = keep_original and main_size is None and _keepable(im, source_format, data)
+        # Output sizes come from the full image's upright size, not from a draft's (rounded up
+        # on each side), so they are the same as with a full decode.
+        upright = stored[::-1] if _turned(im) else stored
         im, fmt, icc = _prepare(im, source_format)
         options = dict(quality=quality, optimize=optimize, webp_method=webp_method, sink=sink)
         if main_size is not None:
-            encoded = replace(_resized(im, main_size[1], fmt, icc, source_format, options),
-                              size_name=main_size[0])
+            encoded = replace(_resized(im, _fit(upright, main_size[1]), fmt, icc, source_format,
+                                       options), size_name=main_size[0])
         else:
             encoded = _encode(im, fmt, icc, source_format, **options)
         if keepable:
@@ -136,7 +139,7 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
         if sizes:
             # Without a full-size output, this output is the largest size (and any as large).
             others = {n: e for n, e in sizes.items() if main_size is None or e < main_size[1]}
-            variants = _variants(im, fmt, icc, source_format, others, options)
+            variants = _variants(im, upright, fmt, icc, source_format, others, options)
             encoded = replace(encoded, variants={n: variants.get(n) for n in sizes})
         return encoded
     except ImageError:
@@ -395,21 +398,35 @@ def _encode(im: Image.Image, fmt: str, icc: bytes | None, source_format: str, *,
     return EncodedImage(data, content_type, extension, im.width, im.height, source_format)
 
 
-def _variants(im: Image.Image, fmt: str, icc: bytes | None, source_format: str,
-              sizes: dict[str, int], options: dict) -> dict[str, EncodedImage | None]:
-    """One smaller output per named size; None where the image is not larger than it."""
-    return {name: (None if max(im.size) <= edge
-                   else _resized(im, edge, fmt, icc, source_format, options))
+def _variants(im: Image.Image, upright: tuple[int, int], fmt: str, icc: bytes | None,
+              source_format: str, sizes: dict[str, int],
+              options: dict) -> dict[str, EncodedImage | None]:
+    """One smaller output per named size; None where the image (`upright`: its full size,
+    whether `im` is that or a draft of it) is not larger than it."""
+    return {name: (None if max(upright) <= edge
+                   else _resized(im, _fit(upright, edge), fmt, icc, source_format, options))
             for name, edge in sizes.items()}
 
 
-def _resized(im: Image.Image, edge: int, fmt: str, icc: bytes | None, source_format: str,
-             options: dict) -> EncodedImage:
-    """`im` resized so that its longest edge is `edge` (as is when not larger), encoded."""
-    if max(im.size) <= edge:  # a draft decode can land on the size exactly
+def _fit(size: tuple[int, int], edge: int) -> tuple[int, int]:
+    """`size` scaled so that its longest edge is `edge`."""
+    scale = edge / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _turned(im: Image.Image) -> bool:
+    """Whether the EXIF orientation (as _prepare applies it) swaps width and height."""
+    try:
+        return im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+    except Exception:  # unreadable EXIF: shown as stored
+        return False
+
+
+def _resized(im: Image.Image, size: tuple[int, int], fmt: str, icc: bytes | None,
+             source_format: str, options: dict) -> EncodedImage:
+    """`im` resized to `size`, encoded."""
+    if im.size == size:  # a draft decode can land on the size exactly
         return _encode(im, fmt, icc, source_format, **options)
-    scale = edge / max(im.size)
-    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
     # reducing_gap: a box reduce to about 3x the target first, then Lanczos (fast, and
     # indistinguishable from Lanczos over the full image at these ratios)
     small = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
