@@ -1,0 +1,91 @@
+"""worker/dispatch.py: which image a free thread starts next, so that none waits on a host."""
+from __future__ import annotations
+
+import threading
+import time
+
+from worker import dispatch
+from worker.dispatch import BACKOFF, BUSY, PAUSED, NotNow
+
+
+def _host(item: str) -> str:
+    return item.split("/")[0]
+
+
+def test_a_busy_host_s_items_are_passed_over_then_put_back_and_the_others_done():
+    calls: list[str] = []
+
+    def acquire(item):
+        calls.append(item)
+        if _host(item) == "busy":
+            raise NotNow(dispatch.POLL_S, BUSY)
+        return item
+
+    items = ["busy/1", "free/1", "busy/2", "free/2", "free/3"]
+    out = dispatch.run(items, acquire, lambda item, held: 1, threads=2, host_of=_host,
+                       hold_s=0.3)
+    assert out.finished == 3
+    assert out.put_back == [("busy/1", BUSY), ("busy/2", BUSY)]
+    assert out.wait == dispatch.BUSY_REQUEUE_S
+    assert calls[:2] == ["busy/1", "free/1"]  # its slot was not waited for
+    # The busy host is tried again each poll, through its first item only.
+    assert calls.count("busy/1") >= 2 and "busy/2" not in calls
+
+
+def test_an_item_in_backoff_frees_its_thread_for_the_next_ones():
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def work(item, held):
+        with lock:
+            started.append(item)
+            first = started.count(item) == 1
+        if item == "a/flaky" and first:
+            raise NotNow(0.2, BACKOFF)
+        time.sleep(0.02)
+        return 1
+
+    out = dispatch.run(["a/flaky", "a/1", "a/2", "a/3"], lambda item: None, work, threads=1,
+                       host_of=_host)
+    assert out.finished == 4 and out.put_back == [] and out.wait is None
+    assert started == ["a/flaky", "a/1", "a/2", "a/3", "a/flaky"]
+
+
+def test_a_backoff_longer_than_the_hold_is_put_back_with_its_wait():
+    def work(item, held):
+        raise NotNow(30, BACKOFF)
+
+    out = dispatch.run(["a/1"], lambda item: None, work, threads=1, host_of=_host, hold_s=0.2)
+    assert out.finished == 0 and out.put_back == [("a/1", BACKOFF)]
+    assert 29 < out.wait <= 30
+
+
+def test_a_paused_host_s_items_are_all_put_back_at_once():
+    tried: list[str] = []
+
+    def acquire(item):
+        tried.append(item)
+        if _host(item) == "paused":
+            raise NotNow(12.5, PAUSED)
+
+    out = dispatch.run(["paused/1", "ok/1", "paused/2", "paused/3"], acquire,
+                       lambda item, held: 1, threads=2, host_of=_host)
+    assert out.finished == 1
+    assert sorted(out.put_back) == [("paused/1", PAUSED), ("paused/2", PAUSED),
+                                    ("paused/3", PAUSED)]
+    assert out.wait == 12.5
+    assert tried.count("paused/2") == 0 and tried.count("paused/3") == 0
+
+
+def test_a_stopped_batch_starts_nothing_more_and_puts_nothing_back():
+    done: list[str] = []
+    stop = threading.Event()
+
+    def work(item, held):
+        done.append(item)
+        stop.set()
+        return 1
+
+    out = dispatch.run([f"a/{n}" for n in range(5)], lambda item: None, work, threads=1,
+                       host_of=_host, stop=stop.is_set)
+    assert done == ["a/0"] and out.finished == 1 and out.put_back == [] and out.wait is None
