@@ -43,16 +43,20 @@ def _slowed_key(host: str) -> str:
 
 
 class Slot:
-    """One slot of a host, held until `release()` (which may be called more than once)."""
+    """One slot of a host, held until `release()` (which may be called more than once; the
+    first call also calls `on_release`)."""
 
-    def __init__(self, conn: redis.Redis, key: str, token: str):
+    def __init__(self, conn: redis.Redis, key: str, token: str, on_release=None):
         self._conn, self._key, self._token = conn, key, token
+        self._on_release = on_release
 
     def release(self) -> None:
         if self._token is None:
             return
         token, self._token = self._token, None
         _release(self._conn, self._key, token)
+        if self._on_release is not None:
+            self._on_release()
 
     def __enter__(self) -> "Slot":
         return self
@@ -61,14 +65,16 @@ class Slot:
         self.release()
 
 
-def take(conn: redis.Redis, host: str, limit: int, lease_s: float) -> Slot | None:
-    """One of the host's first `limit` slots, or None at once when all are taken."""
+def take(conn: redis.Redis, host: str, limit: int, lease_s: float,
+         on_release=None) -> Slot | None:
+    """One of the host's first `limit` slots, or None at once when all are taken.
+    `on_release`: called once the slot is released (a waiting dispatcher's wake-up)."""
     token = secrets.token_hex(8)
     lease_ms = max(1, int(lease_s * 1000))
     for n in range(limit):
         key = _slot_key(host, n)
         if conn.set(key, token, nx=True, px=lease_ms):
-            return Slot(conn, key, token)
+            return Slot(conn, key, token, on_release)
     return None
 
 

@@ -15,7 +15,7 @@ def _host(item: str) -> str:
 def test_a_busy_host_s_items_are_passed_over_then_put_back_and_the_others_done():
     calls: list[str] = []
 
-    def acquire(item):
+    def acquire(item, wake):
         calls.append(item)
         if _host(item) == "busy":
             raise NotNow(dispatch.POLL_S, BUSY)
@@ -45,7 +45,7 @@ def test_an_item_in_backoff_frees_its_thread_for_the_next_ones():
         time.sleep(0.02)
         return 1
 
-    out = dispatch.run(["a/flaky", "a/1", "a/2", "a/3"], lambda item: None, work, threads=1,
+    out = dispatch.run(["a/flaky", "a/1", "a/2", "a/3"], lambda item, wake: None, work, threads=1,
                        host_of=_host)
     assert out.finished == 4 and out.put_back == [] and out.wait is None
     assert started == ["a/flaky", "a/1", "a/2", "a/3", "a/flaky"]
@@ -55,7 +55,7 @@ def test_a_backoff_longer_than_the_hold_is_put_back_with_its_wait():
     def work(item, held):
         raise NotNow(30, BACKOFF)
 
-    out = dispatch.run(["a/1"], lambda item: None, work, threads=1, host_of=_host, hold_s=0.2)
+    out = dispatch.run(["a/1"], lambda item, wake: None, work, threads=1, host_of=_host, hold_s=0.2)
     assert out.finished == 0 and out.put_back == [("a/1", BACKOFF)]
     assert 29 < out.wait <= 30
 
@@ -63,7 +63,7 @@ def test_a_backoff_longer_than_the_hold_is_put_back_with_its_wait():
 def test_a_paused_host_s_items_are_all_put_back_at_once():
     tried: list[str] = []
 
-    def acquire(item):
+    def acquire(item, wake):
         tried.append(item)
         if _host(item) == "paused":
             raise NotNow(12.5, PAUSED)
@@ -86,6 +86,32 @@ def test_a_stopped_batch_starts_nothing_more_and_puts_nothing_back():
         stop.set()
         return 1
 
-    out = dispatch.run([f"a/{n}" for n in range(5)], lambda item: None, work, threads=1,
+    out = dispatch.run([f"a/{n}" for n in range(5)], lambda item, wake: None, work, threads=1,
                        host_of=_host, stop=stop.is_set)
     assert done == ["a/0"] and out.finished == 1 and out.put_back == [] and out.wait is None
+
+
+def test_a_slot_released_wakes_the_dispatcher_for_its_host_s_next_item():
+    # One slot; a busy answer says "again in 5 s", but the release comes much sooner.
+    free = threading.Lock()
+    events: list[tuple[str, str]] = []
+
+    def acquire(item, wake):
+        if not free.acquire(blocking=False):
+            raise NotNow(5.0, BUSY)
+        return wake
+
+    def work(item, wake):
+        events.append(("start", item))
+        time.sleep(0.05)  # the download
+        free.release()
+        wake()
+        time.sleep(0.3)  # encode and store, the slot already free
+        events.append(("end", item))
+        return 1
+
+    out = dispatch.run(["h/1", "h/2", "h/3"], acquire, work, threads=3, host_of=_host)
+    assert out.finished == 3 and out.put_back == []
+    # The next download began while the first image was still being encoded.
+    assert events.index(("start", "h/2")) < events.index(("end", "h/1"))
+    assert events.index(("start", "h/3")) < events.index(("end", "h/2"))

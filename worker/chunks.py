@@ -132,7 +132,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     try:
         for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
             outcome = dispatch.run(
-                group, lambda im: _host_slot(im, settings),
+                group, lambda im, wake: _host_slot(im, settings, wake),
                 lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, slot,
                                       full_size),
                 threads=threads, host_of=_host, stop=watch.should_stop, name=f"chunk{chunk}")
@@ -165,9 +165,10 @@ def _host(image: ImageRecord) -> str:
     return (urlsplit(image.url).hostname or "").lower()
 
 
-def _host_slot(image: ImageRecord, settings: Settings) -> host_slots.Slot | None:
+def _host_slot(image: ImageRecord, settings: Settings, wake=None) -> host_slots.Slot | None:
     """The slot of the image's host its download goes in (None for a URL without a host: it
-    fails at download). dispatch.NotNow while the host is paused or all its slots are taken."""
+    fails at download). dispatch.NotNow while the host is paused or all its slots are taken.
+    `wake` is called when the slot is released (the dispatcher tries busy hosts again)."""
     host = _host(image)
     if not host:
         return None
@@ -175,7 +176,7 @@ def _host_slot(image: ImageRecord, settings: Settings) -> host_slots.Slot | None
     paused, limit = host_slots.state(conn, host, settings.per_host_concurrency)
     if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
         raise dispatch.NotNow(paused, dispatch.PAUSED)
-    slot = host_slots.take(conn, host, limit, settings.download_timeout_s + 30)
+    slot = host_slots.take(conn, host, limit, settings.download_timeout_s + 30, wake)
     if slot is None:
         raise dispatch.NotNow(dispatch.POLL_S, dispatch.BUSY)
     return slot

@@ -4,8 +4,8 @@ The chunk job's own thread hands images, in order, to a pool of `threads` thread
 host's download slot already taken (`acquire`). An image that cannot go now raises NotNow:
 
 - `BUSY` (from `acquire`): every slot of its host is taken. Its host's images are skipped for
-  POLL_S and the other hosts' images start meanwhile, so a chunk mixing a saturated CDN with
-  other hosts keeps every thread working.
+  POLL_S, or until `wake` is called (a slot of ours released), and the other hosts' images start
+  meanwhile, so a chunk mixing a saturated CDN with other hosts keeps every thread working.
 - `BACKOFF` (from `work`, after a connection failure or a 5xx): the image is tried again after
   its wait; the thread that ran it is free at once.
 - `PAUSED` (from `acquire`): its host asked everyone to wait (429/503 Retry-After); the image
@@ -19,8 +19,9 @@ other work meanwhile.
 """
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, TypeVar
 
@@ -61,25 +62,29 @@ class _Entry(Generic[T]):
     reason: str = BUSY    # why it waits, if it does
 
 
-def run(items: list[T], acquire: Callable[[T], S], work: Callable[[T, S], int], *,
-        threads: int, host_of: Callable[[T], Hashable], stop: Callable[[], bool] = lambda: False,
-        hold_s: float = HOLD_S, name: str = "chunk") -> Outcome[T]:
-    """`work(item, acquire(item))` for every item on `threads` threads, as described above;
-    `work` returns how many items it finished and owns what `acquire` gave it. Exceptions other
-    than NotNow propagate (after the items in flight end)."""
+def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
+        work: Callable[[T, S], int], *, threads: int, host_of: Callable[[T], Hashable],
+        stop: Callable[[], bool] = lambda: False, hold_s: float = HOLD_S,
+        name: str = "chunk") -> Outcome[T]:
+    """`work(item, acquire(item, wake))` for every item on `threads` threads, as described
+    above; `work` returns how many items it finished and owns what `acquire` gave it; `wake()`
+    (any thread) says a busy host may have a free slot now. Exceptions other than NotNow
+    propagate (after the items in flight end)."""
     queue = [_Entry(item) for item in items]
     busy_until: dict[Hashable, float] = {}
     paused: dict[Hashable, float] = {}
     running: dict[Future, _Entry[T]] = {}
     out: Outcome[T] = Outcome()
     idle_since: float | None = None
+    woken = threading.Event()  # an item ended, or a slot was released
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
         while queue or running:
+            woken.clear()  # before looking: whatever happens from now on wakes the wait below
             if stop():
                 queue.clear()  # a stopped batch: nothing more starts, nothing is put back
             now = time.monotonic()
             _start(queue, running, pool, acquire, work, threads, host_of, busy_until, paused,
-                   out, now)
+                   out, now, woken)
             if not queue and not running:
                 break
             soonest = min((max(e.at, busy_until.get(host_of(e.item), 0.0)) for e in queue),
@@ -95,11 +100,9 @@ def run(items: list[T], acquire: Callable[[T], S], work: Callable[[T, S], int], 
                                           else 0.0))
                     break
             timeout = min(max(soonest - now, 0.005), POLL_S) if queue else None
-            if not running:
-                time.sleep(timeout)
-                continue
-            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
+            if woken.wait(timeout):
+                busy_until.clear()  # a slot may be free: try the busy hosts again at once
+            for future in [f for f in running if f.done()]:
                 entry = running.pop(future)
                 try:
                     out.finished += future.result()
@@ -110,7 +113,7 @@ def run(items: list[T], acquire: Callable[[T], S], work: Callable[[T, S], int], 
 
 
 def _start(queue, running, pool, acquire, work, threads, host_of, busy_until, paused, out,
-           now) -> None:
+           now, woken: threading.Event) -> None:
     """Start the queue's images that can go, in order, while threads are free."""
     index = 0
     while index < len(queue) and len(running) < threads:
@@ -124,7 +127,7 @@ def _start(queue, running, pool, acquire, work, threads, host_of, busy_until, pa
             index += 1
             continue
         try:
-            held = acquire(entry.item)
+            held = acquire(entry.item, woken.set)
         except NotNow as later:
             if later.reason == PAUSED:
                 paused[host] = later.seconds
@@ -134,4 +137,6 @@ def _start(queue, running, pool, acquire, work, threads, host_of, busy_until, pa
             index += 1
             continue
         del queue[index]
-        running[pool.submit(work, entry.item, held)] = entry
+        future = pool.submit(work, entry.item, held)
+        future.add_done_callback(lambda _: woken.set())
+        running[future] = entry
