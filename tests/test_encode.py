@@ -12,7 +12,7 @@ from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from schemas.failures import FailureCode
 from tests import image_factory as make
-from worker.encode import EncodedImage, ImageError, compress
+from worker.encode import EncodedImage, ImageError, compress, header_pixels
 
 Q = 50
 
@@ -599,6 +599,9 @@ def test_a_jpeg_is_decoded_at_the_smallest_scale_still_as_large_as_the_largest_s
                           (1000, (1000, 600)), (1001, (2000, 1200))):
         im, _, stored = _decode(make.jpeg(size=(2000, 1200)), 50_000_000, draft_edge=edge)
         assert (im.size, stored) == (decoded, (2000, 1200)), edge
+        # The pixel budget admits it by what it is decoded at, read without decoding.
+        assert header_pixels(make.jpeg(size=(2000, 1200)), edge) == decoded[0] * decoded[1]
+    assert header_pixels(make.png(size=(2000, 1200)), 480) == 2000 * 1200  # no draft for PNG
 
 
 def test_without_full_size_the_sizes_are_the_same_as_from_a_full_decode():

@@ -20,7 +20,7 @@ from schemas.object_names import object_stem
 from schemas.records import ImageRecord
 from worker import dispatch
 from worker.download import DownloadError, download, make_session
-from worker.encode import ImageError, compress, header_pixels
+from worker.encode import ImageError, compress, draft_edge, header_pixels
 from worker.pixel_budget import PixelBudget
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
     the encoding, not the waits."""
     elapsed = 0.0
     budget = pixel_budget(settings.max_pixels_in_flight)
-    pixels = header_pixels(data)
+    pixels = header_pixels(data, draft_edge(sizes, full_size))  # what the decode will hold
     if pixels > settings.max_image_pixels:
         pixels = 0  # refused from its header, before any pixel is decoded
     try:

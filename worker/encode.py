@@ -153,17 +153,26 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
         im.close()
 
 
+def draft_edge(sizes: dict[str, int] | None, full_size: bool) -> int | None:
+    """The longest edge a decode must keep: the largest size's without a full-size output."""
+    return _largest(sizes)[1] if sizes and not full_size else None
+
+
 def _largest(sizes: dict[str, int]) -> tuple[str, int]:
     """The (name, edge) of the largest size (the first of equal ones)."""
     name = max(sizes, key=lambda n: sizes[n])
     return name, sizes[name]
 
 
-def header_pixels(data: bytes) -> int:
-    """The pixel count the file's header announces (0 when it has none we read): cheap, no
-    pixel is decoded. compress() makes the real checks; this only sizes the decode in advance."""
+def header_pixels(data: bytes, draft_edge: int | None = None) -> int:
+    """The pixel count the file's header announces (0 when it has none we read), or with
+    `draft_edge` the count compress() decodes for it (a JPEG's draft): cheap, no pixel is
+    decoded. compress() makes the real checks; this only sizes the decode in advance."""
     try:
         with Image.open(io.BytesIO(data), formats=SOURCE_FORMATS) as im:
+            if draft_edge is not None and im.format in JPEG_SOURCES \
+                    and im.size[0] * im.size[1] > 0:
+                _draft(im, draft_edge)  # sets the size it would decode at, decodes nothing
             width, height = im.size
     except Exception:  # noqa: BLE001 - compress() reports what is wrong with the file
         return 0
