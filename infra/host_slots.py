@@ -129,7 +129,9 @@ def slow_down(conn: redis.Redis, host: str, configured: int, episode_s: float) -
     """A throttle answer from `host`: halve its limit (floor 1). The throttles of one episode
     (`episode_s`, the pause it asked for, at least a second) halve it once: the downloads in
     flight when a host starts throttling all get a 429 together. Returns the new limit, or None
-    when this episode has halved it already."""
+    when this episode has halved it already or it is 1 already."""
+    if limit_for(conn, host, configured) <= 1:
+        return None
     if not conn.set(_slowed_key(host), "1", nx=True, px=max(1000, int(episode_s * 1000))):
         return None
     return _update_limit(conn, host, configured, lambda current: max(1.0, math.floor(current / 2)))

@@ -175,7 +175,8 @@ def test_a_throttling_host_is_halved_once_per_episode_and_recovers_with_successe
     conn.delete(host_slots._slowed_key(host))
     assert host_slots.slow_down(conn, host, 8, episode_s=1) == 1
     conn.delete(host_slots._slowed_key(host))
-    assert host_slots.slow_down(conn, host, 8, episode_s=1) == 1  # never below one
+    assert host_slots.slow_down(conn, host, 8, episode_s=1) is None  # never below one
+    assert host_slots.limit_for(conn, host, 8) == 1
     successes = 0
     while conn.exists(host_slots._limit_key(host)):
         host_slots.speed_up(conn, host, 8)
