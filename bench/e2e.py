@@ -473,7 +473,7 @@ def _count_stages() -> dict:
                     entry[2] += wall
         setattr(owner, attr, timed)
 
-    wrap(chunks, "download", "download (requests)")
+    wrap(chunks, "fetch", "download (requests)")
     wrap(chunks, "compress", "decode + encode (Pillow)")
     wrap(storage, "put_bytes", "S3 put (boto3)")
     wrap(stores.products(), "mark_processed", "store mark_processed")

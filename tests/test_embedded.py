@@ -167,7 +167,7 @@ def test_a_batch_interrupted_by_a_restart_finishes_with_nothing_doubled(http_ser
         assert batch["status"] == "completed", batch
         assert (batch["rows"]["total"], batch["rows"]["valid"], batch["rows"]["invalid"]) == (
             count + 1, count + 1, 0)
-        assert batch["images"] == {"total": count + 1, "processed": count + 1, "failed": 0}
+        assert batch["images"] == {"total": count + 1, "processed": count + 1, "failed": 0, "reused": 0}
         output = requests.get(f"{second.base}/api/v1/batches/{created['id']}/output.csv",
                               timeout=5).text.splitlines()
         assert [line.split(",")[0] for line in output[1:]] == [str(n) for n in range(1, count + 2)]

@@ -1,5 +1,7 @@
 """Processing one chunk of a batch's images: download (politely: per-host slots, Retry-After
-waits rescheduled, retries of transient failures), re-encode, store, record, in a bounded pool."""
+waits rescheduled, retries of transient failures; conditionally, when the image was processed
+before: see worker/reuse.py), re-encode or copy the earlier outputs, store, record, in a bounded
+pool."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +9,8 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlsplit
 
 from rq import get_current_job
@@ -17,10 +21,12 @@ from infra.settings import Settings
 from schemas.batch import BatchStatus
 from schemas.failures import FailureCode
 from schemas.object_names import object_stem
-from schemas.records import ImageRecord
-from worker.download import DownloadError, download, make_session
+from schemas.records import ImageRecord, SourceRecord
+from schemas.reuse import content_hash
+from worker.download import DownloadError, Fetched, Validators, fetch, make_session
 from worker.encode import ImageError, compress, header_pixels
 from worker.pixel_budget import PixelBudget
+from worker.reuse import Known, Outputs, copy_outputs, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +125,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     watch = _CancelWatch(batch_id, later)
     batch = stores.batches().get(batch_id, any_owner=True)
     sizes = dict(batch.sizes) if batch is not None else {}
+    known = Known.load(batch, images, settings)  # one read for the chunk's URLs
     session = make_session(settings, pool_size=settings.image_concurrency,
                            trusted_origins=settings.image_origin_prefixes)
     # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
@@ -127,14 +134,14 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     fresh = [im for im in images if not im.attempts]
     suspects = [im for im in images if im.attempts]
     finished = 0
+    work = _Work(batch_id, session, settings, sizes, watch, known)
     try:
         with ThreadPoolExecutor(max_workers=settings.image_concurrency,
                                 thread_name_prefix=f"chunk{chunk}") as pool:
-            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch, sizes),
-                                 fresh):
+            for done in pool.map(work.one, fresh):
                 finished += done
         for image in suspects:
-            finished += _one(image, batch_id, session, settings, watch, sizes)
+            finished += work.one(image)
     finally:
         session.close()
     if later.seconds is not None:
@@ -144,16 +151,29 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     return finished
 
 
-def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
-         sizes: dict[str, int] | None = None) -> int:
-    if watch.should_stop():
-        return 0
-    with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-        return _process(image, batch_id, session, settings, sizes or {}, watch.later)
+@dataclass(frozen=True)
+class _Work:
+    """What every image of one chunk run shares."""
+    batch_id: str
+    session: object
+    settings: Settings
+    sizes: dict[str, int]
+    watch: _CancelWatch
+    known: Known
+
+    def one(self, image: ImageRecord) -> int:
+        if self.watch.should_stop():
+            return 0
+        with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
+            return _process(image, self)
+
+    def key_for(self, image: ImageRecord) -> Callable[[str, str | None], str]:
+        return lambda extension, size=None: output_key(self.batch_id, image.hash, image.url,
+                                                       extension, size)
 
 
-def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
-             sizes: dict[str, int], later: _Later) -> int:
+def _process(image: ImageRecord, work: _Work) -> int:
+    batch_id, settings, later = work.batch_id, work.settings, work.watch.later
     host = (urlsplit(image.url).hostname or "").lower()
     paused = host_slots.paused_for(queues.get_redis(), host) if host else 0.0
     if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
@@ -170,9 +190,11 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                                "attempts: the worker died while processing it",
                                FailureCode.WORKER_DIED, None)
     bytes_in = None
+    previous = work.known.previous(image.url)
     try:
         try:
-            data = _polite_download(session, image.url, host, settings)
+            fetched = _polite_download(work.session, image.url, host, settings,
+                                       work.known.validators(image.url))
         except DownloadError as error:
             if not error.throttled:
                 raise
@@ -181,19 +203,30 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                 later.add(delay)
                 return 0
             raise DownloadError(failure, error.code) from None
-        bytes_in = len(data)
-        encoded = _encode(data, settings, sizes)
-        del data
-        key = output_key(batch_id, image.hash, image.url, encoded.extension)
+        sha256 = None if fetched.not_modified else content_hash(fetched.data)
+        how = unchanged(previous, fetched, sha256)
+        if how is not None:
+            try:
+                return _reused(image, work, previous, fetched, how)
+            except storage.ObjectMissing:  # its outputs are gone: processed anew
+                log.info("outputs to reuse are gone; processing anew",
+                         extra={"batch_id": batch_id})
+            if fetched.not_modified:  # no bytes came: fetch them, unconditionally
+                fetched = _polite_download(work.session, image.url, host, settings, None)
+                sha256 = content_hash(fetched.data)
+        bytes_in = len(fetched.data)
+        encoded = _encode(fetched.data, settings, work.sizes)
+        key_for = work.key_for(image)
+        key = key_for(encoded.extension, None)
         _store(key, encoded)
-        size_urls = {}
+        size_keys = {}
         for name, variant in encoded.variants.items():
             if variant is None:  # not larger than that size: the main output serves it
-                size_urls[name] = storage.public_url(key)
+                size_keys[name] = None
                 continue
-            size_key = output_key(batch_id, image.hash, image.url, variant.extension, size=name)
-            _store(size_key, variant)
-            size_urls[name] = storage.public_url(size_key)
+            size_keys[name] = key_for(variant.extension, name)
+            _store(size_keys[name], variant)
+        outputs = Outputs(key, size_keys)
     except (DownloadError, ImageError) as error:
         return _record_failure(image, batch_id, str(error), error.code, bytes_in)
     except storage.StorageUnavailable:
@@ -205,34 +238,64 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
         log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
         return _record_failure(image, batch_id, f"internal error: {type(error).__name__}",
                                FailureCode.INTERNAL_ERROR, bytes_in)
-    bytes_out = len(encoded.data)
-    slots = stores.products().mark_processed(image, key=key, output_url=storage.public_url(key),
-                                             bytes_in=bytes_in, bytes_out=bytes_out,
-                                             content_type=encoded.content_type,
-                                             kept_original=encoded.kept_original,
-                                             width=encoded.width, height=encoded.height,
-                                             format=encoded.input_format,
-                                             output_format=encoded.output_format,
-                                             sizes=size_urls)
-    if slots:  # the uses as of the change: the parse may still be adding some
-        stores.batches().add_image_results(batch_id, processed=slots,
-                                           bytes_in=bytes_in, bytes_out=bytes_out)
-        metrics.image_processed(bytes_in, bytes_out)
+    facts = dict(bytes_in=bytes_in, bytes_out=len(encoded.data),
+                 content_type=encoded.content_type, kept_original=encoded.kept_original,
+                 width=encoded.width, height=encoded.height, format=encoded.input_format,
+                 output_format=encoded.output_format)
+    slots = _mark_processed(image, batch_id, outputs, facts)
+    if slots:
+        metrics.image_processed(bytes_in, facts["bytes_out"])
+        work.known.remember(image, batch_id, fetched, sha256, outputs, facts)
         return 1
     return 0
 
 
-def _polite_download(session, url: str, host: str, settings: Settings) -> bytes:
-    """download() within one of the host's slots; failures of the connection and 5xx answers
+def _reused(image: ImageRecord, work: _Work, previous: SourceRecord, fetched: Fetched,
+            how: str) -> int:
+    """The image as processed before: its outputs copied under this batch's keys, its facts
+    the stored ones; nothing decoded or encoded."""
+    outputs = copy_outputs(previous, work.key_for(image))
+    facts = dict(bytes_in=previous.bytes_in, bytes_out=previous.bytes_out,
+                 content_type=previous.content_type, kept_original=previous.kept_original,
+                 width=previous.width, height=previous.height, format=previous.format,
+                 output_format=previous.output_format)
+    slots = _mark_processed(image, work.batch_id, outputs, facts, reused=True)
+    if slots:
+        metrics.image_reused(how, 0 if fetched.not_modified else len(fetched.data))
+        work.known.remember_reuse(previous, work.batch_id, fetched, outputs)
+        return 1
+    return 0
+
+
+def _mark_processed(image: ImageRecord, batch_id: str, outputs: Outputs, facts: dict,
+                    reused: bool = False) -> int:
+    """pending -> processed and the batch's counts; the slots it finished (0: another run
+    did)."""
+    slots = stores.products().mark_processed(
+        image, key=outputs.key, output_url=storage.public_url(outputs.key),
+        sizes=outputs.size_urls(), reused=reused, **facts)
+    if slots:  # the uses as of the change: the parse may still be adding some
+        stores.batches().add_image_results(batch_id, processed=slots,
+                                           reused=slots if reused else 0,
+                                           bytes_in=facts["bytes_in"],
+                                           bytes_out=facts["bytes_out"])
+    return slots
+
+
+def _polite_download(session, url: str, host: str, settings: Settings,
+                     validators: Validators | None = None) -> Fetched:
+    """fetch() within one of the host's slots; failures of the connection and 5xx answers
     tried again after a growing wait (outside the slot)."""
     conn = queues.get_redis()
     lease = settings.download_timeout_s + 30  # a download never holds its slot past its deadline
     for attempt in range(settings.download_retries + 1):
         try:
             if not host:
-                return metrics.timed("download_seconds", download, session, url, settings)
+                return metrics.timed("download_seconds", fetch, session, url, settings,
+                                     validators=validators)
             with host_slots.slot(conn, host, settings.per_host_concurrency, lease):
-                return metrics.timed("download_seconds", download, session, url, settings)
+                return metrics.timed("download_seconds", fetch, session, url, settings,
+                                     validators=validators)
         except DownloadError as error:
             if not error.transient or attempt == settings.download_retries:
                 if error.transient and attempt:
@@ -300,7 +363,7 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
                                 sizes=sizes)
             finally:
                 elapsed = time.perf_counter() - started
-    finally:  # outside the slot (in _one it is only held until the image's pipeline is sent)
+    finally:  # outside the slot (in _Work.one it is only held until the image's pipeline is sent)
         metrics.observe("encode_seconds", elapsed)
 
 
