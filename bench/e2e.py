@@ -63,14 +63,14 @@ def machine_busy_seconds() -> float:
 class Services:
     """The outside processes: image server, redis-server, moto. Stopped by PID."""
 
-    def __init__(self, corpus: Path, latency_ms: float = 0.0):
+    def __init__(self, corpus: Path, latency_ms: float = 0.0, validators: bool = False):
         from tests.servers import RedisServer, free_port
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis = None
         try:
             images = subprocess.Popen(
                 [sys.executable, str(ROOT / "bench" / "imageserver.py"), str(corpus),
-                 "--latency-ms", str(latency_ms)],
+                 "--latency-ms", str(latency_ms)] + (["--validators"] if validators else []),
                 stdout=subprocess.PIPE, text=True)
             self.procs["image server"] = images
             line = images.stdout.readline().split()

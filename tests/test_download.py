@@ -43,6 +43,11 @@ class Handler(BaseHTTPRequestHandler):
     def route_ok(self, _rest):
         self.send(200, BODY, [("Content-Type", "text/plain")])  # the type is not looked at
 
+    def route_unchanged(self, _rest):  # 304 to any If-None-Match
+        if self.headers.get("If-None-Match"):
+            return self.send(304, headers=[("ETag", '"v1"')])
+        self.send(200, BODY, [("ETag", '"v1"')])
+
     def route_missing(self, _rest):
         self.send(404, b"not here")
 
@@ -533,3 +538,13 @@ def test_a_304_answers_not_modified_only_to_a_conditional_get(http_server):
             fetch_conditionally(session, http_server.url("/odd"), cfg)
     assert caught.value.code == FailureCode.HTTP_STATUS
     assert route.not_modified == 2
+
+
+def test_304s_keep_the_connection_for_the_next_request(server):
+    from worker.download import Validators, fetch as fetch_conditionally
+    cfg, url = settings(), server.url("/unchanged")
+    with make_session(cfg, pool_size=4) as session:
+        for _ in range(5):
+            assert fetch_conditionally(session, url, cfg, validators=Validators(
+                url, {"If-None-Match": '"v1"'})).not_modified
+    assert server.connections == 1

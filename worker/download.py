@@ -168,6 +168,9 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: Wa
             etag = validator(response.headers.get("ETag"))
             last_modified = validator(response.headers.get("Last-Modified"))
             if response.status_code == 304 and conditional:
+                # A 304 has no body; reading its end hands the connection back to the pool
+                # (closing an unread response closes the connection).
+                _read_capped(response, limit, watch, host, timeout)
                 return Fetched(b"", url, etag, last_modified, not_modified=True)
             if response.status_code != 200:
                 raise DownloadError(
