@@ -230,14 +230,14 @@ def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_se
     text = HEADER + f'1,P1,"{poison},{a}"\n2,P2,"{b},{poison}"\n'
     batch_id = post_raw(client, text.encode()).get_json()["id"]
     tasks.parse_batch(batch_id)  # one chunk of three images; its job is left in the queue
-    real_download, tries = chunks.download, []
+    real_fetch, tries = chunks.fetch, []
 
-    def download(session, url, settings, **kwargs):
+    def fetch(session, url, settings, **kwargs):
         if url == poison:
             tries.append(url)
             raise WorkerDied()
-        return real_download(session, url, settings, **kwargs)
-    monkeypatch.setattr(chunks, "download", download)
+        return real_fetch(session, url, settings, **kwargs)
+    monkeypatch.setattr(chunks, "fetch", fetch)
 
     for _ in range(env.max_image_attempts):  # the chunk job dies, and is re-run, 3 times
         with pytest.raises(WorkerDied):

@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -134,14 +133,14 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     fresh = [im for im in images if not im.attempts]
     suspects = [im for im in images if im.attempts]
     finished = 0
-    work = _Work(batch_id, session, settings, sizes, watch, known)
     try:
         with ThreadPoolExecutor(max_workers=settings.image_concurrency,
                                 thread_name_prefix=f"chunk{chunk}") as pool:
-            for done in pool.map(work.one, fresh):
+            for done in pool.map(lambda im: _one(im, batch_id, session, settings, watch, sizes,
+                                                 known), fresh):
                 finished += done
         for image in suspects:
-            finished += work.one(image)
+            finished += _one(image, batch_id, session, settings, watch, sizes, known)
     finally:
         session.close()
     if later.seconds is not None:
@@ -151,29 +150,24 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     return finished
 
 
-@dataclass(frozen=True)
-class _Work:
-    """What every image of one chunk run shares."""
-    batch_id: str
-    session: object
-    settings: Settings
-    sizes: dict[str, int]
-    watch: _CancelWatch
-    known: Known
-
-    def one(self, image: ImageRecord) -> int:
-        if self.watch.should_stop():
-            return 0
-        with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-            return _process(image, self)
-
-    def key_for(self, image: ImageRecord) -> Callable[[str, str | None], str]:
-        return lambda extension, size=None: output_key(self.batch_id, image.hash, image.url,
-                                                       extension, size)
+def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
+         sizes: dict[str, int] | None = None, known: Known | None = None) -> int:
+    if watch.should_stop():
+        return 0
+    if known is None:  # one image on its own (process_chunk reads a whole chunk's at once)
+        known = Known.load(stores.batches().get(batch_id, any_owner=True), [image], settings)
+    with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
+        return _process(image, batch_id, session, settings, sizes or {}, watch.later, known)
 
 
-def _process(image: ImageRecord, work: _Work) -> int:
-    batch_id, settings, later = work.batch_id, work.settings, work.watch.later
+def _key_for(batch_id: str, image: ImageRecord) -> Callable[[str, str | None], str]:
+    """This batch's key of the image's output of an extension, and of a size."""
+    return lambda extension, size=None: output_key(batch_id, image.hash, image.url, extension,
+                                                   size)
+
+
+def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
+             sizes: dict[str, int], later: _Later, known: Known) -> int:
     host = (urlsplit(image.url).hostname or "").lower()
     paused = host_slots.paused_for(queues.get_redis(), host) if host else 0.0
     if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
@@ -190,11 +184,11 @@ def _process(image: ImageRecord, work: _Work) -> int:
                                "attempts: the worker died while processing it",
                                FailureCode.WORKER_DIED, None)
     bytes_in = None
-    previous = work.known.previous(image.url)
+    previous = known.previous(image.url)
     try:
         try:
-            fetched = _polite_download(work.session, image.url, host, settings,
-                                       work.known.validators(image.url))
+            fetched = _polite_download(session, image.url, host, settings,
+                                       known.validators(image.url))
         except DownloadError as error:
             if not error.throttled:
                 raise
@@ -207,16 +201,16 @@ def _process(image: ImageRecord, work: _Work) -> int:
         how = unchanged(previous, fetched, sha256)
         if how is not None:
             try:
-                return _reused(image, work, previous, fetched, how)
+                return _reused(image, batch_id, known, previous, fetched, how)
             except storage.ObjectMissing:  # its outputs are gone: processed anew
                 log.info("outputs to reuse are gone; processing anew",
                          extra={"batch_id": batch_id})
             if fetched.not_modified:  # no bytes came: fetch them, unconditionally
-                fetched = _polite_download(work.session, image.url, host, settings, None)
+                fetched = _polite_download(session, image.url, host, settings, None)
                 sha256 = content_hash(fetched.data)
         bytes_in = len(fetched.data)
-        encoded = _encode(fetched.data, settings, work.sizes)
-        key_for = work.key_for(image)
+        encoded = _encode(fetched.data, settings, sizes)
+        key_for = _key_for(batch_id, image)
         key = key_for(encoded.extension, None)
         _store(key, encoded)
         size_keys = {}
@@ -245,24 +239,24 @@ def _process(image: ImageRecord, work: _Work) -> int:
     slots = _mark_processed(image, batch_id, outputs, facts)
     if slots:
         metrics.image_processed(bytes_in, facts["bytes_out"])
-        work.known.remember(image, batch_id, fetched, sha256, outputs, facts)
+        known.remember(image, batch_id, fetched, sha256, outputs, facts)
         return 1
     return 0
 
 
-def _reused(image: ImageRecord, work: _Work, previous: SourceRecord, fetched: Fetched,
-            how: str) -> int:
+def _reused(image: ImageRecord, batch_id: str, known: Known, previous: SourceRecord,
+            fetched: Fetched, how: str) -> int:
     """The image as processed before: its outputs copied under this batch's keys, its facts
     the stored ones; nothing decoded or encoded."""
-    outputs = copy_outputs(previous, work.key_for(image))
+    outputs = copy_outputs(previous, _key_for(batch_id, image))
     facts = dict(bytes_in=previous.bytes_in, bytes_out=previous.bytes_out,
                  content_type=previous.content_type, kept_original=previous.kept_original,
                  width=previous.width, height=previous.height, format=previous.format,
                  output_format=previous.output_format)
-    slots = _mark_processed(image, work.batch_id, outputs, facts, reused=True)
+    slots = _mark_processed(image, batch_id, outputs, facts, reused=True)
     if slots:
         metrics.image_reused(how, 0 if fetched.not_modified else len(fetched.data))
-        work.known.remember_reuse(previous, work.batch_id, fetched, outputs)
+        known.remember_reuse(previous, batch_id, fetched, outputs)
         return 1
     return 0
 
@@ -363,7 +357,7 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
                                 sizes=sizes)
             finally:
                 elapsed = time.perf_counter() - started
-    finally:  # outside the slot (in _Work.one it is only held until the image's pipeline is sent)
+    finally:  # outside the slot (in _one it is only held until the image's pipeline is sent)
         metrics.observe("encode_seconds", elapsed)
 
 
