@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -369,20 +368,11 @@ def _processes_child(spec: dict, api: str, body: bytes, sqlite_path: str, worker
     worker on the batch and image queues with its chunk job's own thread pool for I/O; this
     process is only the API. Runs until the batch is finished, then stops them."""
     import requests
-    from redis import Redis
-    from rq import Worker
 
     from infra import stores
 
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "worker",
-                               sqlite_path]) for _ in range(workers)]
+    procs = start_workers(sqlite_path, workers, settings.redis_url)
     try:
-        redis = Redis.from_url(settings.redis_url)
-        deadline = time.monotonic() + 60
-        while len(Worker.all(connection=redis)) < workers:  # start-up is not measured
-            if time.monotonic() > deadline:
-                raise SystemExit("the worker processes did not start")
-            time.sleep(0.05)
         watched = {"API process": os.getpid(), **pids}
         watched.update({f"worker {n + 1}": p.pid for n, p in enumerate(procs)})
         cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
@@ -403,15 +393,7 @@ def _processes_child(spec: dict, api: str, body: bytes, sqlite_path: str, worker
         cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
         peak = max(_vm_hwm_mb(p.pid) for p in procs)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        processes.stop_all(procs)
     report = {
         "status": batch.status.value,
         "images": {"total": batch.images_total, "processed": batch.images_processed,
@@ -423,6 +405,23 @@ def _processes_child(spec: dict, api: str, body: bytes, sqlite_path: str, worker
         "image_concurrency": settings.image_concurrency,
     }
     print(json.dumps(report), flush=True)
+
+
+def start_workers(sqlite_path: str, count: int, redis_url: str) -> list[subprocess.Popen]:
+    """`count` worker processes (this file's `worker` command) on the SQLite file, returned
+    once all are registered with RQ (start-up is not measured)."""
+    from redis import Redis
+    from rq import Worker
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "worker",
+                               sqlite_path]) for _ in range(count)]
+    redis = Redis.from_url(redis_url)
+    deadline = time.monotonic() + 60
+    while len(Worker.all(connection=redis)) < count:
+        if time.monotonic() > deadline:
+            processes.stop_all(procs)
+            raise SystemExit("the worker processes did not start")
+        time.sleep(0.05)
+    return procs
 
 
 def _vm_hwm_mb(pid: int) -> float:

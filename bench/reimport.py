@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import e2e  # noqa: E402 - needs ROOT on sys.path
+from bench import e2e, processes  # noqa: E402 - needs ROOT on sys.path
 from bench.imageserver import IGNORING  # noqa: E402
 
 THREE_SIZES = "thumb=200,medium=800,large=1600"
@@ -114,8 +113,6 @@ def child(spec: dict) -> None:
     import logging
     import threading
 
-    from redis import Redis
-    from rq import Worker
     from werkzeug.serving import make_server
 
     from infra import stores
@@ -132,16 +129,9 @@ def child(spec: dict) -> None:
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
     api = f"http://127.0.0.1:{server.server_port}/api/v1"
 
-    workers = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "e2e.py"), "worker",
-                                 sqlite_path]) for _ in range(spec["workers"])]
+    workers = e2e.start_workers(sqlite_path, spec["workers"], settings.redis_url)
     steps = []
     try:
-        redis = Redis.from_url(settings.redis_url)
-        deadline = time.monotonic() + 60
-        while len(Worker.all(connection=redis)) < len(workers):  # start-up is not measured
-            if time.monotonic() > deadline:
-                raise SystemExit("the worker processes did not start")
-            time.sleep(0.05)
         # A warm-up batch, not measured: a worker's first jobs pay for its imports and caches.
         _one_batch(api, _csv({**spec, "images": min(48, spec["images"])}, 9, ""), "",
                    "warm-up", workers, spec["pids"])
@@ -149,15 +139,7 @@ def child(spec: dict) -> None:
             body = _csv(spec, url_set, prefix)
             steps.append(_one_batch(api, body, sizes, label, workers, spec["pids"]))
     finally:
-        for proc in workers:  # all at once: each finishes its current job
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in workers:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        processes.stop_all(workers)
         server.shutdown()
     print(json.dumps({"steps": steps, "images": spec["images"], "workers": len(workers),
                       "chunk_size": settings.chunk_size,
