@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -186,17 +187,10 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
     bytes_in = None
     previous = known.previous(image.url)
     try:
-        try:
-            fetched = _polite_download(session, image.url, host, settings,
-                                       known.validators(image.url))
-        except DownloadError as error:
-            if not error.throttled:
-                raise
-            failure, delay = _throttled(image, error, settings)
-            if failure is None:
-                later.add(delay)
-                return 0
-            raise DownloadError(failure, error.code) from None
+        fetched = _download_or_wait(image, session, host, settings, later,
+                                    known.validators(image.url))
+        if fetched is None:
+            return 0
         sha256 = None if fetched.not_modified else content_hash(fetched.data)
         how = unchanged(previous, fetched, sha256)
         if how is not None:
@@ -206,10 +200,13 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                 log.info("outputs to reuse are gone; processing anew",
                          extra={"batch_id": batch_id})
             if fetched.not_modified:  # no bytes came: fetch them, unconditionally
-                fetched = _polite_download(session, image.url, host, settings, None)
+                fetched = _download_or_wait(image, session, host, settings, later, None)
+                if fetched is None:
+                    return 0
                 sha256 = content_hash(fetched.data)
         bytes_in = len(fetched.data)
         encoded = _encode(fetched.data, settings, sizes)
+        fetched = replace(fetched, data=b"")  # the download's memory, freed before the puts
         key_for = _key_for(batch_id, image)
         key = key_for(encoded.extension, None)
         _store(key, encoded)
@@ -242,6 +239,23 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
         known.remember(image, batch_id, fetched, sha256, outputs, facts)
         return 1
     return 0
+
+
+def _download_or_wait(image: ImageRecord, session, host: str, settings: Settings, later: _Later,
+                      validators: Validators | None) -> Fetched | None:
+    """The image fetched politely, or None when its server asked to wait (the image is put
+    back, `later` holds the wait); DownloadError when it failed, or the waits would pass
+    MAX_RETRY_AFTER_S."""
+    try:
+        return _polite_download(session, image.url, host, settings, validators)
+    except DownloadError as error:
+        if not error.throttled:
+            raise
+        failure, delay = _throttled(image, error, settings)
+        if failure is None:
+            later.add(delay)
+            return None
+        raise DownloadError(failure, error.code) from None
 
 
 def _reused(image: ImageRecord, batch_id: str, known: Known, previous: SourceRecord,
