@@ -393,7 +393,8 @@ def _product_json(row: ProductRecord, images: dict[str, ImageRecord]) -> dict:
                       error=image.error, code=image.error_code, bytes_in=image.bytes_in,
                       bytes_out=image.bytes_out, width=image.width, height=image.height,
                       format=image.format, output_format=image.output_format,
-                      sizes=image.sizes, kept_original=image.kept_original)
+                      sizes=image.sizes, kept_original=image.kept_original,
+                      reused=bool(image.reused))
              for url, image in row.images_of(images)]
     return ProductItem(serial_no=row.serial_no, product_name=row.product_name,
                        line=row.line, input_image_urls=row.input_image_urls,

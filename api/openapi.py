@@ -143,7 +143,12 @@ def _paths() -> dict:
                     "text/csv": {"schema": {"type": "string"}}}},
                 description="Rows are checked one by one later: a bad row is rejected on its "
                             "own (see errors.csv); the whole file is refused only when it "
-                            "cannot be a product CSV at all."),
+                            "cannot be a product CSV at all. An image URL that an earlier batch "
+                            "of the same API key processed with the same output settings is "
+                            "fetched with a conditional GET (If-None-Match, If-Modified-Since); "
+                            "on 304, or the same bytes, its outputs are copied to this batch's "
+                            "own keys instead of encoded, and the image says `reused: true` "
+                            "(counted in the batch's `images.reused`)."),
             "get": operation(
                 "listBatches", "List batches, newest first", batches,
                 {"200": json_body(BatchPage), "400": BAD_PARAMETER},

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,14 +62,14 @@ def machine_busy_seconds() -> float:
 class Services:
     """The outside processes: image server, redis-server, moto. Stopped by PID."""
 
-    def __init__(self, corpus: Path, latency_ms: float = 0.0):
+    def __init__(self, corpus: Path, latency_ms: float = 0.0, validators: bool = False):
         from tests.servers import RedisServer, free_port
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis = None
         try:
             images = subprocess.Popen(
                 [sys.executable, str(ROOT / "bench" / "imageserver.py"), str(corpus),
-                 "--latency-ms", str(latency_ms)],
+                 "--latency-ms", str(latency_ms)] + (["--validators"] if validators else []),
                 stdout=subprocess.PIPE, text=True)
             self.procs["image server"] = images
             line = images.stdout.readline().split()
@@ -167,6 +166,117 @@ def run(corpus: Path, names: list[str], copies: int, *, profile: str | None = No
         services.stop()
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its children it has reaped (RQ's work-horses) and its live
+    descendants (gunicorn's workers, a work-horse still running)."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        times = root.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in root.children(recursive=True):
+            try:
+                t = child.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
+                 latency_ms: float = 0.0) -> dict:
+    """(b) on the production processes: tests/topology.Topology starts what the Procfile names
+    (gunicorn, `workers` x `python -m worker`, `python -m worker --cron`) on a real
+    redis-server, moto's S3 server (behind its relay) and the MongoDB wire stand-in, each a
+    process of its own; the settings are the service's defaults. The CSV is uploaded to
+    gunicorn over HTTP; the report is the same as the other shapes'."""
+    import requests
+
+    from infra.settings import Settings
+    from tests.topology import FAST_TIMINGS, Topology
+
+    defaults = Settings()
+    # Production timings (Topology shortens them for its fault tests) and chunking.
+    settings = {name: str(getattr(defaults, name.lower())) for name in FAST_TIMINGS}
+    settings.update(CHUNK_SIZE=str(defaults.chunk_size),
+                    IMAGE_CONCURRENCY=str(defaults.image_concurrency),
+                    STORAGE_RETRY_S=str(defaults.storage_retry_s))
+    images = subprocess.Popen([sys.executable, str(ROOT / "bench" / "imageserver.py"),
+                               str(corpus), "--latency-ms", str(latency_ms)],
+                              stdout=subprocess.PIPE, text=True)
+    topology = None
+    try:
+        line = images.stdout.readline().split()
+        if not line or line[0] != "port":
+            raise RuntimeError("the image server did not start")
+        image_base = f"http://127.0.0.1:{line[1]}"
+        topology = Topology(workers=workers, **settings)
+        rows = ["S. No.,Product Name,Input Image Urls"]
+        n = 0
+        for copy in range(copies):
+            for name in names:
+                n += 1
+                rows.append(f"{n},Product {n},{image_base}/{name}?copy={copy}")
+        body = ("\n".join(rows) + "\n").encode()
+
+        watched = {"API (gunicorn)": topology.web.pid, "cron": topology.cron.pid,
+                   "MongoDB wire stand-in": topology.mongo.pid, "moto (S3, relay)":
+                   topology.s3.pid, "redis-server": topology.redis.process.pid,
+                   "image server": images.pid}
+        watched.update({f"worker {k + 1}": w.pid for k, w in enumerate(topology.workers)})
+        cpu0 = {name: process_tree_cpu(pid) for name, pid in watched.items()}
+        machine0 = machine_busy_seconds()
+        wall0 = time.perf_counter()
+        answer = requests.post(topology.url("/api/v1/batches"), data=body,
+                               headers={"Content-Type": "text/csv"}, timeout=60)
+        if answer.status_code != 202:
+            raise RuntimeError(f"upload refused: {answer.status_code} {answer.text[:300]}")
+        batch_url = topology.url(f"/api/v1/batches/{answer.json()['id']}")
+        peak = 0.0  # work-horses take their peak with them when reaped: sampled meanwhile
+        while True:
+            batch = requests.get(batch_url, timeout=30).json()
+            peak = max([peak] + [_tree_hwm_mb(w.pid) for w in topology.workers])
+            if batch["status"] not in ("queued", "processing"):
+                break
+            time.sleep(0.1)
+        wall = time.perf_counter() - wall0
+        cpu = {name: process_tree_cpu(pid) - cpu0[name] for name, pid in watched.items()}
+        cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
+    finally:
+        if topology is not None:
+            topology.stop()
+        processes.stop(images)
+    from schemas.timestamps import parse_aware
+    started, finished = batch.get("started_at"), batch.get("finished_at")
+    return {
+        "status": batch["status"], "images": batch["images"], "worker_wall_s": wall,
+        "batch_s": (parse_aware(finished) - parse_aware(started)).total_seconds()
+        if started and finished else None,
+        "peak_rss_mb": peak, "cpu_s": cpu, "stages": {}, "mongo": "wire stand-in",
+        "workers": workers, "chunk_size": defaults.chunk_size,
+        "image_concurrency": defaults.image_concurrency,
+    }
+
+
+def _tree_hwm_mb(pid: int) -> float:
+    """The largest peak RSS of a process and its live children (a work-horse)."""
+    import psutil
+    pids = [pid]
+    try:
+        pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        pass
+    peaks = []
+    for one in pids:
+        try:
+            peaks.append(_vm_hwm_mb(one))
+        except FileNotFoundError:
+            pass
+    return max(peaks, default=0.0)
+
+
 # --------------------------------------------------------------------------- the service process
 
 def child(spec: dict) -> None:
@@ -258,20 +368,11 @@ def _processes_child(spec: dict, api: str, body: bytes, sqlite_path: str, worker
     worker on the batch and image queues with its chunk job's own thread pool for I/O; this
     process is only the API. Runs until the batch is finished, then stops them."""
     import requests
-    from redis import Redis
-    from rq import Worker
 
     from infra import stores
 
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "worker",
-                               sqlite_path]) for _ in range(workers)]
+    procs = start_workers(sqlite_path, workers, settings.redis_url)
     try:
-        redis = Redis.from_url(settings.redis_url)
-        deadline = time.monotonic() + 60
-        while len(Worker.all(connection=redis)) < workers:  # start-up is not measured
-            if time.monotonic() > deadline:
-                raise SystemExit("the worker processes did not start")
-            time.sleep(0.05)
         watched = {"API process": os.getpid(), **pids}
         watched.update({f"worker {n + 1}": p.pid for n, p in enumerate(procs)})
         cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
@@ -292,15 +393,7 @@ def _processes_child(spec: dict, api: str, body: bytes, sqlite_path: str, worker
         cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
         peak = max(_vm_hwm_mb(p.pid) for p in procs)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        processes.stop_all(procs)
     report = {
         "status": batch.status.value,
         "images": {"total": batch.images_total, "processed": batch.images_processed,
@@ -312,6 +405,23 @@ def _processes_child(spec: dict, api: str, body: bytes, sqlite_path: str, worker
         "image_concurrency": settings.image_concurrency,
     }
     print(json.dumps(report), flush=True)
+
+
+def start_workers(sqlite_path: str, count: int, redis_url: str) -> list[subprocess.Popen]:
+    """`count` worker processes (this file's `worker` command) on the SQLite file, returned
+    once all are registered with RQ (start-up is not measured)."""
+    from redis import Redis
+    from rq import Worker
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "worker",
+                               sqlite_path]) for _ in range(count)]
+    redis = Redis.from_url(redis_url)
+    deadline = time.monotonic() + 60
+    while len(Worker.all(connection=redis)) < count:
+        if time.monotonic() > deadline:
+            processes.stop_all(procs)
+            raise SystemExit("the worker processes did not start")
+        time.sleep(0.05)
+    return procs
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -362,7 +472,7 @@ def _count_stages() -> dict:
                     entry[2] += wall
         setattr(owner, attr, timed)
 
-    wrap(chunks, "download", "download (requests)")
+    wrap(chunks, "fetch", "download (requests)")
     wrap(chunks, "compress", "decode + encode (Pillow)")
     wrap(storage, "put_bytes", "S3 put (boto3)")
     wrap(stores.products(), "mark_processed", "store mark_processed")

@@ -4,10 +4,12 @@
     (worker.encode.compress, OUTPUT_QUALITY / OUTPUT_OPTIMIZE / WEBP_METHOD) on all cores, in a
     process pool, no I/O. Images/s and MP/s (megapixels of input decoded and encoded per second).
 (b) End to end: the corpus (repeated, distinct URLs) served over loopback HTTP by its own
-    process, a real redis-server, S3 over HTTP from moto's server in its own process, the batch
-    uploaded through the API, and a real RQ SimpleWorker in burst mode; API and worker share one
-    process because MongoDB is mongomock here (MONGO_URL uses a real one). See bench/e2e.py.
-    Also prints the CPU seconds each process used while the worker ran. The last line reads
+    process, uploaded through the API, processed by the production processes that the Procfile
+    names (gunicorn, one `python -m worker` per core, `python -m worker --cron`) on a real
+    redis-server, moto's S3 server and the MongoDB wire stand-in, each a process of its own
+    (tests/topology.py); `--store sqlite` runs bare RQ workers on one SQLite file instead, and
+    `--workers 0` the API and a SimpleWorker in one process on mongomock. See bench/e2e.py.
+    Also prints the CPU seconds each process used while the batch ran. The last line reads
     `ratio e2e/limit: X` (images/s of (b) over images/s of (a) on all cores).
 
 Options:
@@ -21,6 +23,7 @@ Options:
     --no-e2e      only (a)
     --compare     also measure the encoder choices on one core and with threads: OUTPUT_OPTIMIZE
                   on/off, WebP `method` 0..6, BytesIO vs memfd output, 1 vs 2 threads
+    --workers N   worker processes of (b) (default one per core); --store wire|sqlite
 
 The corpus is BENCH_CORPUS, or ../shared/corpus next to the repository.
 """
@@ -155,7 +158,7 @@ def measure_limit(items: list[Item], options: dict, processes: int, seconds: flo
 def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
                        limit_images_per_s: float, *, profile: str | None = None,
                        native: bool = False, latency_ms: float = 0.0,
-                       workers: int = 0) -> tuple[Rate, dict]:
+                       workers: int = 0, store: str = "wire") -> tuple[Rate, dict]:
     """(b) The same images through the whole service (see bench/e2e.py for the processes).
 
     The corpus is repeated (distinct URLs, ?copy=N) so that the run lasts about `seconds` at
@@ -167,8 +170,12 @@ def measure_end_to_end(items: list[Item], settings: Settings, seconds: float,
 
     per_pass = len(items)
     copies = max(1, round(seconds * 0.55 * limit_images_per_s / per_pass))
-    report = e2e.run(corpus_dir(), [item.name for item in items], copies, profile=profile,
-                     native=native, latency_ms=latency_ms, workers=workers)
+    if store == "wire":
+        report = e2e.run_topology(corpus_dir(), [item.name for item in items], copies,
+                                  workers=workers, latency_ms=latency_ms)
+    else:
+        report = e2e.run(corpus_dir(), [item.name for item in items], copies, profile=profile,
+                         native=native, latency_ms=latency_ms, workers=workers)
     done = report["images"]["processed"]
     if done == 0:
         raise SystemExit(f"e2e: no image was processed (batch {report['status']}: "
@@ -335,9 +342,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-e2e", action="store_true", help="only (a)")
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="(b) with this many worker processes on a shared SQLite store "
-                             "(default: one per core); 0: API and one worker in one process, "
-                             "on mongomock (or MONGO_URL), with the per-step CPU table")
+                        help="(b) with this many worker processes (default: one per core); "
+                             "0: API and one worker in one process, on mongomock (or "
+                             "MONGO_URL), with the per-step CPU table")
+    parser.add_argument("--store", choices=("wire", "sqlite"), default="wire",
+                        help="with worker processes: `wire` (default) runs the Procfile's "
+                             "processes (gunicorn, python -m worker, cron) on the MongoDB wire "
+                             "stand-in; `sqlite` runs bare RQ workers on one SQLite file")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -372,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         e2e, report = measure_end_to_end(items, settings, args.e2e_seconds,
                                          limit.images_per_s, profile=args.profile,
                                          native=args.native, latency_ms=args.latency_ms,
-                                         workers=args.workers)
+                                         workers=args.workers, store=args.store)
         rates.append(e2e)
     print_table(rates)
     if report is not None:

@@ -16,3 +16,17 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def stop_all(procs: list[subprocess.Popen], grace: float = 30.0) -> None:
+    """Stop every process at once (SIGTERM to all, then wait for each), killing one that
+    outlives `grace` seconds: RQ workers each finish their current job in parallel."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()

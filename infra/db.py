@@ -64,6 +64,11 @@ def idempotency_keys():
     return get_db()["idempotency_keys"]
 
 
+def sources():
+    """What re-imports may reuse (SourceRecord), read and written by `_id` only."""
+    return get_db()["sources"]
+
+
 def ensure_indexes() -> None:
     """Create the index behind every query the service makes (idempotent)."""
     batches().create_index([("owner", 1), ("created_at", -1), ("_id", -1)])

@@ -23,6 +23,9 @@ PROCESS_CHUNK = "worker.tasks.process_chunk"
 ANNOUNCE = "worker.tasks.announce"
 WEBHOOK_ATTEMPT = "worker.webhook_delivery.attempt"
 WEBHOOK_REDELIVER = "worker.webhook_delivery.redeliver"
+# The modules those jobs live in: a forking worker imports them once, before its first fork.
+JOB_MODULES = tuple(sorted({path.rpartition(".")[0] for path in (
+    PARSE_BATCH, PARSE_FAILED, PROCESS_CHUNK, ANNOUNCE, WEBHOOK_ATTEMPT, WEBHOOK_REDELIVER)}))
 
 WEBHOOK_LEASE_MARGIN_S = 30      # how long past its timeout a webhook attempt may run
 

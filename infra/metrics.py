@@ -53,6 +53,10 @@ PIPELINE = {
     "rows_total": ("counter", "CSV data rows read, by result (accepted, rejected).", None),
     "images_total": ("counter", "Distinct images finished, by result (processed, failed) and "
                                 "failure code.", None),
+    "images_reused_total": ("counter", "Processed images whose outputs were copied from an "
+                                       "earlier batch's, by how the image was known unchanged "
+                                       "(not_modified: a 304; same_bytes: the same SHA-256).",
+                            None),
     "image_bytes_total": ("counter", "Image bytes downloaded (in) and stored (out).", None),
     "image_bytes_saved_total": ("counter", "Bytes by which processed images' outputs are "
                                            "smaller than their inputs.", None),
@@ -174,6 +178,14 @@ def image_processed(bytes_in: int | None, bytes_out: int | None) -> None:
            (_field("image_bytes_total", {"direction": "in"}), bytes_in or 0),
            (_field("image_bytes_total", {"direction": "out"}), bytes_out or 0),
            (_field("image_bytes_saved_total"), saved)])
+
+
+def image_reused(how: str, bytes_in: int) -> None:
+    """A processed image whose outputs were copied, not encoded (also one processed image);
+    `bytes_in`: what was downloaded (0 after a 304). Nothing was stored, nothing saved anew."""
+    _record([(_field("images_total", {"result": "processed", "reason": ""}), 1),
+             (_field("images_reused_total", {"how": how}), 1),
+             (_field("image_bytes_total", {"direction": "in"}), bytes_in)])
 
 
 def image_failed(code: str, bytes_in: int | None = None) -> None:

@@ -80,6 +80,15 @@ class ObjectFolder:
         """Copy a stream in blocks (never whole in memory); nothing is stored if it fails."""
         self._write(key, lambda out: shutil.copyfileobj(stream, out, COPY_BLOCK))
 
+    def copy(self, source: str, key: str) -> None:
+        """A copy of the object at `source` under `key`, of its own (changing or deleting one
+        leaves the other as it is); ObjectNotFound when there is none."""
+        try:
+            with open(self.path(source), "rb") as original:
+                self._write(key, lambda out: shutil.copyfileobj(original, out, COPY_BLOCK))
+        except FileNotFoundError:
+            raise ObjectNotFound(source) from None
+
     def open_stream(self, key: str) -> FileBody:
         try:
             return FileBody(self.path(key))

@@ -42,6 +42,9 @@ class ImageCounts(BaseModel):
     total: int = 0
     processed: int = 0
     failed: int = 0
+    reused: int = Field(0, description=(
+        "Of the processed image slots, those whose outputs were copied from an earlier batch "
+        "of the same API key and output settings, without encoding (see the image's `reused`)."))
 
 
 class ByteCounts(BaseModel):
@@ -105,7 +108,7 @@ def batch_out(batch: "BatchRecord", base_url: str = "") -> BatchOut:
         rows={"total": batch.rows_total, "valid": batch.rows_valid,
               "invalid": batch.rows_invalid, "done_reading": batch.parsed},
         images={"total": batch.images_total, "processed": batch.images_processed,
-                "failed": batch.images_failed},
+                "failed": batch.images_failed, "reused": batch.images_reused or 0},
         bytes=ByteCounts(in_=batch.bytes_in or 0, out=batch.bytes_out or 0),
         saving_percent=saving_percent(batch.bytes_in or 0, batch.bytes_out or 0),
         progress=batch.progress, error=batch.error, webhook_url=batch.webhook_url,

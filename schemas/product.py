@@ -28,6 +28,11 @@ class ImageOut(BaseModel):
     kept_original: bool = Field(False, description=(
         "True when the output is the input file itself with its metadata removed, because "
         "re-encoding it would not have made it smaller."))
+    reused: bool = Field(False, description=(
+        "True when the image was processed before, for the same API key with the same output "
+        "settings, and its server answered 304 Not Modified to a conditional GET or sent the "
+        "same bytes: the outputs are server-side copies of the earlier ones (under this batch's "
+        "own URLs), nothing was decoded or encoded, and the facts are the earlier ones."))
 
 
 class ProductOut(BaseModel):

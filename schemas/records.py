@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 
 from schemas.batch import BatchStatus, final_status
+from schemas.reuse import source_id
 from schemas.timestamps import now
 
 # Image states, row states, delivery states.
@@ -89,6 +90,7 @@ class BatchRecord:
     images_total: int = 0
     images_processed: int = 0
     images_failed: int = 0
+    images_reused: int = 0  # of the processed slots, those whose outputs were made before
     # Bytes downloaded and stored for the batch's processed images (each distinct image once).
     bytes_in: int = 0
     bytes_out: int = 0
@@ -195,6 +197,7 @@ class ImageRecord:
     bytes_out: int | None = None
     content_type: str | None = None
     kept_original: bool = False  # the output is the input with its metadata removed
+    reused: bool = False  # its outputs are copies of a previous batch's (see SourceRecord)
     # What a processed image is: the output's pixel size, the input's and the output's format.
     width: int | None = None
     height: int | None = None
@@ -270,6 +273,56 @@ class ProductRecord:
         if image_states == {FAILED}:
             return "failed"
         return "completed_with_errors"
+
+
+# --- sources: what a re-import may reuse --------------------------------------------------------
+
+@dataclass(slots=True)
+class SourceRecord:
+    """The last successful processing of one input URL, for one owner and one output fingerprint
+    (schemas/reuse.py): how to recognise the same image again (the validators its server sent,
+    the SHA-256 of its bytes), what it was, and where its outputs are (the keys of the batch that
+    stored them last)."""
+    id: str
+    owner: str | None
+    url: str
+    fingerprint: str
+    sha256: str
+    batch_id: str
+    output_key: str
+    content_type: str
+    bytes_in: int
+    bytes_out: int
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    output_format: str | None = None
+    kept_original: bool = False
+    # Size name -> its object's key, or None where the main output serves that size.
+    size_keys: dict[str, str | None] = field(default_factory=dict)
+    final_url: str | None = None  # after redirects: the resource the validators belong to
+    etag: str | None = None
+    last_modified: str | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def new(cls, *, owner: str | None, url: str, fingerprint: str, **values) -> "SourceRecord":
+        return cls(id=source_id(owner, fingerprint, url), owner=owner, url=url,
+                   fingerprint=fingerprint, updated_at=now(), **values)
+
+    def validators(self) -> dict[str, str]:
+        """The headers of a conditional GET for the resource at `final_url`."""
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+    def within(self, max_download_bytes: int, max_image_pixels: int) -> bool:
+        """Whether the image is still within the limits (they may have been lowered since)."""
+        pixels = (self.width or 0) * (self.height or 0)
+        return self.bytes_in <= max_download_bytes and pixels <= max_image_pixels
 
 
 # --- webhooks -----------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
+from email.utils import format_datetime, parsedate_to_datetime
+from hashlib import sha256
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -74,6 +77,60 @@ class Route:
                  delay_per_chunk: float = 0.0, chunk: int = 65536):
         self.body, self.status, self.headers = body, status, headers or {}
         self.delay_per_chunk, self.chunk = delay_per_chunk, chunk
+
+
+class ConditionalRoute:
+    """An image as a CDN serves it, for HttpServer.routes: with an `ETag` (from its bytes) and a
+    `Last-Modified`, answering `304 Not Modified` to a matching `If-None-Match` (or, without
+    one, to an `If-Modified-Since` not before its change) when `honour_validators`; else `200`
+    and the bytes every time, as servers that ignore validators do. Counts what it saw:
+    `requests`, `conditional` (requests that carried validators), `not_modified` (304s sent).
+    Set `body` to change the image: a new ETag and Last-Modified follow."""
+
+    def __init__(self, body: bytes, *, honour_validators: bool = True,
+                 content_type: str = "image/jpeg"):
+        self.honour_validators, self.content_type = honour_validators, content_type
+        self.requests = self.conditional = self.not_modified = 0
+        self._lock = threading.Lock()
+        self.body = body
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self._body = value
+        self.etag = '"' + sha256(value).hexdigest()[:16] + '"'
+        # Whole seconds, as HTTP dates have; a change is always at least a second later.
+        self.modified = max(int(time.time()), getattr(self, "_modified", 0) + 1)
+        self._modified = self.modified
+        self.last_modified = format_datetime(
+            datetime.fromtimestamp(self.modified, timezone.utc), usegmt=True)
+
+    def _unchanged(self, headers) -> bool:
+        match, since = headers.get("If-None-Match"), headers.get("If-Modified-Since")
+        if match is not None:
+            return self.etag in [tag.strip() for tag in match.split(",")] or match.strip() == "*"
+        if since is not None:
+            try:
+                return parsedate_to_datetime(since).timestamp() >= self.modified
+            except (TypeError, ValueError):
+                return False
+        return False
+
+    def __call__(self, handler) -> "Route":
+        headers = {"ETag": self.etag, "Last-Modified": self.last_modified,
+                   "Content-Type": self.content_type}
+        with self._lock:
+            self.requests += 1
+            asked = ("If-None-Match" in handler.headers
+                     or "If-Modified-Since" in handler.headers)
+            self.conditional += asked
+            if self.honour_validators and self._unchanged(handler.headers):
+                self.not_modified += 1
+                return Route(b"", 304, {**headers, "Content-Type": None})
+        return Route(self.body, 200, headers)
 
 
 class HttpServer:

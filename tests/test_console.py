@@ -117,6 +117,18 @@ def test_upload_watch_and_download_from_the_console(page, live_service, http_ser
         shot.convert("RGB").quantize(64).save(target, optimize=True)
 
 
+def test_a_re_import_shows_how_many_images_were_reused(page, live_service, http_server):
+    from tests.servers import ConditionalRoute
+    http_server.routes["/again.jpg"] = ConditionalRoute(jpeg(60, 40))
+    text = f"S. No.,Product Name,Input Image Urls\n1,Vase,{http_server.url('/again.jpg')}\n"
+    live_service.wait_finished(live_service.upload(text)["id"])
+    second = live_service.upload(text)
+    sign_in(page)
+    page.goto(f"/batches/{second['id']}")
+    expect(page.locator("#status")).to_have_text("completed")
+    expect(page.locator("#images")).to_have_text("1 / 1 done, 1 reused")
+
+
 def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_server):
     release = threading.Event()
 

@@ -41,7 +41,7 @@ def test_cancel_queued_batch_at_once(client, http_server, work):
     work()
     after = get(client, batch["id"])
     assert after["status"] == "cancelled"
-    assert after["images"] == {"total": 0, "processed": 0, "failed": 0}
+    assert after["images"] == {"total": 0, "processed": 0, "failed": 0, "reused": 0}
     assert requests_to(http_server, "/img0.jpg") == 0
     events = webhook_events(http_server)
     assert [e["type"] for e in events] == ["batch.cancelled"]
@@ -124,20 +124,20 @@ def test_retry_reprocesses_only_failed_images(client, http_server, work):
     work()
     first = get(client, batch["id"])
     assert first["status"] == "completed_with_errors"
-    assert first["images"] == {"total": 4, "processed": 2, "failed": 2}
+    assert first["images"] == {"total": 4, "processed": 2, "failed": 2, "reused": 0}
 
     response = client.post(f"/api/v1/batches/{batch['id']}/retry")
     assert response.status_code == 202, response.get_json()
     retried = response.get_json()
     assert retried["status"] == "processing" and retried["finished_at"] is None
-    assert retried["images"] == {"total": 4, "processed": 2, "failed": 0}
+    assert retried["images"] == {"total": 4, "processed": 2, "failed": 0, "reused": 0}
     assert problem(client.post(f"/api/v1/batches/{batch['id']}/retry"), 409)["batch_status"] \
         == "processing"
 
     work()
     final = get(client, batch["id"])
     assert final["status"] == "completed"
-    assert final["images"] == {"total": 4, "processed": 4, "failed": 0}
+    assert final["images"] == {"total": 4, "processed": 4, "failed": 0, "reused": 0}
     assert final["progress"] == 1.0 and final["finished_at"] is not None
     assert requests_to(http_server, "/flaky.jpg") == 2
     assert requests_to(http_server, "/good0.jpg") == 1 and requests_to(http_server, "/good1.jpg") == 1
@@ -202,7 +202,7 @@ def test_events_for_finished_batch_and_last_event_id(client, http_server, work):
     assert [e["event"] for e in events] == ["progress", "status"]
     progress = json.loads(events[0]["data"])
     assert progress["id"] == batch["id"] and progress["status"] == "completed"
-    assert progress["images"] == {"total": 2, "processed": 2, "failed": 0}
+    assert progress["images"] == {"total": 2, "processed": 2, "failed": 0, "reused": 0}
     assert json.loads(events[1]["data"])["status"] == "completed"
     assert events[0]["id"] != events[1]["id"]
 

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 from infra.settings import Settings
 from schemas.failures import FailureCode
-from tests.servers import DripServer
+from tests.servers import ConditionalRoute, DripServer, Route
 from worker.download import DownloadError, RefusedURL, download, make_session
 
 BODY = bytes(range(256)) * 40  # 10 240 bytes; download() does not look at what it is
@@ -42,6 +42,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_ok(self, _rest):
         self.send(200, BODY, [("Content-Type", "text/plain")])  # the type is not looked at
+
+    def route_unchanged(self, _rest):  # 304 to any If-None-Match
+        if self.headers.get("If-None-Match"):
+            return self.send(304, headers=[("ETag", '"v1"')])
+        self.send(200, BODY, [("ETag", '"v1"')])
 
     def route_missing(self, _rest):
         self.send(404, b"not here")
@@ -508,3 +513,38 @@ def test_a_trusted_origin_must_be_scheme_host_and_port(origin):
     from pydantic import ValidationError
     with pytest.raises(ValidationError, match="not an origin"):
         Settings(trusted_image_origins=origin)
+
+
+# ---------------------------------------------------------------- conditional GETs (re-imports)
+
+def test_a_304_answers_not_modified_only_to_a_conditional_get(http_server):
+    from worker.download import Validators, fetch as fetch_conditionally
+    route = ConditionalRoute(BODY)
+    http_server.routes["/img"] = route
+    url, cfg = http_server.url("/img"), settings()
+    with make_session(cfg) as session:
+        first = fetch_conditionally(session, url, cfg)
+        assert first.data == BODY and not first.not_modified
+        assert first.etag == route.etag and first.last_modified == route.last_modified
+        again = fetch_conditionally(session, url, cfg, validators=Validators(
+            url, {"If-None-Match": first.etag}))
+        assert again.not_modified and again.data == b"" and again.etag == route.etag
+        by_date = fetch_conditionally(session, url, cfg, validators=Validators(
+            url, {"If-Modified-Since": first.last_modified}))
+        assert by_date.not_modified
+        # A server that answers 304 to a plain GET is wrong: that is an HTTP status failure.
+        http_server.routes["/odd"] = Route(b"", 304)
+        with pytest.raises(DownloadError, match="HTTP 304") as caught:
+            fetch_conditionally(session, http_server.url("/odd"), cfg)
+    assert caught.value.code == FailureCode.HTTP_STATUS
+    assert route.not_modified == 2
+
+
+def test_304s_keep_the_connection_for_the_next_request(server):
+    from worker.download import Validators, fetch as fetch_conditionally
+    cfg, url = settings(), server.url("/unchanged")
+    with make_session(cfg, pool_size=4) as session:
+        for _ in range(5):
+            assert fetch_conditionally(session, url, cfg, validators=Validators(
+                url, {"If-None-Match": '"v1"'})).not_modified
+    assert server.connections == 1

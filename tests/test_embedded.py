@@ -160,7 +160,7 @@ def test_a_throttled_image_waits_out_its_retry_after_and_the_batch_completes(htt
     finally:
         service.stop()
     assert batch["status"] == "completed", batch
-    assert batch["images"] == {"total": 2, "processed": 2, "failed": 0}
+    assert batch["images"] == {"total": 2, "processed": 2, "failed": 0, "reused": 0}
     assert len(seen) == 2 and seen[1] - seen[0] >= 2.0
     assert metric(metrics, "batchpress_host_throttled_total", status="429") == 1
     assert metric(metrics, "batchpress_image_deferrals_total", reason="throttled") == 1
@@ -198,7 +198,7 @@ def test_a_batch_interrupted_by_a_restart_finishes_with_nothing_doubled(http_ser
         assert batch["status"] == "completed", batch
         assert (batch["rows"]["total"], batch["rows"]["valid"], batch["rows"]["invalid"]) == (
             count + 1, count + 1, 0)
-        assert batch["images"] == {"total": count + 1, "processed": count + 1, "failed": 0}
+        assert batch["images"] == {"total": count + 1, "processed": count + 1, "failed": 0, "reused": 0}
         output = requests.get(f"{second.base}/api/v1/batches/{created['id']}/output.csv",
                               timeout=5).text.splitlines()
         assert [line.split(",")[0] for line in output[1:]] == [str(n) for n in range(1, count + 2)]
@@ -220,3 +220,31 @@ def test_a_batch_interrupted_by_a_restart_finishes_with_nothing_doubled(http_ser
     assert len(printed) == 2 and printed[0] == printed[1], printed
     kept = home / "webhook_secret"
     assert kept.read_text().strip() == printed[0] and kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_embedded_default_reuses_a_re_imported_image_from_its_own_files(http_server,
+                                                                           tmp_path):
+    from tests.servers import ConditionalRoute
+    route = ConditionalRoute(jpeg(50, 40))
+    http_server.routes["/a.jpg"] = route
+    service = Service(tmp_path / "home", tmp_path / "run.log")
+    csv = f"S. No.,Product Name,Input Image Urls\n1,Mug,{http_server.url('/a.jpg')}\n"
+    try:
+        images = []
+        for _ in range(2):
+            created = requests.post(service.base + "/api/v1/batches",
+                                    files={"file": ("p.csv", csv)}, timeout=10)
+            batch = service.wait(created.json()["id"], finished)
+            assert batch["status"] == "completed", batch
+            items = requests.get(batch["links"]["products"], timeout=5).json()["items"]
+            images.append(items[0]["images"][0])
+        first, second = images
+        assert (first["reused"], second["reused"]) == (False, True)
+        assert route.not_modified == 1
+        assert second["output_url"] != first["output_url"]
+        # A file of its own: the first batch's going away leaves the second's.
+        (tmp_path / "home" / "objects" / first["output_url"].split("/files/", 1)[1]).unlink()
+        kept = requests.get(second["output_url"], timeout=5)
+        assert kept.status_code == 200 and Image.open(io.BytesIO(kept.content)).size == (50, 40)
+    finally:
+        service.stop()

@@ -56,7 +56,7 @@ def test_whole_flow(client, http_server, work):
     batch = client.get(f"/api/v1/batches/{batch['id']}").get_json()
     assert batch["status"] == "completed_with_errors"
     assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1, "done_reading": True}
-    assert batch["images"] == {"total": 4, "processed": 3, "failed": 1}
+    assert batch["images"] == {"total": 4, "processed": 3, "failed": 1, "reused": 0}
     assert batch["progress"] == 1.0
 
     rows = read_csv(client.get(batch["links"]["output_csv"]))

@@ -29,7 +29,7 @@ def test_chunk_and_parse_jobs_run_twice_change_nothing(client, http_server, work
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["status"] == "completed"
     assert batch["rows"] == {"total": 6, "valid": 6, "invalid": 0, "done_reading": True}
-    assert batch["images"] == {"total": 12, "processed": 12, "failed": 0}
+    assert batch["images"] == {"total": 12, "processed": 12, "failed": 0, "reused": 0}
     assert db.products().count_documents({"batch_id": batch_id}) == 6
     assert db.images().count_documents({"batch_id": batch_id}) == 5
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=env.s3_bucket,
@@ -230,14 +230,14 @@ def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_se
     text = HEADER + f'1,P1,"{poison},{a}"\n2,P2,"{b},{poison}"\n'
     batch_id = post_raw(client, text.encode()).get_json()["id"]
     tasks.parse_batch(batch_id)  # one chunk of three images; its job is left in the queue
-    real_download, tries = chunks.download, []
+    real_fetch, tries = chunks.fetch, []
 
-    def download(session, url, settings, **kwargs):
+    def fetch(session, url, settings, **kwargs):
         if url == poison:
             tries.append(url)
             raise WorkerDied()
-        return real_download(session, url, settings, **kwargs)
-    monkeypatch.setattr(chunks, "download", download)
+        return real_fetch(session, url, settings, **kwargs)
+    monkeypatch.setattr(chunks, "fetch", fetch)
 
     for _ in range(env.max_image_attempts):  # the chunk job dies, and is re-run, 3 times
         with pytest.raises(WorkerDied):
@@ -248,7 +248,7 @@ def test_a_poison_image_fails_after_max_attempts_and_counts_once(client, http_se
 
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["status"] == "completed_with_errors"
-    assert batch["images"] == {"total": 4, "processed": 2, "failed": 2}  # poison: 2 slots
+    assert batch["images"] == {"total": 4, "processed": 2, "failed": 2, "reused": 0}  # poison: 2 slots
     image = db.images().find_one({"batch_id": batch_id, "url": poison})
     assert image["status"] == "failed" and image["attempts"] == env.max_image_attempts + 1
     assert image["error"] == ("gave up after 3 attempts: the worker died while processing it")

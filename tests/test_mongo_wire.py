@@ -42,7 +42,7 @@ def test_a_batch_runs_end_to_end_on_the_wire_stand_in(wire_client, mongo_wire, h
     batch = wire_client.get(f"/api/v1/batches/{created.get_json()['id']}").get_json()
     assert batch["status"] == "completed_with_errors"
     assert batch["rows"] == {"total": 3, "valid": 2, "invalid": 1, "done_reading": True}
-    assert batch["images"] == {"total": 4, "processed": 3, "failed": 1}
+    assert batch["images"] == {"total": 4, "processed": 3, "failed": 1, "reused": 0}
     rows = read_csv(wire_client.get(batch["links"]["output_csv"]))
     assert [r[0] for r in rows[1:]] == ["1", "2", "3"] and rows[2][3].startswith(",http")
     # The stores' writes really went over the wire (none of them in this process's mongomock).

@@ -58,3 +58,17 @@ def test_a_failed_write_leaves_no_object_and_no_temporary_file(tmp_path):
 def test_keys_that_leave_the_folder_are_refused(tmp_path, key):
     with pytest.raises(BadKey):
         ObjectFolder(tmp_path).path(key)
+
+
+def test_a_copy_is_an_object_of_its_own(tmp_path):
+    folder = ObjectFolder(tmp_path / "objects")
+    folder.ensure()
+    folder.put_bytes("outputs/a/x.jpg", b"first")
+    folder.copy("outputs/a/x.jpg", "outputs/b/x.jpg")
+    folder.put_bytes("outputs/a/x.jpg", b"overwritten")
+    assert folder.open_stream("outputs/b/x.jpg").read() == b"first"
+    folder.delete("outputs/a/x.jpg")
+    assert folder.open_stream("outputs/b/x.jpg").read() == b"first"
+    with pytest.raises(ObjectNotFound):
+        folder.copy("outputs/a/x.jpg", "outputs/c/x.jpg")
+    assert not (tmp_path / "objects" / "outputs" / "c").exists()

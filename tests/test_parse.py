@@ -111,7 +111,7 @@ def test_images_are_processed_while_the_file_is_still_being_read(wire_app, http_
     # The shared image was done early; the uses found after it still count, exactly once.
     assert done["status"] == "completed"
     assert done["rows"] == {"total": ROWS, "valid": ROWS, "invalid": 0, "done_reading": True}
-    assert done["images"] == {"total": 2 * ROWS, "processed": 2 * ROWS, "failed": 0}
+    assert done["images"] == {"total": 2 * ROWS, "processed": 2 * ROWS, "failed": 0, "reused": 0}
     assert done["progress"] == 1.0
 
 
@@ -143,7 +143,7 @@ def test_a_parse_killed_half_way_and_run_again_stores_and_queues_everything_once
     work_images()
     done = wire_app.get(f"/api/v1/batches/{batch_id}").get_json()
     assert done["status"] == "completed"
-    assert done["images"] == {"total": 2 * ROWS, "processed": 2 * ROWS, "failed": 0}
+    assert done["images"] == {"total": 2 * ROWS, "processed": 2 * ROWS, "failed": 0, "reused": 0}
 
 
 def test_a_repeated_serial_in_a_later_block_names_the_first_line(client, work, http_server,
@@ -162,4 +162,4 @@ def test_a_repeated_serial_in_a_later_block_names_the_first_line(client, work, h
     assert "S. No.: 9 is already used on line 4" in errors  # the same block
     assert "S. No.: 7 is already used on line 2" in errors  # an earlier block, stored
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
-    assert batch["images"] == {"total": 3, "processed": 3, "failed": 0}
+    assert batch["images"] == {"total": 3, "processed": 3, "failed": 0, "reused": 0}

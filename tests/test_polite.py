@@ -102,7 +102,7 @@ def test_5xx_is_tried_again_and_4xx_fails_at_once(client, http_server, work):
                                      [http_server.url("/gone.jpg")]])).get_json()
     work()
     done = get(client, batch["id"])
-    assert done["images"] == {"total": 2, "processed": 1, "failed": 1}, done
+    assert done["images"] == {"total": 2, "processed": 1, "failed": 1, "reused": 0}, done
     assert answers == {"flaky": 3, "gone": 1}
     failed = [im for im in _images(client, batch["id"]) if im["status"] == "failed"]
     assert failed[0]["error"] == "HTTP 404 from 127.0.0.1"

@@ -113,7 +113,7 @@ def test_output_slots_line_up_with_input_urls_for_rejected_rows_and_empty_parts(
         assert len(row[3].split(",")) == len(row[2].split(","))
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["rows"] == {"total": 5, "valid": 2, "invalid": 3, "done_reading": True}
-    assert batch["images"] == {"total": 3, "processed": 3, "failed": 0}
+    assert batch["images"] == {"total": 3, "processed": 3, "failed": 0, "reused": 0}
 
 
 def test_a_field_over_one_mib_rejects_only_its_row(client, work):

@@ -16,8 +16,8 @@ from schemas.batch import BatchStatus
 from schemas.failures import FailureCode
 from schemas.records import (ACCEPTED, FAILED, PENDING, PROCESSED, REJECTED, SUCCEEDED,
                              AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
-                             ImageRecord, ProductRecord, SubscriptionRecord, new_batch_id,
-                             product_id)
+                             ImageRecord, ProductRecord, SourceRecord, SubscriptionRecord,
+                             new_batch_id, product_id)
 from schemas.timestamps import now
 
 
@@ -317,6 +317,62 @@ def test_the_first_line_of_a_serial_is_found_among_accepted_rows(store):
     assert store.products.first_line_of_serial(new_batch_id(), rows[1].serial_no) is None
 
 
+# --- sources: what re-imports reuse -------------------------------------------------------------
+
+def a_source(owner, url, fingerprint="f1", **changes) -> SourceRecord:
+    values = dict(sha256="ab" * 32, batch_id="bat_1", output_key=f"outputs/bat_1/h/{url[-5:]}",
+                  content_type="image/jpeg", bytes_in=1000, bytes_out=400, width=96, height=64,
+                  format="png", output_format="webp", kept_original=False,
+                  size_keys={"thumb": "outputs/bat_1/h/x-thumb.jpg", "big": None},
+                  final_url=url + "?final", etag='"e1"',
+                  last_modified="Sat, 05 Dec 2026 10:00:00 GMT")
+    values.update(changes)
+    return SourceRecord.new(owner=owner, url=url, fingerprint=fingerprint, **values)
+
+
+def test_a_source_is_found_only_for_its_owner_and_fingerprint_and_the_newest_wins(store):
+    urls = [f"https://img.example.com/{n}.jpg" for n in range(3)]
+    for url in urls[:2]:
+        store.sources.remember(a_source("alice", url))
+    store.sources.remember(a_source(None, urls[0], etag='"none"'))
+    found = store.sources.find("alice", "f1", urls + urls)  # one read for a chunk's URLs
+    assert set(found) == set(urls[:2])
+    record = found[urls[0]]
+    assert record == replace(a_source("alice", urls[0]), updated_at=record.updated_at)
+    assert record.size_keys == {"thumb": "outputs/bat_1/h/x-thumb.jpg", "big": None}
+    assert store.sources.find("bob", "f1", urls) == {}
+    assert store.sources.find("alice", "f2", urls) == {}
+    assert store.sources.find("None", "f1", urls) == {}  # no owner is not a key named "None"
+    assert store.sources.find(None, "f1", urls)[urls[0]].etag == '"none"'
+    assert store.sources.find("alice", "f1", []) == {}
+
+    store.sources.remember(a_source("alice", urls[0], batch_id="bat_2", etag=None,
+                                    output_key="outputs/bat_2/h/0.jpg"))
+    newest = store.sources.find("alice", "f1", [urls[0]])[urls[0]]
+    assert (newest.batch_id, newest.etag, newest.output_key) == ("bat_2", None,
+                                                                 "outputs/bat_2/h/0.jpg")
+
+
+def test_reused_images_are_counted_apart_and_re_derived(store):
+    batch = parsed_batch(store, images_total=4)
+    _, images = rows_and_images(batch.id, 2, urls_per_row=1)
+    store.products.add_images(batch.id, 1, images)
+    first, second = store.products.pending_images(batch.id, 0)
+    for image, reused in ((first, True), (second, False)):
+        slots = store.products.mark_processed(image, key="k", output_url="u", bytes_in=10,
+                                              bytes_out=4, content_type="image/jpeg",
+                                              reused=reused)
+        store.batches.add_image_results(batch.id, processed=slots, bytes_in=10, bytes_out=4,
+                                        reused=slots if reused else 0)
+    found = store.products.images_for(batch.id, [first.hash, second.hash])
+    assert (found[first.hash].reused, found[second.hash].reused) == (True, False)
+    counted = store.batches.get(batch.id, any_owner=True)
+    assert counted.images_reused == first.occurrences
+    assert store.products.count_slots(batch.id)["reused"] == first.occurrences
+    store.batches.set_image_counts(batch.id, processed=0, failed=0, reused=0)
+    assert store.batches.get(batch.id, any_owner=True).images_reused == 0
+
+
 # The queries the pipeline makes per block and per chunk, and the index each must be served by
 # (its equality fields first): none may scan a batch's rows or images, let alone the collection.
 HOT_QUERIES = {
@@ -345,6 +401,7 @@ def test_every_hot_query_of_mongodb_has_its_index(env):
      ("b", 1, "accepted")),
     ("SELECT id FROM products WHERE batch_id = ? AND status = ? AND line > ? ORDER BY line",
      ("b", "accepted", 0)),
+    ("SELECT url FROM sources WHERE id IN (?, ?)", ("a", "b")),
 ])
 def test_every_hot_query_of_sqlite_uses_an_index(tmp_path, sql, params):
     implementation = SqliteStores(str(tmp_path / "plan.sqlite3"))

@@ -41,7 +41,7 @@ def test_sweeper_requeues_a_parse_job_lost_from_redis(client, http_server, work,
     work()
     after = get(client, batch["id"])
     assert after["status"] == "completed"
-    assert after["images"] == {"total": 4, "processed": 4, "failed": 0}
+    assert after["images"] == {"total": 4, "processed": 4, "failed": 0, "reused": 0}
 
 
 def test_sweeper_finishes_a_chunk_job_killed_midway(client, http_server, work, env):
@@ -74,7 +74,7 @@ def test_sweeper_finishes_a_chunk_job_killed_midway(client, http_server, work, e
     work()
     after = get(client, batch_id)
     assert after["status"] == "completed"
-    assert after["images"] == {"total": 5, "processed": 5, "failed": 0}
+    assert after["images"] == {"total": 5, "processed": 5, "failed": 0, "reused": 0}
     assert requests_to(http_server, "/img0.jpg") == 1  # done before the kill, not redone
     assert all(requests_to(http_server, f"/img{i}.jpg") == 1 for i in range(5))
 
@@ -182,7 +182,7 @@ def test_sweeper_gives_up_only_after_recoveries_in_a_row_without_progress(
     assert lose_jobs_and_sweep() == [
         {"batch_id": batch_id, "action": "gave_up", "status": "completed_with_errors"}]
     batch = get(client, batch_id)
-    assert batch["images"] == {"total": 4, "processed": 1, "failed": 3}
+    assert batch["images"] == {"total": 4, "processed": 1, "failed": 3, "reused": 0}
     errors = client.get(f"/api/v1/batches/{batch_id}/errors.csv").get_data(as_text=True)
     assert errors.count("gave up after 2 recoveries") == 3
     assert errors.count(",stalled\r\n") == 3

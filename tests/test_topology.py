@@ -152,7 +152,7 @@ def assert_batch_outcome(topo, peers, batch_id: str, *, status: str, rows: int,
     assert batch["status"] == status, batch
     assert {k: batch["rows"][k] for k in ("total", "valid", "invalid")} == \
         {"total": rows, "valid": rows, "invalid": 0}
-    assert batch["images"] == {"total": images, "processed": processed, "failed": failed}
+    assert batch["images"] == {"total": images, "processed": processed, "failed": failed, "reused": 0}
     db = topo.mongo_db()
     docs = list(db.images.find({"batch_id": batch_id}))
     assert len(docs) == images  # one record per image (each URL is used once here)

@@ -1,12 +1,15 @@
 """Processing one chunk of a batch's images: download (politely: per-host slots and limits,
 Retry-After waits rescheduled, retries of transient failures, none of them waited for in a pool
-thread: worker/dispatch.py), re-encode, store, record, in a bounded pool."""
+thread: worker/dispatch.py; conditionally, when the image was processed before: see
+worker/reuse.py), re-encode or copy the earlier outputs, store, record, in a bounded pool."""
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from dataclasses import replace
+from typing import Callable
 from urllib.parse import urlsplit
 
 from rq import get_current_job
@@ -17,11 +20,13 @@ from infra.settings import Settings
 from schemas.batch import BatchStatus
 from schemas.failures import FailureCode
 from schemas.object_names import object_stem
-from schemas.records import ImageRecord
+from schemas.records import ImageRecord, SourceRecord
+from schemas.reuse import content_hash
 from worker import dispatch
-from worker.download import DownloadError, download, make_session
+from worker.download import DownloadError, Fetched, Validators, fetch, make_session
 from worker.encode import ImageError, compress, draft_edge, header_pixels
 from worker.pixel_budget import PixelBudget
+from worker.reuse import Known, Outputs, copy_outputs, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +126,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     batch = stores.batches().get(batch_id, any_owner=True)
     sizes = dict(batch.sizes) if batch is not None else {}
     full_size = not (batch is not None and batch.sizes_only)
+    known = Known.load(batch, images, settings)  # one read for the chunk's URLs
     session = make_session(settings, pool_size=settings.image_concurrency,
                            trusted_origins=settings.image_origin_prefixes)
     # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
@@ -133,8 +139,8 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
         for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
             outcome = dispatch.run(
                 group, lambda im, wake: _host_slot(im, settings, wake),
-                lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, slot,
-                                      full_size),
+                lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, known,
+                                      slot=slot, full_size=full_size),
                 threads=threads, host_of=_host, stop=watch.should_stop, name=f"chunk{chunk}")
             finished += outcome.finished
             _put_back(outcome, later)
@@ -148,14 +154,19 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
-         sizes: dict[str, int] | None = None, slot: host_slots.Slot | None = None,
-         full_size: bool = True) -> int:
+         sizes: dict[str, int] | None = None, known: Known | None = None, *,
+         slot: host_slots.Slot | None = None, full_size: bool = True) -> int:
+    """One image, its host's `slot` already taken (worker/dispatch.py; released here at the
+    latest)."""
     try:
         if watch.should_stop():
             return 0
+        if known is None:  # one image on its own (process_chunk reads a whole chunk's at once)
+            known = Known.load(stores.batches().get(batch_id, any_owner=True), [image],
+                               settings)
         with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-            return _process(image, batch_id, session, settings, sizes or {}, watch.later, slot,
-                            full_size)
+            return _process(image, batch_id, session, settings, sizes or {}, watch.later, known,
+                            slot, full_size)
     finally:
         if slot is not None:  # released after the download already, unless it never began
             slot.release()
@@ -191,9 +202,15 @@ def _put_back(outcome: dispatch.Outcome, later: _Later) -> None:
         later.add(outcome.wait)
 
 
+def _key_for(batch_id: str, image: ImageRecord) -> Callable[[str, str | None], str]:
+    """This batch's key of the image's output of an extension, and of a size."""
+    return lambda extension, size=None: output_key(batch_id, image.hash, image.url, extension,
+                                                   size)
+
+
 def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
-             sizes: dict[str, int], later: _Later, slot: host_slots.Slot | None = None,
-             full_size: bool = True) -> int:
+             sizes: dict[str, int], later: _Later, known: Known,
+             slot: host_slots.Slot | None = None, full_size: bool = True) -> int:
     host = _host(image)
     # Runs that put the image back to wait counted an attempt too, and were no crash:
     # process_chunk has taken them off `attempts` (start_attempt may overwrite it).
@@ -206,32 +223,45 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                                "attempts: the worker died while processing it",
                                FailureCode.WORKER_DIED, None)
     bytes_in = None
+    previous = known.previous(image.url)
     try:
-        try:
-            data = _polite_download(session, image, host, settings, slot)
-        except DownloadError as error:
-            if not error.throttled:
-                raise
-            failure, delay = _throttled(image, error, settings)
-            if failure is None:
-                later.add(delay)
-                return 0
-            raise DownloadError(failure, error.code) from None
-        bytes_in = len(data)
-        encoded = _encode(data, settings, sizes, full_size)
-        del data
+        fetched = _download_or_wait(image, session, host, settings, later,
+                                    known.validators(image.url))
+        if fetched is None:
+            return 0
+        sha256 = None if fetched.not_modified else content_hash(fetched.data)
+        how = unchanged(previous, fetched, sha256)
+        if how is not None:
+            try:
+                return _reused(image, batch_id, known, previous, fetched, how)
+            except storage.ObjectMissing:  # its outputs are gone: processed anew
+                log.info("outputs to reuse are gone; processing anew",
+                         extra={"batch_id": batch_id})
+            if fetched.not_modified:  # no bytes came: fetch them, unconditionally
+                fetched = _download_or_wait(image, session, host, settings, later, None)
+                if fetched is None:
+                    return 0
+                sha256 = content_hash(fetched.data)
+        if slot is not None:
+            slot.release()  # the host's slot, before the encode
+        bytes_in = len(fetched.data)
+        encoded = _encode(fetched.data, settings, sizes, full_size)
+        fetched = replace(fetched, data=b"")  # the download's memory, freed before the puts
+        key_for = _key_for(batch_id, image)
         # Without a full-size output the main one is a size's, and named after it.
-        key = output_key(batch_id, image.hash, image.url, encoded.extension,
-                         size=encoded.size_name)
+        key = key_for(encoded.extension, encoded.size_name)
         _store(key, encoded)
-        size_urls = {}
+        size_keys = {}
         for name, variant in encoded.variants.items():
-            if variant is None:  # not larger than that size: the main output serves it
-                size_urls[name] = storage.public_url(key)
+            if name == encoded.size_name:  # the main output is this size's
+                size_keys[name] = key
                 continue
-            size_key = output_key(batch_id, image.hash, image.url, variant.extension, size=name)
-            _store(size_key, variant)
-            size_urls[name] = storage.public_url(size_key)
+            if variant is None:  # not larger than that size: the main output serves it
+                size_keys[name] = None
+                continue
+            size_keys[name] = key_for(variant.extension, name)
+            _store(size_keys[name], variant)
+        outputs = Outputs(key, size_keys)
     except (DownloadError, ImageError) as error:
         return _record_failure(image, batch_id, str(error), error.code, bytes_in)
     except (storage.StorageUnavailable, dispatch.NotNow):
@@ -244,30 +274,75 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
         log.exception("image failed unexpectedly", extra={"batch_id": batch_id})
         return _record_failure(image, batch_id, f"internal error: {type(error).__name__}",
                                FailureCode.INTERNAL_ERROR, bytes_in)
-    bytes_out = len(encoded.data)
-    slots = stores.products().mark_processed(image, key=key, output_url=storage.public_url(key),
-                                             bytes_in=bytes_in, bytes_out=bytes_out,
-                                             content_type=encoded.content_type,
-                                             kept_original=encoded.kept_original,
-                                             width=encoded.width, height=encoded.height,
-                                             format=encoded.input_format,
-                                             output_format=encoded.output_format,
-                                             sizes=size_urls)
-    if slots:  # the uses as of the change: the parse may still be adding some
-        stores.batches().add_image_results(batch_id, processed=slots,
-                                           bytes_in=bytes_in, bytes_out=bytes_out)
-        metrics.image_processed(bytes_in, bytes_out)
+    facts = dict(bytes_in=bytes_in, bytes_out=len(encoded.data),
+                 content_type=encoded.content_type, kept_original=encoded.kept_original,
+                 width=encoded.width, height=encoded.height, format=encoded.input_format,
+                 output_format=encoded.output_format)
+    slots = _mark_processed(image, batch_id, outputs, facts)
+    if slots:
+        metrics.image_processed(bytes_in, facts["bytes_out"])
+        known.remember(image, batch_id, fetched, sha256, outputs, facts)
         return 1
     return 0
 
 
-def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
-                     slot: host_slots.Slot | None) -> bytes:
-    """download() in the host's slot, released as soon as the body is in. A failure of the
-    connection or a 5xx answer: dispatch.NotNow, to try again after a growing wait (no thread
-    waits), until DOWNLOAD_RETRIES more tries have failed."""
+def _download_or_wait(image: ImageRecord, session, host: str, settings: Settings, later: _Later,
+                      validators: Validators | None) -> Fetched | None:
+    """The image fetched politely, or None when its server asked to wait (the image is put
+    back, `later` holds the wait); dispatch.NotNow to try again after a backoff; DownloadError
+    when it failed, or the waits would pass MAX_RETRY_AFTER_S."""
     try:
-        data = metrics.timed("download_seconds", download, session, image.url, settings)
+        return _polite_download(session, image, host, settings, validators)
+    except DownloadError as error:
+        if not error.throttled:
+            raise
+        failure, delay = _throttled(image, error, settings)
+        if failure is None:
+            later.add(delay)
+            return None
+        raise DownloadError(failure, error.code) from None
+
+
+def _reused(image: ImageRecord, batch_id: str, known: Known, previous: SourceRecord,
+            fetched: Fetched, how: str) -> int:
+    """The image as processed before: its outputs copied under this batch's keys, its facts
+    the stored ones; nothing decoded or encoded."""
+    outputs = copy_outputs(previous, _key_for(batch_id, image))
+    facts = dict(bytes_in=previous.bytes_in, bytes_out=previous.bytes_out,
+                 content_type=previous.content_type, kept_original=previous.kept_original,
+                 width=previous.width, height=previous.height, format=previous.format,
+                 output_format=previous.output_format)
+    slots = _mark_processed(image, batch_id, outputs, facts, reused=True)
+    if slots:
+        metrics.image_reused(how, 0 if fetched.not_modified else len(fetched.data))
+        known.remember_reuse(previous, batch_id, fetched, outputs)
+        return 1
+    return 0
+
+
+def _mark_processed(image: ImageRecord, batch_id: str, outputs: Outputs, facts: dict,
+                    reused: bool = False) -> int:
+    """pending -> processed and the batch's counts; the slots it finished (0: another run
+    did)."""
+    slots = stores.products().mark_processed(
+        image, key=outputs.key, output_url=storage.public_url(outputs.key),
+        sizes=outputs.size_urls(), reused=reused, **facts)
+    if slots:  # the uses as of the change: the parse may still be adding some
+        stores.batches().add_image_results(batch_id, processed=slots,
+                                           reused=slots if reused else 0,
+                                           bytes_in=facts["bytes_in"],
+                                           bytes_out=facts["bytes_out"])
+    return slots
+
+
+def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
+                     validators: Validators | None = None) -> Fetched:
+    """fetch() once, in the host's slot the caller holds. A failure of the connection or a 5xx
+    answer: dispatch.NotNow, to try again after a growing wait (no thread waits), until
+    DOWNLOAD_RETRIES more tries have failed. An answer speeds a slowed-down host up again."""
+    try:
+        fetched = metrics.timed("download_seconds", fetch, session, image.url, settings,
+                                validators=validators)
     except DownloadError as error:
         if not error.transient:
             raise
@@ -279,12 +354,9 @@ def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
             raise DownloadError(f"{error} ({tries} tries)", error.code, status=error.status,
                                 host=error.host) from None
         raise
-    finally:
-        if slot is not None:
-            slot.release()
     if host:
         host_slots.speed_up(queues.get_redis(), host, settings.per_host_concurrency)
-    return data
+    return fetched
 
 
 def _count_try(image: ImageRecord, settings: Settings) -> int:

@@ -16,6 +16,9 @@ The rules (CONTRACT.md sections 2 and 4):
   what is left of it.
 - A ``Content-Length`` over ``MAX_DOWNLOAD_BYTES`` is refused before the body is read, and the
   stream is cut at the cap whatever the headers say.
+- A conditional GET (``fetch(..., validators=)``, for re-imports) sends ``If-None-Match`` /
+  ``If-Modified-Since`` only to the URL the validators came from (the last hop of the redirects
+  followed then), under the same rules; a ``304`` is accepted only in answer to them.
 
 Not bounded by the deadline: DNS resolution (``getaddrinfo`` cannot be interrupted; the system
 resolver's own timeout applies).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import urljoin
 
@@ -36,6 +40,7 @@ from infra.http import Watch, caused_by, connection_failure, deadline, short_err
 from infra.settings import Settings
 from schemas.failures import FailureCode
 from schemas.retry_after import retry_after_seconds
+from schemas.reuse import validator
 from schemas.urls import UrlShapeError, check_fetchable, excerpt
 
 CHUNK = 64 * 1024
@@ -90,6 +95,25 @@ def make_session(settings: Settings, pool_size: int = 8, *,
 
 # --------------------------------------------------------------------------- download
 
+@dataclass(frozen=True)
+class Validators:
+    """What a conditional GET sends back: the `headers` (If-None-Match, If-Modified-Since) for
+    the resource at `url` (the last hop when the validators were received)."""
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One download's outcome: the body, or `not_modified` (a 304 to a conditional GET, no
+    body); the URL it came from after redirects and the validators it sent."""
+    data: bytes
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    not_modified: bool = False
+
+
 def download(session: requests.Session, url: str, settings: Settings, *,
              read_timeout_s: float | None = None) -> bytes:
     """The body of `url`, within the byte cap and the whole-download deadline.
@@ -97,15 +121,23 @@ def download(session: requests.Session, url: str, settings: Settings, *,
     Raises DownloadError (RefusedURL when the URL is refused before connecting) with a message
     meant for the user. `read_timeout_s` bounds each wait for data (default: the deadline).
     """
+    return fetch(session, url, settings, read_timeout_s=read_timeout_s).data
+
+
+def fetch(session: requests.Session, url: str, settings: Settings, *,
+          validators: Validators | None = None,
+          read_timeout_s: float | None = None) -> Fetched:
+    """download(), conditional when `validators` are given (a `304` from their URL answers
+    `not_modified`), with the URL reached and the answer's validators."""
     timeout = settings.download_timeout_s
     if read_timeout_s is None:
         read_timeout_s = getattr(settings, "read_timeout_s", None) or timeout
     with deadline(timeout) as watch:
-        return _download(session, url, settings, watch, read_timeout_s)
+        return _download(session, url, settings, watch, read_timeout_s, validators)
 
 
 def _download(session: requests.Session, url: str, settings: Settings, watch: Watch,
-              read_timeout_s: float) -> bytes:
+              read_timeout_s: float, validators: Validators | None = None) -> Fetched:
     limit = settings.max_download_bytes
     timeout = settings.download_timeout_s
     for hop in range(settings.max_redirects + 1):
@@ -113,9 +145,12 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: Wa
         remaining = watch.deadline - time.monotonic()
         if remaining <= 0:
             raise DownloadError(f"download took longer than {timeout:g} s", FailureCode.DOWNLOAD_TIMEOUT)
+        # Validators belong to the resource they came from: no other host or path gets them.
+        conditional = bool(validators and validators.headers and url == validators.url)
         try:
             response = session.get(
                 url, stream=True, allow_redirects=False,
+                headers=validators.headers if conditional else None,
                 timeout=(min(settings.connect_timeout_s, remaining),
                          min(read_timeout_s, remaining)),
             )
@@ -130,6 +165,13 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: Wa
                 location = response.headers["Location"]
                 url = urljoin(url, _decode_location(location))
                 continue
+            etag = validator(response.headers.get("ETag"))
+            last_modified = validator(response.headers.get("Last-Modified"))
+            if response.status_code == 304 and conditional:
+                # A 304 has no body; reading its end hands the connection back to the pool
+                # (closing an unread response closes the connection).
+                _read_capped(response, limit, watch, host, timeout)
+                return Fetched(b"", url, etag, last_modified, not_modified=True)
             if response.status_code != 200:
                 raise DownloadError(
                     f"HTTP {response.status_code} from {host}", FailureCode.HTTP_STATUS,
@@ -139,7 +181,8 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: Wa
             if declared.isdigit() and int(declared) > limit:
                 raise DownloadError(f"image is {int(declared)} bytes, over the {limit}-byte limit",
                                     FailureCode.TOO_LARGE)
-            return _read_capped(response, limit, watch, host, timeout)
+            return Fetched(_read_capped(response, limit, watch, host, timeout), url, etag,
+                           last_modified)
     raise DownloadError(f"more than {settings.max_redirects} redirects",
                         FailureCode.TOO_MANY_REDIRECTS)
 

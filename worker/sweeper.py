@@ -139,7 +139,8 @@ def _status(batch_id: str) -> str | None:
 def _recount_and_finish(batch_id: str) -> None:
     counts = stores.products().count_slots(batch_id)
     stores.batches().set_image_counts(batch_id, processed=counts.get(PROCESSED, 0),
-                                      failed=counts.get(FAILED, 0))
+                                      failed=counts.get(FAILED, 0),
+                                      reused=counts.get("reused", 0))
     tasks.finish(stores.batches().try_finish(batch_id))
 
 

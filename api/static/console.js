@@ -252,7 +252,8 @@ function showBatch(batch) {
   $("progress-label").textContent = percent(batch.progress);
   $("rows").textContent = batch.rows.total + " (" + batch.rows.valid + " valid, " + batch.rows.invalid + " rejected)";
   $("images").textContent = batch.images.processed + " / " + batch.images.total + " done" +
-    (batch.images.failed ? ", " + batch.images.failed + " failed" : "");
+    (batch.images.failed ? ", " + batch.images.failed + " failed" : "") +
+    (batch.images.reused ? ", " + batch.images.reused + " reused" : "");
   // The batch's own totals: every processed image, not only the products on this page.
   $("bytes").textContent = bytes(batch.bytes.in) + " → " + bytes(batch.bytes.out);
   $("saved").textContent = batch.saving_percent === null ? "–" : Math.round(batch.saving_percent) + " %";

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 
-from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, Stores,
-                                     WebhookStore)
+from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, SourceStore,
+                                     Stores, WebhookStore)
 
 _lock = threading.Lock()
 _state: dict = {"stores": None}
@@ -43,3 +43,7 @@ def webhooks() -> WebhookStore:
 
 def idempotency() -> IdempotencyStore:
     return current().idempotency
+
+
+def sources() -> SourceStore:
+    return current().sources

@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 from schemas.batch import BatchStatus
 from schemas.records import (AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
-                             ImageRecord, ImagesAdded, ProductRecord, SubscriptionRecord)
+                             ImageRecord, ImagesAdded, ProductRecord, SourceRecord,
+                             SubscriptionRecord)
 
 
 class BatchStore(abc.ABC):
@@ -49,9 +50,10 @@ class BatchStore(abc.ABC):
 
     @abc.abstractmethod
     def add_image_results(self, batch_id: str, processed: int = 0, failed: int = 0,
-                          bytes_in: int = 0, bytes_out: int = 0) -> None:
-        """Atomically add finished image slots and a processed image's bytes (and mark progress
-        for the stall sweeper)."""
+                          bytes_in: int = 0, bytes_out: int = 0, reused: int = 0) -> None:
+        """Atomically add finished image slots (`reused`: of the processed ones, those whose
+        outputs were reused) and a processed image's bytes (and mark progress for the stall
+        sweeper)."""
 
     @abc.abstractmethod
     def try_finish(self, batch_id: str) -> BatchRecord | None:
@@ -92,7 +94,8 @@ class BatchStore(abc.ABC):
         every sweep while its recovered work waits in the queue (see BatchRecord.next_sweep)."""
 
     @abc.abstractmethod
-    def set_image_counts(self, batch_id: str, *, processed: int, failed: int) -> None:
+    def set_image_counts(self, batch_id: str, *, processed: int, failed: int,
+                         reused: int = 0) -> None:
         """Overwrite a processing batch's image counters with values re-derived from its images."""
 
 
@@ -131,8 +134,9 @@ class ProductStore(abc.ABC):
                        bytes_out: int, content_type: str, kept_original: bool = False,
                        width: int | None = None, height: int | None = None,
                        format: str | None = None, output_format: str | None = None,
-                       sizes: dict[str, str] | None = None) -> int:
-        """pending -> processed, with what it is; the image's occurrences as of the change (the
+                       sizes: dict[str, str] | None = None, reused: bool = False) -> int:
+        """pending -> processed, with what it is (`reused`: its outputs copied from an earlier
+        batch's); the image's occurrences as of the change (the
         slots it finishes, read atomically with it: the parse may still be adding uses), or 0
         for a call that did not make the change."""
 
@@ -176,7 +180,8 @@ class ProductStore(abc.ABC):
 
     @abc.abstractmethod
     def count_slots(self, batch_id: str) -> dict[str, int]:
-        """Image slots (occurrences) per image status, re-derived from the images."""
+        """Image slots (occurrences) per image status, re-derived from the images; under
+        "reused", the processed slots whose outputs were reused."""
 
     # Built on the methods above, the same for every implementation.
 
@@ -293,6 +298,21 @@ class IdempotencyStore(abc.ABC):
         """Forget a key whose request did not go through (so the caller may send it again)."""
 
 
+class SourceStore(abc.ABC):
+    """What the last successful processing of each input URL made, per owner and output
+    fingerprint (SourceRecord): what a later batch may reuse instead of encoding again."""
+
+    @abc.abstractmethod
+    def find(self, owner: str | None, fingerprint: str,
+             urls: Iterable[str]) -> dict[str, SourceRecord]:
+        """The records of these URLs for this owner and fingerprint, by URL, in one read by
+        their ids (a chunk's images at once)."""
+
+    @abc.abstractmethod
+    def remember(self, record: SourceRecord) -> None:
+        """Store the record, replacing the one with its id (the newest processing wins)."""
+
+
 class Stores(abc.ABC):
     """One implementation of every store, and what the service needs of its database."""
 
@@ -301,6 +321,7 @@ class Stores(abc.ABC):
     products: ProductStore
     webhooks: WebhookStore
     idempotency: IdempotencyStore
+    sources: SourceStore
 
     @abc.abstractmethod
     def prepare(self) -> None:

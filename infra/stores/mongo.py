@@ -13,13 +13,15 @@ from pymongo import ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from infra import db
-from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, Stores,
-                                     WebhookStore)
+from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, SourceStore,
+                                     Stores, WebhookStore)
 from schemas.batch import BatchStatus
 from schemas.records import (ACCEPTED, ACTIVE, FAILED, PENDING, PROCESSED, RETRYABLE,
                              SUCCEEDED, AttemptRecord, BatchRecord, DeliveryRecord,
                              IdempotencyRecord, ImageRecord, ImagesAdded, ProductRecord,
-                             SubscriptionRecord, aware, field_names, idempotency_id, image_id)
+                             SourceRecord, SubscriptionRecord, aware, field_names,
+                             idempotency_id, image_id)
+from schemas.reuse import source_id
 from schemas.timestamps import now
 
 _ACTIVE = [s.value for s in ACTIVE]
@@ -107,11 +109,12 @@ class MongoBatchStore(BatchStore):
         db.batches().update_one({"_id": batch_id}, {"$set": {
             "header": header, "parsed": True, "updated_at": now()}})
 
-    def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0):
+    def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0,
+                          reused=0):
         db.batches().update_one(
             {"_id": batch_id},
             {"$inc": {"images_processed": processed, "images_failed": failed,
-                      "bytes_in": bytes_in, "bytes_out": bytes_out},
+                      "images_reused": reused, "bytes_in": bytes_in, "bytes_out": bytes_out},
              "$set": {"updated_at": now()}})
 
     def try_finish(self, batch_id):
@@ -190,11 +193,11 @@ class MongoBatchStore(BatchStore):
                       "swept_progress": progress}},
             return_document=_AFTER))
 
-    def set_image_counts(self, batch_id, *, processed, failed):
+    def set_image_counts(self, batch_id, *, processed, failed, reused=0):
         db.batches().update_one(
             {"_id": batch_id, "status": BatchStatus.PROCESSING.value},
             {"$set": {"images_processed": processed, "images_failed": failed,
-                      "updated_at": now()}})
+                      "images_reused": reused, "updated_at": now()}})
 
 
 class MongoProductStore(ProductStore):
@@ -246,12 +249,13 @@ class MongoProductStore(ProductStore):
 
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
                        kept_original=False, width=None, height=None, format=None,
-                       output_format=None, sizes=None):
+                       output_format=None, sizes=None, reused=False):
         return _slots(db.images().find_one_and_update(
             {"_id": image.id, "status": PENDING},
             {"$set": {"status": PROCESSED, "output_key": key, "output_url": output_url,
                       "bytes_in": bytes_in, "bytes_out": bytes_out, "content_type": content_type,
-                      "kept_original": kept_original, "width": width, "height": height,
+                      "kept_original": kept_original, "reused": reused, "width": width,
+                      "height": height,
                       "format": format, "output_format": output_format,
                       "sizes": dict(sizes or {}), "error": None, "error_code": None}},
             projection={"occurrences": 1}, return_document=_AFTER))
@@ -309,8 +313,11 @@ class MongoProductStore(ProductStore):
 
     def count_slots(self, batch_id):
         counts: dict[str, int] = {}
-        for doc in db.images().find({"batch_id": batch_id}, {"status": 1, "occurrences": 1}):
+        for doc in db.images().find({"batch_id": batch_id},
+                                    {"status": 1, "occurrences": 1, "reused": 1}):
             counts[doc["status"]] = counts.get(doc["status"], 0) + doc["occurrences"]
+            if doc["status"] == PROCESSED and doc.get("reused"):
+                counts["reused"] = counts.get("reused", 0) + doc["occurrences"]
         return counts
 
 
@@ -446,6 +453,24 @@ class MongoIdempotencyStore(IdempotencyStore):
         db.idempotency_keys().delete_one({"_id": idempotency_id(owner, key), "batch_id": batch_id})
 
 
+class MongoSourceStore(SourceStore):
+    """By `_id` (schemas.reuse.source_id), the index every MongoDB has."""
+
+    def find(self, owner, fingerprint, urls):
+        wanted = {source_id(owner, fingerprint, url): url for url in set(urls)}
+        if not wanted:
+            return {}
+        found = {}
+        for doc in db.sources().find({"_id": {"$in": list(wanted)}}):
+            record = from_doc(SourceRecord, doc)
+            if wanted.get(record.id) == record.url and record.fingerprint == fingerprint:
+                found[record.url] = record
+        return found
+
+    def remember(self, record):
+        db.sources().replace_one({"_id": record.id}, to_doc(record), upsert=True)
+
+
 class MongoStores(Stores):
     name = "mongodb"
 
@@ -454,6 +479,7 @@ class MongoStores(Stores):
         self.products = MongoProductStore()
         self.webhooks = MongoWebhookStore()
         self.idempotency = MongoIdempotencyStore()
+        self.sources = MongoSourceStore()
 
     def prepare(self) -> None:
         db.ensure_indexes()

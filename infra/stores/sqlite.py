@@ -17,13 +17,14 @@ from dataclasses import asdict, fields, replace
 from datetime import datetime, timedelta, timezone
 
 from infra.per_process import per_process
-from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, Stores,
-                                     WebhookStore)
+from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore, SourceStore,
+                                     Stores, WebhookStore)
 from schemas.batch import BatchStatus
 from schemas.records import (ACCEPTED, ACTIVE, FAILED, PENDING, PROCESSED, RETRYABLE,
                              SUCCEEDED, AttemptRecord, BatchRecord, DeliveryRecord,
                              IdempotencyRecord, ImageRecord, ImagesAdded, ProductRecord,
-                             SubscriptionRecord, idempotency_id, image_id)
+                             SourceRecord, SubscriptionRecord, idempotency_id, image_id)
+from schemas.reuse import source_id
 from schemas.timestamps import now
 
 BUSY_TIMEOUT_MS = 30_000
@@ -131,7 +132,8 @@ IMAGES = Table("images", ImageRecord)
 SUBSCRIPTIONS = Table("subscriptions", SubscriptionRecord)
 DELIVERIES = Table("deliveries", DeliveryRecord)
 IDEMPOTENCY = Table("idempotency_keys", IdempotencyRecord)
-TABLES = (BATCHES, PRODUCTS, IMAGES, SUBSCRIPTIONS, DELIVERIES, IDEMPOTENCY)
+SOURCES = Table("sources", SourceRecord)  # read and written by its primary key only
+TABLES = (BATCHES, PRODUCTS, IMAGES, SUBSCRIPTIONS, DELIVERIES, IDEMPOTENCY, SOURCES)
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS batches_owner_created ON batches (owner, created_at, id)",
@@ -266,11 +268,14 @@ class SqliteBatchStore(BatchStore):
         self.db.run("UPDATE batches SET header = ?, parsed = 1, updated_at = ? WHERE id = ?",
                     (json.dumps(header), to_ms(now()), batch_id))
 
-    def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0):
+    def add_image_results(self, batch_id, processed=0, failed=0, bytes_in=0, bytes_out=0,
+                          reused=0):
         self.db.run("UPDATE batches SET images_processed = images_processed + ?, "
-                    "images_failed = images_failed + ?, bytes_in = COALESCE(bytes_in, 0) + ?, "
+                    "images_failed = images_failed + ?, "
+                    "images_reused = COALESCE(images_reused, 0) + ?, "
+                    "bytes_in = COALESCE(bytes_in, 0) + ?, "
                     "bytes_out = COALESCE(bytes_out, 0) + ?, updated_at = ? WHERE id = ?",
-                    (processed, failed, bytes_in, bytes_out, to_ms(now()), batch_id))
+                    (processed, failed, reused, bytes_in, bytes_out, to_ms(now()), batch_id))
 
     def try_finish(self, batch_id):
         with self.db.transaction() as conn:
@@ -348,10 +353,11 @@ class SqliteBatchStore(BatchStore):
                             (stamp, stamp, sweeps, json.dumps(progress), batch.id,
                              batch.status.value, to_ms(batch.updated_at)))
 
-    def set_image_counts(self, batch_id, *, processed, failed):
-        self.db.run("UPDATE batches SET images_processed = ?, images_failed = ?, updated_at = ? "
-                    "WHERE id = ? AND status = ?",
-                    (processed, failed, to_ms(now()), batch_id, BatchStatus.PROCESSING.value))
+    def set_image_counts(self, batch_id, *, processed, failed, reused=0):
+        self.db.run("UPDATE batches SET images_processed = ?, images_failed = ?, "
+                    "images_reused = ?, updated_at = ? WHERE id = ? AND status = ?",
+                    (processed, failed, reused, to_ms(now()), batch_id,
+                     BatchStatus.PROCESSING.value))
 
 
 class SqliteProductStore(ProductStore):
@@ -412,15 +418,15 @@ class SqliteProductStore(ProductStore):
 
     def mark_processed(self, image, *, key, output_url, bytes_in, bytes_out, content_type,
                        kept_original=False, width=None, height=None, format=None,
-                       output_format=None, sizes=None):
+                       output_format=None, sizes=None, reused=False):
         row = self.db.one(
             "UPDATE images SET status = ?, output_key = ?, output_url = ?, bytes_in = ?, "
-            "bytes_out = ?, content_type = ?, kept_original = ?, width = ?, height = ?, "
-            "format = ?, output_format = ?, sizes = ?, error = NULL, error_code = NULL "
-            "WHERE id = ? AND status = ? RETURNING occurrences",
+            "bytes_out = ?, content_type = ?, kept_original = ?, reused = ?, width = ?, "
+            "height = ?, format = ?, output_format = ?, sizes = ?, error = NULL, "
+            "error_code = NULL WHERE id = ? AND status = ? RETURNING occurrences",
             (PROCESSED, key, output_url, bytes_in, bytes_out, content_type, int(kept_original),
-             width, height, format, output_format, IMAGES.value("sizes", dict(sizes or {})),
-             image.id, PENDING))
+             int(reused), width, height, format, output_format,
+             IMAGES.value("sizes", dict(sizes or {})), image.id, PENDING))
         return row[0] if row else 0
 
     def mark_failed(self, image, error, code, bytes_in=None):
@@ -479,9 +485,14 @@ class SqliteProductStore(ProductStore):
         return changed
 
     def count_slots(self, batch_id):
-        rows = self.db.all("SELECT status, SUM(occurrences) FROM images WHERE batch_id = ? "
-                           "GROUP BY status", (batch_id,))
-        return {status: total for status, total in rows}
+        rows = self.db.all("SELECT status, COALESCE(reused, 0), SUM(occurrences) FROM images "
+                           "WHERE batch_id = ? GROUP BY status, COALESCE(reused, 0)", (batch_id,))
+        counts: dict[str, int] = {}
+        for status, reused, total in rows:
+            counts[status] = counts.get(status, 0) + total
+            if status == PROCESSED and reused:
+                counts["reused"] = counts.get("reused", 0) + total
+        return counts
 
 
 def _fresh(batch_id: str, image: ImageRecord) -> ImageRecord:
@@ -647,6 +658,27 @@ class SqliteIdempotencyStore(IdempotencyStore):
                     (idempotency_id(owner, key), batch_id))
 
 
+class SqliteSourceStore(SourceStore):
+    def __init__(self, database: Database):
+        self.db = database
+
+    def find(self, owner, fingerprint, urls):
+        wanted = {source_id(owner, fingerprint, url): url for url in set(urls)}
+        ids = list(wanted)
+        found: dict[str, SourceRecord] = {}
+        for start in range(0, len(ids), IN_CHUNK):
+            part = ids[start:start + IN_CHUNK]
+            for row in self.db.all(f"{SOURCES.select} WHERE id IN ({_placeholders(part)})", part):
+                record = SOURCES.decode(row)
+                if wanted.get(record.id) == record.url and record.fingerprint == fingerprint:
+                    found[record.url] = record
+        return found
+
+    def remember(self, record):
+        self.db.run(SOURCES.insert.replace("INSERT", "INSERT OR REPLACE", 1),
+                    SOURCES.encode(record))
+
+
 class SqliteStores(Stores):
     name = "sqlite"
 
@@ -657,6 +689,7 @@ class SqliteStores(Stores):
         self.products = SqliteProductStore(self.database)
         self.webhooks = SqliteWebhookStore(self.database)
         self.idempotency = SqliteIdempotencyStore(self.database)
+        self.sources = SqliteSourceStore(self.database)
 
     def prepare(self) -> None:
         with self.database.transaction() as conn:
