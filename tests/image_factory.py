@@ -5,6 +5,7 @@ rotation or a lost alpha channel shows in the pixels. Sizes are small to keep te
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -37,6 +38,9 @@ def alpha_mask(size: tuple[int, int] = SIZE) -> Image.Image:
     return mask
 
 
+# Made once: LittleCMS stamps each profile it makes with the time, so two made a second apart
+# differ, and a test comparing an output's profile with a new one would fail now and then.
+@functools.cache
 def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
