@@ -183,11 +183,10 @@ def _host_slot(image: ImageRecord, settings: Settings, wake=None) -> host_slots.
     host = _host(image)
     if not host:
         return None
-    conn = queues.get_redis()
-    paused, limit = host_slots.state(conn, host, settings.per_host_concurrency)
+    paused, slot = host_slots.claim(queues.get_redis(), host, settings.per_host_concurrency,
+                                    settings.download_timeout_s + 30, wake)
     if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
         raise dispatch.NotNow(paused, dispatch.PAUSED)
-    slot = host_slots.take(conn, host, limit, settings.download_timeout_s + 30, wake)
     if slot is None:
         raise dispatch.NotNow(dispatch.POLL_S, dispatch.BUSY)
     return slot
@@ -225,8 +224,10 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
     bytes_in = None
     previous = known.previous(image.url)
     try:
+        # A host not slowed down when its slot was taken has no limit to raise: no round trip.
+        slowed = slot.slowed if slot is not None else True
         fetched = _download_or_wait(image, session, host, settings, later,
-                                    known.validators(image.url))
+                                    known.validators(image.url), slowed)
         if fetched is None:
             return 0
         sha256 = None if fetched.not_modified else content_hash(fetched.data)
@@ -238,7 +239,8 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                 log.info("outputs to reuse are gone; processing anew",
                          extra={"batch_id": batch_id})
             if fetched.not_modified:  # no bytes came: fetch them, unconditionally
-                fetched = _download_or_wait(image, session, host, settings, later, None)
+                fetched = _download_or_wait(image, session, host, settings, later, None,
+                                            slowed)
                 if fetched is None:
                     return 0
                 sha256 = content_hash(fetched.data)
@@ -287,12 +289,12 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
 
 
 def _download_or_wait(image: ImageRecord, session, host: str, settings: Settings, later: _Later,
-                      validators: Validators | None) -> Fetched | None:
+                      validators: Validators | None, slowed: bool = True) -> Fetched | None:
     """The image fetched politely, or None when its server asked to wait (the image is put
     back, `later` holds the wait); dispatch.NotNow to try again after a backoff; DownloadError
     when it failed, or the waits would pass MAX_RETRY_AFTER_S."""
     try:
-        return _polite_download(session, image, host, settings, validators)
+        return _polite_download(session, image, host, settings, validators, slowed)
     except DownloadError as error:
         if not error.throttled:
             raise
@@ -336,10 +338,11 @@ def _mark_processed(image: ImageRecord, batch_id: str, outputs: Outputs, facts: 
 
 
 def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
-                     validators: Validators | None = None) -> Fetched:
+                     validators: Validators | None = None, slowed: bool = True) -> Fetched:
     """fetch() once, in the host's slot the caller holds. A failure of the connection or a 5xx
     answer: dispatch.NotNow, to try again after a growing wait (no thread waits), until
-    DOWNLOAD_RETRIES more tries have failed. An answer speeds a slowed-down host up again."""
+    DOWNLOAD_RETRIES more tries have failed. An answer speeds a slowed-down host up again
+    (`slowed`: the host's limit was lowered when its slot was taken)."""
     try:
         fetched = metrics.timed("download_seconds", fetch, session, image.url, settings,
                                 validators=validators)
@@ -354,7 +357,7 @@ def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
             raise DownloadError(f"{error} ({tries} tries)", error.code, status=error.status,
                                 host=error.host) from None
         raise
-    if host:
+    if host and slowed:
         host_slots.speed_up(queues.get_redis(), host, settings.per_host_concurrency)
     return fetched
 
