@@ -135,17 +135,19 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     fresh = [im for im in images if not im.attempts]
     suspects = [im for im in images if im.attempts]
     finished = 0
+    sent = metrics.Batch()  # the images' metrics, a pipeline a second at most
     try:
         for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
             outcome = dispatch.run(
                 group, lambda im, wake: _host_slot(im, settings, wake),
                 lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, known,
-                                      slot=slot, full_size=full_size),
+                                      slot=slot, full_size=full_size, metrics_batch=sent),
                 threads=threads, host_of=_host, stop=watch.should_stop, name=f"chunk{chunk}")
             finished += outcome.finished
             _put_back(outcome, later)
     finally:
         session.close()
+        sent.flush()
     if later.seconds is not None:
         current = get_current_job()
         jobs.enqueue_chunk_later(batch_id, chunk, later.seconds,
@@ -155,16 +157,17 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
          sizes: dict[str, int] | None = None, known: Known | None = None, *,
-         slot: host_slots.Slot | None = None, full_size: bool = True) -> int:
+         slot: host_slots.Slot | None = None, full_size: bool = True,
+         metrics_batch: metrics.Batch | None = None) -> int:
     """One image, its host's `slot` already taken (worker/dispatch.py; released here at the
-    latest)."""
+    latest). Its metrics go to Redis in one pipeline at its end, or with `metrics_batch`."""
     try:
         if watch.should_stop():
             return 0
         if known is None:  # one image on its own (process_chunk reads a whole chunk's at once)
             known = Known.load(stores.batches().get(batch_id, any_owner=True), [image],
                                settings)
-        with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
+        with metrics.deferred(metrics_batch):
             return _process(image, batch_id, session, settings, sizes or {}, watch.later, known,
                             slot, full_size)
     finally:
