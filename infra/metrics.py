@@ -32,6 +32,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from infra.batching import Batch
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -115,31 +117,10 @@ def _totals(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return list(totals.items())
 
 
-class Batch:
-    """Metric writes of several threads (a chunk's pool), sent together in one pipeline when
-    `interval_s` has passed since the last send, and at `flush()`: a chunk of quick images
-    (re-imports) costs a round trip or so a second instead of one per image, and what the
-    metrics show is never more than about `interval_s` behind."""
-
-    def __init__(self, interval_s: float = 1.0):
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._items: list[tuple[str, float]] = []
-        self._sent = time.monotonic()
-
-    def add(self, items: list[tuple[str, float]]) -> None:
-        with self._lock:
-            self._items.extend(items)
-            if time.monotonic() - self._sent < self.interval_s:
-                return
-        self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-            self._sent = time.monotonic()
-        if items:
-            _incr(_totals(items))
+def batch(interval_s: float = 1.0) -> Batch:
+    """A Batch for `deferred(into=…)`: the metrics of several threads' blocks (a chunk's
+    images), one pipeline at most every `interval_s` and at its `flush()`."""
+    return Batch(lambda items: _incr(_totals(items)), interval_s)
 
 
 @contextlib.contextmanager

@@ -101,7 +101,7 @@ def test_a_batch_of_several_threads_metrics_is_sent_together_and_at_most_a_secon
         body = client.get("/metrics").get_data(as_text=True)
         return metric(body, "batchpress_images_reused_total", how="not_modified") or 0
 
-    batch = metrics.Batch(interval_s=1.0)
+    batch = metrics.batch(interval_s=1.0)
 
     def one_image() -> None:
         with metrics.deferred(batch):

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from rq import get_current_job
 
 from infra import host_slots, jobs, metrics, queues, storage, stores
+from infra.batching import Batch
 from infra.per_process import per_process
 from infra.settings import Settings
 from schemas.batch import BatchStatus
@@ -135,7 +136,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     fresh = [im for im in images if not im.attempts]
     suspects = [im for im in images if im.attempts]
     finished = 0
-    sent = metrics.Batch()  # the images' metrics, a pipeline a second at most
+    sent = metrics.batch()  # the images' metrics, a pipeline a second at most
     try:
         for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
             outcome = dispatch.run(
@@ -148,6 +149,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     finally:
         session.close()
         sent.flush()
+        known.flush()
     if later.seconds is not None:
         current = get_current_job()
         jobs.enqueue_chunk_later(batch_id, chunk, later.seconds,
@@ -158,18 +160,23 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
          sizes: dict[str, int] | None = None, known: Known | None = None, *,
          slot: host_slots.Slot | None = None, full_size: bool = True,
-         metrics_batch: metrics.Batch | None = None) -> int:
+         metrics_batch: Batch | None = None) -> int:
     """One image, its host's `slot` already taken (worker/dispatch.py; released here at the
     latest). Its metrics go to Redis in one pipeline at its end, or with `metrics_batch`."""
     try:
         if watch.should_stop():
             return 0
-        if known is None:  # one image on its own (process_chunk reads a whole chunk's at once)
+        alone = known is None  # one image on its own (process_chunk reads a chunk's at once)
+        if alone:
             known = Known.load(stores.batches().get(batch_id, any_owner=True), [image],
                                settings)
-        with metrics.deferred(metrics_batch):
-            return _process(image, batch_id, session, settings, sizes or {}, watch.later, known,
-                            slot, full_size)
+        try:
+            with metrics.deferred(metrics_batch):
+                return _process(image, batch_id, session, settings, sizes or {}, watch.later,
+                                known, slot, full_size)
+        finally:
+            if alone:
+                known.flush()
     finally:
         if slot is not None:  # released after the download already, unless it never began
             slot.release()
