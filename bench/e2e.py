@@ -185,6 +185,19 @@ def process_tree_cpu(pid: int) -> float:
         return 0.0
 
 
+def production_settings() -> dict[str, str]:
+    """The settings tests/topology.Topology takes to run with the service's defaults: the
+    production timings (it shortens them for its fault tests) and chunking."""
+    from infra.settings import Settings
+    from tests.topology import FAST_TIMINGS
+    defaults = Settings()
+    settings = {name: str(getattr(defaults, name.lower())) for name in FAST_TIMINGS}
+    settings.update(CHUNK_SIZE=str(defaults.chunk_size),
+                    IMAGE_CONCURRENCY=str(defaults.image_concurrency),
+                    STORAGE_RETRY_S=str(defaults.storage_retry_s))
+    return settings
+
+
 def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
                  latency_ms: float = 0.0) -> dict:
     """(b) on the production processes: tests/topology.Topology starts what the Procfile names
@@ -195,14 +208,10 @@ def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
     import requests
 
     from infra.settings import Settings
-    from tests.topology import FAST_TIMINGS, Topology
+    from tests.topology import Topology
 
     defaults = Settings()
-    # Production timings (Topology shortens them for its fault tests) and chunking.
-    settings = {name: str(getattr(defaults, name.lower())) for name in FAST_TIMINGS}
-    settings.update(CHUNK_SIZE=str(defaults.chunk_size),
-                    IMAGE_CONCURRENCY=str(defaults.image_concurrency),
-                    STORAGE_RETRY_S=str(defaults.storage_retry_s))
+    settings = production_settings()
     images = subprocess.Popen([sys.executable, str(ROOT / "bench" / "imageserver.py"),
                                str(corpus), "--latency-ms", str(latency_ms)],
                               stdout=subprocess.PIPE, text=True)

@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/reimport.py [--images 200] [--workers N]
 
-Starts the outside processes of the end-to-end benchmark (bench/e2e.py `Services`: the corpus
-served over loopback by bench/imageserver.py with `ETag`/`Last-Modified`, redis-server, moto's S3
-in its own process) and the service as in production: an API process (this file's `child`,
-werkzeug, threaded) and `--workers` worker processes (default: one per core) sharing one SQLite
-file. After a warm-up batch (not measured: a worker's first jobs pay for its imports), it
-uploads, one after the other, each when the one before has finished:
+Runs the service as in production, on loopback: tests/topology.Topology starts what the Procfile
+names (gunicorn, `--workers` x `python -m worker`, the forking RQ workers, default one per core,
+and `python -m worker --cron`) on a real redis-server, moto's S3 server and the MongoDB wire
+stand-in, each a process of its own, with the service's default settings (as bench/e2e.py's
+`run_topology`); the corpus is served over loopback by bench/imageserver.py with `ETag` and
+`Last-Modified`. After a warm-up batch (not measured), it uploads to gunicorn, one after the
+other, each when the one before has finished:
 
 1. a CSV of `--images` distinct corpus URLs (`?copy=N`), no sizes: a first import;
 2. the same CSV again: a re-import, every image answered `304 Not Modified`;
@@ -16,21 +17,19 @@ uploads, one after the other, each when the one before has finished:
 5. and 6. fresh URLs with one size, then with three: what sizes cost;
 7. the three sizes' CSV again: a re-import that copies four objects per image.
 
-For each batch it measures the worker processes' CPU seconds from the upload to the batch's
-end (utime + stime from /proc, the parse job included), and moto's and the image server's.
-It prints a table, the ratio second/first of each re-import (target <= 0.05) and each size
-count's worker CPU per image against no sizes.
+For each batch it measures the CPU seconds of the worker processes and their work-horses (one
+per job, reaped before the figure is read: every worker is idle again) from the upload to the
+batch's end (the parse job included), and moto's and the image server's. It prints a table,
+the ratio second/first of each re-import (target <= 0.05) and each size count's worker CPU per
+image against no sizes.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,31 +54,37 @@ STEPS = [
 
 def main(argv: list[str]) -> None:
     from bench.pipeline import corpus_dir, load_corpus
+    from tests.topology import Topology
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     names = [item.name for item in load_corpus()]
-    services = e2e.Services(corpus_dir(), validators=True)
+    settings = e2e.production_settings()
+    images = subprocess.Popen([sys.executable, str(ROOT / "bench" / "imageserver.py"),
+                               str(corpus_dir()), "--validators"], stdout=subprocess.PIPE,
+                              text=True)
+    topology = None
     try:
-        env = services.env("bench-" + uuid.uuid4().hex[:8])
-        # Settings want a MongoDB URL beside Redis and S3; the stores are SQLite's (never used).
-        env.update({"MONGO_URL": "mongodb://mongomock.invalid",
-                    "MONGO_DB": "bench_" + uuid.uuid4().hex[:8]})
-        spec = {"image_base": services.image_base, "names": names, "images": args.images,
-                "workers": args.workers, "pids": services.pids()}
-        with tempfile.TemporaryFile("w+") as errors:
-            child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "child",
-                                    json.dumps(spec)], env=env, stdout=subprocess.PIPE,
-                                   stderr=errors, text=True)
-            lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
-            if child.returncode != 0 or not lines:
-                errors.seek(0)
-                sys.stderr.write(errors.read()[-5000:])
-                raise SystemExit(f"the service process failed (exit {child.returncode})")
+        line = images.stdout.readline().split()
+        if not line or line[0] != "port":
+            raise RuntimeError("the image server did not start")
+        spec = {"image_base": f"http://127.0.0.1:{line[1]}", "names": names,
+                "images": args.images}
+        topology = Topology(workers=args.workers, **settings)
+        others = {"moto (S3)": topology.s3.pid, "image server": images.pid}
+        # A warm-up batch, not measured: the first jobs create indexes and warm the servers.
+        _one_batch(topology, _csv({**spec, "images": min(48, args.images)}, 9, ""), "",
+                   "warm-up", others)
+        steps = [_one_batch(topology, _csv(spec, url_set, prefix), sizes, label, others)
+                 for label, url_set, prefix, sizes in STEPS]
     finally:
-        services.stop()
-    report(json.loads(lines[-1]), len(names))
+        if topology is not None:
+            topology.stop()
+        processes.stop(images)
+    report({"steps": steps, "images": args.images, "workers": args.workers,
+            "chunk_size": settings["CHUNK_SIZE"],
+            "image_concurrency": settings["IMAGE_CONCURRENCY"]}, len(names))
 
 
 def report(result: dict, corpus_files: int) -> None:
@@ -107,45 +112,6 @@ def report(result: dict, corpus_files: int) -> None:
               f"of worker CPU, x{step['ms_per_image'] / base:.2f} against no sizes")
 
 
-# --------------------------------------------------------------------------- the service process
-
-def child(spec: dict) -> None:
-    import logging
-    import threading
-
-    from werkzeug.serving import make_server
-
-    from infra import stores
-    from infra.settings import get_settings
-    from infra.stores.sqlite import SqliteStores
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    settings = get_settings()
-    sqlite_path = os.path.join(tempfile.mkdtemp(prefix="bench-reimport-"), "bench.sqlite3")
-    stores.use(SqliteStores(sqlite_path))
-    from api import create_app
-    app = create_app(settings)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-    api = f"http://127.0.0.1:{server.server_port}/api/v1"
-
-    workers = e2e.start_workers(sqlite_path, spec["workers"], settings.redis_url)
-    steps = []
-    try:
-        # A warm-up batch, not measured: a worker's first jobs pay for its imports and caches.
-        _one_batch(api, _csv({**spec, "images": min(48, spec["images"])}, 9, ""), "",
-                   "warm-up", workers, spec["pids"])
-        for label, url_set, prefix, sizes in STEPS:
-            body = _csv(spec, url_set, prefix)
-            steps.append(_one_batch(api, body, sizes, label, workers, spec["pids"]))
-    finally:
-        processes.stop_all(workers)
-        server.shutdown()
-    print(json.dumps({"steps": steps, "images": spec["images"], "workers": len(workers),
-                      "chunk_size": settings.chunk_size,
-                      "image_concurrency": settings.image_concurrency}), flush=True)
-
-
 def _csv(spec: dict, url_set: int, prefix: str) -> bytes:
     """`images` distinct URLs of the corpus: its files in turn, `?copy=` numbering the rounds;
     each URL set its own range of copies."""
@@ -158,33 +124,46 @@ def _csv(spec: dict, url_set: int, prefix: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _one_batch(api: str, body: bytes, sizes: str, label: str, workers, pids: dict) -> dict:
+def _one_batch(topology, body: bytes, sizes: str, label: str, others: dict) -> dict:
     import requests
-
-    from infra import stores
-    watched = {f"worker {n}": proc.pid for n, proc in enumerate(workers)}
-    cpu0 = {name: e2e.cpu_seconds(pid) for name, pid in {**watched, **pids}.items()}
+    workers = {f"worker {n}": w.pid for n, w in enumerate(topology.workers)}
+    cpu0 = {name: e2e.process_tree_cpu(pid) for name, pid in {**workers, **others}.items()}
     wall0 = time.perf_counter()
-    response = requests.post(f"{api}/batches", params={"sizes": sizes}, data=body,
-                             headers={"Content-Type": "text/csv"}, timeout=60)
+    response = requests.post(topology.url("/api/v1/batches"), params={"sizes": sizes},
+                             data=body, headers={"Content-Type": "text/csv"}, timeout=60)
     if response.status_code != 202:
         raise SystemExit(f"upload refused: {response.status_code} {response.text[:300]}")
-    batch_id = response.json()["id"]
-    while not (batch := stores.batches().get(batch_id, any_owner=True)).finished:
+    batch_url = topology.url(f"/api/v1/batches/{response.json()['id']}")
+    while (batch := requests.get(batch_url, timeout=30).json())["status"] in ("queued",
+                                                                              "processing"):
         time.sleep(0.05)
     wall = time.perf_counter() - wall0
-    cpu = {name: e2e.cpu_seconds(pid) - cpu0[name] for name, pid in {**watched, **pids}.items()}
-    worker_cpu = sum(cpu[name] for name in watched)
-    return {"label": label, "sizes": sizes, "status": batch.status.value,
-            "images": batch.images_total, "processed": batch.images_processed,
-            "reused": batch.images_reused or 0, "worker_cpu_s": worker_cpu,
-            "ms_per_image": 1000 * worker_cpu / max(1, batch.images_total),
-            "moto_cpu_s": cpu.get("moto (S3)", 0.0),
-            "image_server_cpu_s": cpu.get("image server", 0.0), "wall_s": wall}
+    _wait_idle(topology)
+    cpu = {name: e2e.process_tree_cpu(pid) - cpu0[name]
+           for name, pid in {**workers, **others}.items()}
+    worker_cpu = sum(cpu[name] for name in workers)
+    return {"label": label, "sizes": sizes, "status": batch["status"],
+            "images": batch["images"]["total"], "processed": batch["images"]["processed"],
+            "reused": batch["images"].get("reused", 0), "worker_cpu_s": worker_cpu,
+            "ms_per_image": 1000 * worker_cpu / max(1, batch["images"]["total"]),
+            "moto_cpu_s": cpu["moto (S3)"], "image_server_cpu_s": cpu["image server"],
+            "wall_s": wall}
+
+
+def _wait_idle(topology, timeout: float = 30.0) -> None:
+    """Until every worker process is idle again: its last work-horse ended and was reaped (its
+    CPU is then in the worker's children's times)."""
+    from rq import Worker
+    pids = {w.pid for w in topology.workers}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [w.get_state() for w in Worker.all(connection=topology.redis_client())
+                  if w.pid in pids]
+        if len(states) == len(pids) and all(state == "idle" for state in states):
+            return
+        time.sleep(0.02)
+    raise SystemExit("the workers did not become idle")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "child":
-        child(json.loads(sys.argv[2]))
-    else:
-        main(sys.argv[1:])
+    main(sys.argv[1:])

@@ -4,7 +4,10 @@ host's allowed concurrency, lowered when it throttles and raised again as it ans
 A slot is one of `limit` keys per host, taken with `SET NX PX`: at most `limit` downloads from
 a host are in flight across all processes. Each key expires after its lease (longer than any
 download may take), so a killed worker cannot keep a slot. Taking one never waits: a caller
-that finds none free does something else first (worker/dispatch.py).
+that finds none free does something else first (worker/dispatch.py). `claim` reads the host's
+pause and limit and takes a slot in one Lua script (one round trip, atomic), and a slot is
+released by another (delete the key only if it still holds our token): per image, two round
+trips in all, where each slot tried and each step of the release were one apiece.
 
 A pause (`pause_host`, set by a 429 or 503 with Retry-After) makes every worker leave that host
 alone until it passes. A throttle answer also halves the host's limit (`slow_down`, floor 1,
@@ -20,6 +23,7 @@ import secrets
 import time
 
 import redis
+from redis.commands.core import Script
 
 PREFIX = "bp:host"
 SLOWDOWN_TTL_S = 600     # a lowered limit left alone this long is forgotten (full speed again)
@@ -42,13 +46,49 @@ def _slowed_key(host: str) -> str:
     return f"{PREFIX}:{host}:slowed"
 
 
+# Lua scripts run by EVALSHA (loaded when Redis lacks them). Made without a client, they hold
+# no connection: each call names its own, so they serve every process.
+# KEYS: the pause key, the limit key, then the host's slot keys 0..configured-1.
+# ARGV: now (seconds), lease (ms), token. Returns {pause, limit, slot number or -1}, the pause
+# and limit as stored (false when unset); no slot is taken while the pause lasts.
+_CLAIM = Script(None, b"""
+local pause = redis.call('GET', KEYS[1])
+local limit = redis.call('GET', KEYS[2])
+local slots = #KEYS - 2
+if pause and tonumber(pause) > tonumber(ARGV[1]) then
+  return {pause, limit, -1}
+end
+local allowed = slots
+if limit then
+  allowed = math.max(1, math.min(slots, math.floor(tonumber(limit))))
+end
+for n = 1, allowed do
+  if redis.call('SET', KEYS[2 + n], ARGV[3], 'NX', 'PX', ARGV[2]) then
+    return {pause, limit, n - 1}
+  end
+end
+return {pause, limit, -1}
+""")
+
+# Only our own lease: after an expiry the key may be another worker's.
+_RELEASE = Script(None, b"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""")
+
+
 class Slot:
     """One slot of a host, held until `release()` (which may be called more than once; the
-    first call also calls `on_release`)."""
+    first call also calls `on_release`). `slowed`: the host's limit was lowered when the slot
+    was taken (a success then raises it again: `speed_up`)."""
 
-    def __init__(self, conn: redis.Redis, key: str, token: str, on_release=None):
+    def __init__(self, conn: redis.Redis, key: str, token: str, on_release=None,
+                 slowed: bool = True):
         self._conn, self._key, self._token = conn, key, token
         self._on_release = on_release
+        self.slowed = slowed
 
     def release(self) -> None:
         if self._token is None:
@@ -65,30 +105,26 @@ class Slot:
         self.release()
 
 
-def take(conn: redis.Redis, host: str, limit: int, lease_s: float,
-         on_release=None) -> Slot | None:
-    """One of the host's first `limit` slots, or None at once when all are taken.
-    `on_release`: called once the slot is released (a waiting dispatcher's wake-up)."""
+def claim(conn: redis.Redis, host: str, configured: int, lease_s: float,
+          on_release=None) -> tuple[float, Slot | None]:
+    """What a worker does before a download, in one atomic round trip: (seconds left of the
+    host's pause, 0 when none; one of the host's first `limit_for` slots, or None when the host
+    is paused or all of them are taken). Never waits. `configured`: PER_HOST_CONCURRENCY, the
+    limit of a host not slowed down. `on_release`: called once the slot is released (a waiting
+    dispatcher's wake-up)."""
     token = secrets.token_hex(8)
-    lease_ms = max(1, int(lease_s * 1000))
-    for n in range(limit):
-        key = _slot_key(host, n)
-        if conn.set(key, token, nx=True, px=lease_ms):
-            return Slot(conn, key, token, on_release)
-    return None
+    keys = [_pause_key(host), _limit_key(host)] + [_slot_key(host, n) for n in range(configured)]
+    now = time.time()
+    pause, limit, n = _CLAIM(keys=keys, args=[repr(now), max(1, int(lease_s * 1000)), token],
+                             client=conn)
+    left = max(0.0, float(pause) - now) if pause is not None else 0.0
+    if n < 0:
+        return left, None
+    return left, Slot(conn, _slot_key(host, n), token, on_release, slowed=limit is not None)
 
 
 def _release(conn: redis.Redis, key: str, token: str) -> None:
-    # Only our own lease: after an expiry the key may be another worker's.
-    with conn.pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            if pipe.get(key) == token.encode():
-                pipe.multi()
-                pipe.delete(key)
-                pipe.execute()
-        except redis.WatchError:
-            pass
+    _RELEASE(keys=[key], args=[token], client=conn)
 
 
 def pause_host(conn: redis.Redis, host: str, seconds: float) -> None:
@@ -98,19 +134,6 @@ def pause_host(conn: redis.Redis, host: str, seconds: float) -> None:
     current = conn.get(key)
     if current is None or float(current) < until:
         conn.set(key, repr(until), px=max(1, int(seconds * 1000)))
-
-
-def paused_for(conn: redis.Redis, host: str) -> float:
-    """Seconds left of the host's pause, 0 when none."""
-    value = conn.get(_pause_key(host))
-    return max(0.0, float(value) - time.time()) if value is not None else 0.0
-
-
-def state(conn: redis.Redis, host: str, configured: int) -> tuple[float, int]:
-    """(paused_for, limit_for) in one round trip: what a worker reads before taking a slot."""
-    pause, limit = conn.mget(_pause_key(host), _limit_key(host))
-    left = max(0.0, float(pause) - time.time()) if pause is not None else 0.0
-    return left, _limit(limit, configured)
 
 
 # --------------------------------------------------------------------------- allowed concurrency

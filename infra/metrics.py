@@ -5,7 +5,8 @@ Two kinds, both exposed by the API's `/metrics`:
 - **Pipeline metrics** (batches, rows, images, bytes, download/encode durations, webhook
   attempts) happen in RQ workers, which fork a work horse per job and may run on other hosts than
   the API. They are kept in Redis (one hash, `HINCRBYFLOAT` in one pipeline per event, or per
-  `deferred()` block), which every process already shares, and read at scrape time. A histogram
+  `deferred()` block, or per `Batch` of several threads' blocks, at most a second behind),
+  which every process already shares, and read at scrape time. A histogram
   observation writes one bucket, sum and count; the scrape makes the buckets cumulative.
   Counters survive worker restarts and add up over any number of workers.
 - **API metrics** (HTTP requests and their durations) use `prometheus_client` in the API process.
@@ -30,6 +31,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
+
+from infra.batching import Batch
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +109,25 @@ def _record(items: list[tuple[str, float]]) -> None:
         pending.extend(items)
 
 
+def _totals(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The items summed per field: one command each in the pipeline."""
+    totals: dict[str, float] = {}
+    for field, amount in items:
+        totals[field] = totals.get(field, 0) + amount
+    return list(totals.items())
+
+
+def batch(interval_s: float = 1.0) -> Batch:
+    """A Batch for `deferred(into=…)`: the metrics of several threads' blocks (a chunk's
+    images), one pipeline at most every `interval_s` and at its `flush()`."""
+    return Batch(lambda items: _incr(_totals(items)), interval_s)
+
+
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred(into: Batch | None = None) -> Iterator[None]:
     """Hold this thread's metric writes and send them in one pipeline at the end (also when the
-    block raises), e.g. one round trip per image instead of one per observation. Nested blocks
-    join the outer one."""
+    block raises), e.g. one round trip per image instead of one per observation; `into`: hand
+    them to that Batch instead. Nested blocks join the outer one."""
     if getattr(_deferred, "items", None) is not None:
         yield
         return
@@ -119,11 +136,10 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         items, _deferred.items = _deferred.items, None
-        if items:
-            totals: dict[str, float] = {}
-            for field, amount in items:
-                totals[field] = totals.get(field, 0) + amount
-            _incr(list(totals.items()))
+        if items and into is not None:
+            into.add(items)
+        elif items:
+            _incr(_totals(items))
 
 
 def inc(name: str, amount: float = 1, **labels: str) -> None:

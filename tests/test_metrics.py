@@ -89,3 +89,33 @@ def test_uploads_and_real_webhook_sends_are_counted(client, http_server, work):
     body = client.get("/metrics").get_data(as_text=True)
     assert metric(body, "batchpress_batches_created_total") == 1
     assert metric(body, "batchpress_webhook_attempts_total", outcome="success") == 1
+
+
+def test_a_batch_of_several_threads_metrics_is_sent_together_and_at_most_a_second_late(client):
+    import threading
+    import time
+
+    from infra import metrics
+
+    def scraped() -> float:
+        body = client.get("/metrics").get_data(as_text=True)
+        return metric(body, "batchpress_images_reused_total", how="not_modified") or 0
+
+    batch = metrics.batch(interval_s=1.0)
+
+    def one_image() -> None:
+        with metrics.deferred(batch):
+            metrics.image_reused("not_modified", 0)
+    threads = [threading.Thread(target=one_image) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert scraped() == 0  # held: the batch began less than a second ago
+    time.sleep(1.0)
+    one_image()  # the interval has passed: everything held goes, this image's too
+    assert scraped() == 5
+    one_image()
+    assert scraped() == 5
+    batch.flush()  # the chunk's end
+    assert scraped() == 6

@@ -154,11 +154,85 @@ def test_downloads_per_host_never_exceed_the_limit_across_workers(client, http_s
 def test_a_slot_left_by_a_killed_worker_expires(env):
     conn = queues.get_redis()
     conn.set(host_slots._slot_key("cdn.example", 0), "dead", px=200)  # never released
-    assert host_slots.take(conn, "cdn.example", 1, lease_s=5) is None  # taken: no wait, None
+    assert host_slots.claim(conn, "cdn.example", 1, lease_s=5) == (0.0, None)  # no wait, None
     time.sleep(0.25)
-    with host_slots.take(conn, "cdn.example", 1, lease_s=5):
+    paused, slot = host_slots.claim(conn, "cdn.example", 1, lease_s=5)
+    with slot:
         assert conn.get(host_slots._slot_key("cdn.example", 0)) is not None
     assert conn.get(host_slots._slot_key("cdn.example", 0)) is None  # released after use
+
+
+def test_a_release_after_the_lease_expired_leaves_the_next_holders_slot(env):
+    conn = queues.get_redis()
+    _, late = host_slots.claim(conn, "cdn.example", 1, lease_s=0.1)
+    time.sleep(0.2)  # the lease ran out: the slot is free for someone else
+    _, next_holder = host_slots.claim(conn, "cdn.example", 1, lease_s=5)
+    assert next_holder is not None
+    late.release()
+    assert host_slots.claim(conn, "cdn.example", 1, lease_s=5) == (0.0, None)  # still held
+    next_holder.release()
+    assert host_slots.claim(conn, "cdn.example", 1, lease_s=5)[1] is not None
+
+
+def test_a_paused_or_slowed_host_gives_fewer_slots(env):
+    conn, host = queues.get_redis(), "cdn.example"
+    host_slots.pause_host(conn, host, 2)
+    paused, slot = host_slots.claim(conn, host, 4, lease_s=5)
+    assert slot is None and 1.5 < paused <= 2
+    assert not conn.keys(host_slots._slot_key(host, "*"))  # nothing taken while paused
+    conn.delete(host_slots._pause_key(host))
+    first = host_slots.claim(conn, host, 4, lease_s=5)[1]
+    assert first is not None and not first.slowed
+    assert host_slots.slow_down(conn, host, 4, episode_s=1) == 2
+    second = host_slots.claim(conn, host, 4, lease_s=5)[1]
+    assert second is not None and second.slowed
+    assert host_slots.claim(conn, host, 4, lease_s=5) == (0.0, None)  # two at once now
+
+
+# One process of the test below: claims a slot of a host (limit 2) over and over, for 20 ms
+# each time, and records when it held one.
+_CLAIMER = """
+import sys, time
+import redis
+from infra import host_slots
+conn = redis.Redis.from_url(sys.argv[1])
+start = time.monotonic() + 1.0
+while time.monotonic() < start:  # all processes begin together
+    time.sleep(0.001)
+held = 0
+while held < 15:
+    _, slot = host_slots.claim(conn, "cdn.example", 2, lease_s=10)
+    if slot is None:
+        time.sleep(0.002)
+        continue
+    began = time.monotonic()
+    time.sleep(0.02)
+    ended = time.monotonic()
+    slot.release()
+    conn.rpush("held", f"{began!r} {ended!r}")
+    held += 1
+"""
+
+
+def test_slots_bound_downloads_across_processes(env):
+    import subprocess
+    import sys
+
+    from tests.topology import ROOT
+    conn = queues.get_redis()
+    procs = [subprocess.Popen([sys.executable, "-c", _CLAIMER, env.redis_url], cwd=ROOT)
+             for _ in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    spans = [tuple(map(float, item.split())) for item in conn.lrange("held", 0, -1)]
+    assert len(spans) == 60
+    events = sorted([(began, 1) for began, _ in spans] + [(ended, -1) for _, ended in spans],
+                    key=lambda event: (event[0], event[1]))  # an end before a start at a tie
+    inside = peak = 0
+    for _, change in events:
+        inside += change
+        peak = max(peak, inside)
+    assert peak == 2  # four processes wanted a slot all the time: never more than the limit
 
 
 def test_a_throttling_host_is_halved_once_per_episode_and_recovers_with_successes(env):

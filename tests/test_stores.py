@@ -332,9 +332,8 @@ def a_source(owner, url, fingerprint="f1", **changes) -> SourceRecord:
 
 def test_a_source_is_found_only_for_its_owner_and_fingerprint_and_the_newest_wins(store):
     urls = [f"https://img.example.com/{n}.jpg" for n in range(3)]
-    for url in urls[:2]:
-        store.sources.remember(a_source("alice", url))
-    store.sources.remember(a_source(None, urls[0], etag='"none"'))
+    store.sources.remember([a_source("alice", url) for url in urls[:2]])
+    store.sources.remember([a_source(None, urls[0], etag='"none"')])
     found = store.sources.find("alice", "f1", urls + urls)  # one read for a chunk's URLs
     assert set(found) == set(urls[:2])
     record = found[urls[0]]
@@ -346,11 +345,24 @@ def test_a_source_is_found_only_for_its_owner_and_fingerprint_and_the_newest_win
     assert store.sources.find(None, "f1", urls)[urls[0]].etag == '"none"'
     assert store.sources.find("alice", "f1", []) == {}
 
-    store.sources.remember(a_source("alice", urls[0], batch_id="bat_2", etag=None,
-                                    output_key="outputs/bat_2/h/0.jpg"))
+    store.sources.remember([a_source("alice", urls[0], batch_id="bat_2", etag=None,
+                                     output_key="outputs/bat_2/h/0.jpg")])
     newest = store.sources.find("alice", "f1", [urls[0]])[urls[0]]
     assert (newest.batch_id, newest.etag, newest.output_key) == ("bat_2", None,
                                                                  "outputs/bat_2/h/0.jpg")
+
+
+def test_sources_remembered_together_are_each_stored_and_of_one_id_the_later_wins(store):
+    urls = [f"https://img.example.com/{n}.jpg" for n in range(3)]
+    store.sources.remember([])  # nothing to write
+    store.sources.remember([a_source("alice", urls[0]), a_source("alice", urls[1]),
+                            a_source("alice", urls[0], batch_id="bat_3", etag='"e3"'),
+                            a_source("bob", urls[2])])
+    found = store.sources.find("alice", "f1", urls)
+    assert set(found) == set(urls[:2])
+    assert (found[urls[0]].batch_id, found[urls[0]].etag) == ("bat_3", '"e3"')
+    assert found[urls[1]].batch_id == "bat_1"
+    assert set(store.sources.find("bob", "f1", urls)) == {urls[2]}
 
 
 def test_reused_images_are_counted_apart_and_re_derived(store):

@@ -25,7 +25,7 @@ import redis
 from rq import Worker
 from rq.cron import CronScheduler
 
-from infra import jobs, queues, storage
+from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
 from worker.runner import DEQUEUE_STRATEGY
 
@@ -37,11 +37,13 @@ CRON_CONFIG = "worker.cron_config"
 
 def preload() -> None:
     """Build once, in the worker, what each work-horse would otherwise build again after its
-    fork: the jobs' modules (Pillow, requests, the stores: ~0.15 s of CPU) and boto3's S3 model
-    (~0.08 s). Together that was ~5 ms of CPU per image on chunks of 50. No client or
-    connection is kept: those must not cross a fork (infra/per_process.py)."""
+    fork: the jobs' modules (Pillow, requests, the stores: ~0.15 s of CPU), the stores'
+    implementation (pymongo, imported on first use: ~0.2 s) and boto3's S3 model (~0.08 s).
+    Together that was ~10 ms of CPU per image on chunks of 50. No client or connection is kept:
+    those must not cross a fork (infra/per_process.py)."""
     for module in jobs.JOB_MODULES:
         importlib.import_module(module)
+    stores.load_implementation()
     storage.load_client_models()
 
 

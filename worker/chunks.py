@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from rq import get_current_job
 
 from infra import host_slots, jobs, metrics, queues, storage, stores
+from infra.batching import Batch
 from infra.per_process import per_process
 from infra.settings import Settings
 from schemas.batch import BatchStatus
@@ -135,17 +136,20 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     fresh = [im for im in images if not im.attempts]
     suspects = [im for im in images if im.attempts]
     finished = 0
+    sent = metrics.batch()  # the images' metrics, a pipeline a second at most
     try:
         for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
             outcome = dispatch.run(
                 group, lambda im, wake: _host_slot(im, settings, wake),
                 lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, known,
-                                      slot=slot, full_size=full_size),
+                                      slot=slot, full_size=full_size, metrics_batch=sent),
                 threads=threads, host_of=_host, stop=watch.should_stop, name=f"chunk{chunk}")
             finished += outcome.finished
             _put_back(outcome, later)
     finally:
         session.close()
+        sent.flush()
+        known.flush()
     if later.seconds is not None:
         current = get_current_job()
         jobs.enqueue_chunk_later(batch_id, chunk, later.seconds,
@@ -155,18 +159,24 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
          sizes: dict[str, int] | None = None, known: Known | None = None, *,
-         slot: host_slots.Slot | None = None, full_size: bool = True) -> int:
+         slot: host_slots.Slot | None = None, full_size: bool = True,
+         metrics_batch: Batch | None = None) -> int:
     """One image, its host's `slot` already taken (worker/dispatch.py; released here at the
-    latest)."""
+    latest). Its metrics go to Redis in one pipeline at its end, or with `metrics_batch`."""
     try:
         if watch.should_stop():
             return 0
-        if known is None:  # one image on its own (process_chunk reads a whole chunk's at once)
+        alone = known is None  # one image on its own (process_chunk reads a chunk's at once)
+        if alone:
             known = Known.load(stores.batches().get(batch_id, any_owner=True), [image],
                                settings)
-        with metrics.deferred():  # the image's metrics go to Redis in one pipeline, at its end
-            return _process(image, batch_id, session, settings, sizes or {}, watch.later, known,
-                            slot, full_size)
+        try:
+            with metrics.deferred(metrics_batch):
+                return _process(image, batch_id, session, settings, sizes or {}, watch.later,
+                                known, slot, full_size)
+        finally:
+            if alone:
+                known.flush()
     finally:
         if slot is not None:  # released after the download already, unless it never began
             slot.release()
@@ -183,11 +193,10 @@ def _host_slot(image: ImageRecord, settings: Settings, wake=None) -> host_slots.
     host = _host(image)
     if not host:
         return None
-    conn = queues.get_redis()
-    paused, limit = host_slots.state(conn, host, settings.per_host_concurrency)
+    paused, slot = host_slots.claim(queues.get_redis(), host, settings.per_host_concurrency,
+                                    settings.download_timeout_s + 30, wake)
     if paused > 0:  # the host asked everyone to wait: not fetched, not counted as an attempt
         raise dispatch.NotNow(paused, dispatch.PAUSED)
-    slot = host_slots.take(conn, host, limit, settings.download_timeout_s + 30, wake)
     if slot is None:
         raise dispatch.NotNow(dispatch.POLL_S, dispatch.BUSY)
     return slot
@@ -225,8 +234,10 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
     bytes_in = None
     previous = known.previous(image.url)
     try:
+        # A host not slowed down when its slot was taken has no limit to raise: no round trip.
+        slowed = slot.slowed if slot is not None else True
         fetched = _download_or_wait(image, session, host, settings, later,
-                                    known.validators(image.url))
+                                    known.validators(image.url), slowed)
         if fetched is None:
             return 0
         sha256 = None if fetched.not_modified else content_hash(fetched.data)
@@ -238,7 +249,8 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                 log.info("outputs to reuse are gone; processing anew",
                          extra={"batch_id": batch_id})
             if fetched.not_modified:  # no bytes came: fetch them, unconditionally
-                fetched = _download_or_wait(image, session, host, settings, later, None)
+                fetched = _download_or_wait(image, session, host, settings, later, None,
+                                            slowed)
                 if fetched is None:
                     return 0
                 sha256 = content_hash(fetched.data)
@@ -287,12 +299,12 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
 
 
 def _download_or_wait(image: ImageRecord, session, host: str, settings: Settings, later: _Later,
-                      validators: Validators | None) -> Fetched | None:
+                      validators: Validators | None, slowed: bool = True) -> Fetched | None:
     """The image fetched politely, or None when its server asked to wait (the image is put
     back, `later` holds the wait); dispatch.NotNow to try again after a backoff; DownloadError
     when it failed, or the waits would pass MAX_RETRY_AFTER_S."""
     try:
-        return _polite_download(session, image, host, settings, validators)
+        return _polite_download(session, image, host, settings, validators, slowed)
     except DownloadError as error:
         if not error.throttled:
             raise
@@ -336,10 +348,11 @@ def _mark_processed(image: ImageRecord, batch_id: str, outputs: Outputs, facts: 
 
 
 def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
-                     validators: Validators | None = None) -> Fetched:
+                     validators: Validators | None = None, slowed: bool = True) -> Fetched:
     """fetch() once, in the host's slot the caller holds. A failure of the connection or a 5xx
     answer: dispatch.NotNow, to try again after a growing wait (no thread waits), until
-    DOWNLOAD_RETRIES more tries have failed. An answer speeds a slowed-down host up again."""
+    DOWNLOAD_RETRIES more tries have failed. An answer speeds a slowed-down host up again
+    (`slowed`: the host's limit was lowered when its slot was taken)."""
     try:
         fetched = metrics.timed("download_seconds", fetch, session, image.url, settings,
                                 validators=validators)
@@ -354,7 +367,7 @@ def _polite_download(session, image: ImageRecord, host: str, settings: Settings,
             raise DownloadError(f"{error} ({tries} tries)", error.code, status=error.status,
                                 host=error.host) from None
         raise
-    if host:
+    if host and slowed:
         host_slots.speed_up(queues.get_redis(), host, settings.per_host_concurrency)
     return fetched
 

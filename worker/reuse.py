@@ -5,7 +5,9 @@ One read per chunk finds what is remembered of its URLs (`Known.load`); each ima
 fetched with a conditional GET (`Known.validators`). A `304`, or a `200` whose bytes hash the
 same as last time, makes `copy_outputs` copy the stored objects server-side; after every
 successful processing, reused or not, `Known.remember` records the validators, the content hash
-and where the outputs now are.
+and where the outputs now are: written together with the chunk's others, a write a second at
+most and at the chunk's end (`Known.flush`). What a killed worker had not written yet is only
+a reuse missed: the next import of those URLs reuses older outputs or processes them anew.
 
 Why copies and not one shared, content-addressed object: each batch keeps its outputs under its
 own prefix (`outputs/<batch>/…`, the documented names), so a batch's URLs stay valid whatever
@@ -19,6 +21,7 @@ from pathlib import PurePosixPath
 from typing import Callable
 
 from infra import storage, stores
+from infra.batching import Batch
 from infra.settings import Settings
 from schemas.records import BatchRecord, ImageRecord, SourceRecord
 from schemas.reuse import output_fingerprint
@@ -48,6 +51,7 @@ class Known:
                  settings: Settings):
         self.owner, self.fingerprint, self.settings = owner, fingerprint, settings
         self._records = records
+        self._written: Batch[SourceRecord] = Batch(stores.sources().remember)
 
     @classmethod
     def load(cls, batch: BatchRecord | None, images: list[ImageRecord],
@@ -99,8 +103,12 @@ class Known:
             updated_at=now()))
 
     def remember_record(self, record: SourceRecord) -> None:
-        stores.sources().remember(record)
         self._records[record.url] = record
+        self._written.add([record])
+
+    def flush(self) -> None:
+        """Write what is remembered and not written yet (the chunk's end; any thread)."""
+        self._written.flush()
 
 
 def unchanged(previous: SourceRecord | None, fetched: Fetched, sha256: str | None) -> str | None:

@@ -29,6 +29,15 @@ def current() -> Stores:
         return _state["stores"]
 
 
+def load_implementation() -> None:
+    """Import the module of the stores `current()` will make (MongoDB's, with pymongo, unless
+    others are installed) without making them: no client, no connection (a forking worker's
+    work-horses then import nothing: worker/__main__.py `preload`)."""
+    with _lock:
+        if _state["stores"] is None:
+            import infra.stores.mongo  # noqa: F401
+
+
 def batches() -> BatchStore:
     return current().batches
 

@@ -309,8 +309,9 @@ class SourceStore(abc.ABC):
         their ids (a chunk's images at once)."""
 
     @abc.abstractmethod
-    def remember(self, record: SourceRecord) -> None:
-        """Store the record, replacing the one with its id (the newest processing wins)."""
+    def remember(self, records: list[SourceRecord]) -> None:
+        """Store the records in one write (a chunk's, gathered), each replacing the one with its
+        id (the newest processing wins; of two with one id in the list, the later)."""
 
 
 class Stores(abc.ABC):

@@ -467,8 +467,10 @@ class MongoSourceStore(SourceStore):
                 found[record.url] = record
         return found
 
-    def remember(self, record):
-        db.sources().replace_one({"_id": record.id}, to_doc(record), upsert=True)
+    def remember(self, records):
+        if records:  # in order: of two with one id, the later wins
+            db.sources().bulk_write([ReplaceOne({"_id": r.id}, to_doc(r), upsert=True)
+                                     for r in records], ordered=True)
 
 
 class MongoStores(Stores):

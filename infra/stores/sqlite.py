@@ -674,9 +674,11 @@ class SqliteSourceStore(SourceStore):
                     found[record.url] = record
         return found
 
-    def remember(self, record):
-        self.db.run(SOURCES.insert.replace("INSERT", "INSERT OR REPLACE", 1),
-                    SOURCES.encode(record))
+    def remember(self, records):
+        if records:
+            with self.db.transaction() as conn:
+                conn.executemany(SOURCES.insert.replace("INSERT", "INSERT OR REPLACE", 1),
+                                 [SOURCES.encode(record) for record in records])
 
 
 class SqliteStores(Stores):
