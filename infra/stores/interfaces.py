@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from schemas.batch import BatchStatus
 from schemas.records import (AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
-                             ImageRecord, ImagesAdded, ProductRecord, SourceRecord,
+                             ImageOutcome, ImageRecord, ImagesAdded, ProductRecord, SourceRecord,
                              SubscriptionRecord)
 
 
@@ -167,6 +167,11 @@ class ProductStore(abc.ABC):
         """The batch's images with these URL hashes, by hash."""
 
     @abc.abstractmethod
+    def image_outcomes(self, batch_id: str, hashes: Iterable[str]) -> dict[str, ImageOutcome]:
+        """The state and outputs of the batch's images with these URL hashes, by hash: only
+        the fields an export shows are read (an export reads every image of its batch)."""
+
+    @abc.abstractmethod
     def rows_after(self, batch_id: str, *, after_line: int, limit: int,
                    status: str | None = None) -> list[ProductRecord]:
         """Up to `limit` rows with a line above `after_line`, in line order."""
@@ -186,13 +191,15 @@ class ProductStore(abc.ABC):
     # Built on the methods above, the same for every implementation.
 
     def iter_rows(self, batch_id: str, *, status: str | None = None, after_line: int = 0,
-                  block: int = 500) -> Iterator[tuple[ProductRecord, dict[str, ImageRecord]]]:
-        """Every row in line order with the images it refers to, read block by block."""
+                  block: int = 1000
+                  ) -> Iterator[tuple[ProductRecord, dict[str, ImageOutcome]]]:
+        """Every row in line order with the state and outputs of the images it refers to, read
+        block by block (the exports)."""
         while True:
             rows = self.rows_after(batch_id, after_line=after_line, limit=block, status=status)
             if not rows:
                 return
-            images = self.images_for(batch_id, (h for r in rows for h in r.image_hashes))
+            images = self.image_outcomes(batch_id, (h for r in rows for h in r.image_hashes))
             for row in rows:
                 yield row, images
             after_line = rows[-1].line
