@@ -261,6 +261,31 @@ def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
         PROCESSED, "outputs/k.jpg", 40, True)
 
 
+def test_a_chunk_runs_attempts_are_claimed_and_given_back_in_one_update(store):
+    batch_id = new_batch_id()
+    _, images = rows_and_images(batch_id, 5)
+    store.products.add_images(batch_id, 1, images)
+    first, second, third = store.products.pending_images(batch_id, 0)
+    assert store.products.any_pending(batch_id)
+    assert store.products.mark_processed(first, key="k", output_url="u", bytes_in=1,
+                                         bytes_out=1, content_type="image/jpeg")
+    ids = [first.id, second.id, third.id]
+    assert store.products.start_attempts(ids) == {second.id, third.id}  # not the done one
+    assert store.products.start_attempts([]) == set()
+    claimed = race(4, lambda: store.products.start_attempts(ids))  # every caller counts one
+    assert all(c == {second.id, third.id} for c in claimed)
+    found = store.products.images_for(batch_id, [im.hash for im in images])
+    assert (found[second.hash].attempts, found[third.hash].attempts) == (5, 5)
+    store.products.undo_attempts([second.id, first.id])
+    store.products.undo_attempt(third)
+    found = store.products.images_for(batch_id, [im.hash for im in images])
+    assert (found[first.hash].attempts, found[second.hash].attempts,
+            found[third.hash].attempts) == (0, 4, 4)
+    store.products.fail_pending(batch_id, "gave up", FailureCode.STALLED)
+    assert not store.products.any_pending(batch_id)
+    assert not store.products.any_pending(new_batch_id())
+
+
 def test_a_re_parse_keeps_what_was_done_and_retry_resets_only_failures(store):
     batch_id = new_batch_id()
     _, images = rows_and_images(batch_id, 5)

@@ -152,10 +152,23 @@ class ProductStore(abc.ABC):
         the change, or None when it is no longer pending (done by another run)."""
 
     @abc.abstractmethod
+    def start_attempts(self, ids: list[str]) -> set[str]:
+        """start_attempt for many images in one update (a chunk run's fresh images as it
+        starts): the ids of those still pending, whose attempt this call counted."""
+
+    @abc.abstractmethod
+    def undo_attempts(self, ids: list[str]) -> None:
+        """Take back the attempt counted for each of these images still pending, whose run
+        stopped for a reason that is not the image's (S3 unreachable, the host asked to wait,
+        a cancel): only worker deaths on an image count toward its limit."""
+
     def undo_attempt(self, image: ImageRecord) -> None:
-        """Take back the attempt counted for a pending image whose run stopped for a reason
-        that is not the image's (S3 unreachable): only worker deaths on it count toward its
-        limit."""
+        """undo_attempts for one image."""
+        self.undo_attempts([image.id])
+
+    @abc.abstractmethod
+    def any_pending(self, batch_id: str) -> bool:
+        """Whether some image of the batch is still pending (one indexed read)."""
 
     @abc.abstractmethod
     def fail_pending(self, batch_id: str, error: str, code: str) -> int:

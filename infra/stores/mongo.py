@@ -278,9 +278,26 @@ class MongoProductStore(ProductStore):
         image.attempts = (image.attempts or 0) + 1
         return image
 
-    def undo_attempt(self, image):
-        db.images().update_one({"_id": image.id, "status": PENDING, "attempts": {"$gt": 0}},
-                               {"$inc": {"attempts": -1}})
+    def start_attempts(self, ids):
+        if not ids:
+            return set()
+        changed = db.images().update_many({"_id": {"$in": ids}, "status": PENDING},
+                                          {"$inc": {"attempts": 1}}).modified_count
+        if changed == len(ids):
+            return set(ids)
+        # Some were done meanwhile: the ones still pending are the ones counted (an image never
+        # goes back to pending while its batch is processing).
+        return {d["_id"] for d in db.images().find({"_id": {"$in": ids}, "status": PENDING},
+                                                   {"_id": 1})}
+
+    def undo_attempts(self, ids):
+        if ids:
+            db.images().update_many({"_id": {"$in": ids}, "status": PENDING,
+                                     "attempts": {"$gt": 0}}, {"$inc": {"attempts": -1}})
+
+    def any_pending(self, batch_id):
+        return db.images().find_one({"batch_id": batch_id, "status": PENDING},
+                                    {"_id": 1}) is not None
 
     def fail_pending(self, batch_id, error, code):
         return db.images().update_many(

@@ -468,9 +468,25 @@ class SqliteProductStore(ProductStore):
         image.attempts = row[0]
         return image
 
-    def undo_attempt(self, image):
-        self.db.run("UPDATE images SET attempts = attempts - 1 "
-                    "WHERE id = ? AND status = ? AND attempts > 0", (image.id, PENDING))
+    def start_attempts(self, ids):
+        counted: set[str] = set()
+        with self.db.transaction() as conn:
+            for start in range(0, len(ids), IN_CHUNK):
+                part = ids[start:start + IN_CHUNK]
+                counted.update(r[0] for r in conn.execute(
+                    "UPDATE images SET attempts = attempts + 1 WHERE status = ? AND "
+                    f"id IN ({_placeholders(part)}) RETURNING id", (PENDING, *part)))
+        return counted
+
+    def undo_attempts(self, ids):
+        for start in range(0, len(ids), IN_CHUNK):
+            part = ids[start:start + IN_CHUNK]
+            self.db.run("UPDATE images SET attempts = attempts - 1 WHERE status = ? AND "
+                        f"attempts > 0 AND id IN ({_placeholders(part)})", (PENDING, *part))
+
+    def any_pending(self, batch_id):
+        return self.db.one("SELECT 1 FROM images WHERE batch_id = ? AND status = ? LIMIT 1",
+                           (batch_id, PENDING)) is not None
 
     def fail_pending(self, batch_id, error, code):
         return self.db.run("UPDATE images SET status = ?, error = ?, error_code = ? "
