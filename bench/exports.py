@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.tables import aligned  # noqa: E402 - needs ROOT on sys.path
+
 BLOCK = 1000
 PAGE = 500
 
@@ -31,14 +33,11 @@ PAGE = 500
 def fill(implementation, rows: int) -> str:
     """A completed batch of `rows` accepted rows, one processed image each."""
     from schemas.batch import BatchStatus
-    from schemas.records import (ACCEPTED, PROCESSED, BatchRecord, ImageRecord, ProductRecord,
-                                 image_id, new_batch_id, product_id, url_hash)
+    from bench.store_ops import processing_batch
+    from schemas.records import (ACCEPTED, PROCESSED, ImageRecord, ProductRecord, image_id,
+                                 product_id, url_hash)
 
-    batch = BatchRecord.new(batch_id=new_batch_id(), owner=None, filename="bench.csv",
-                            csv_key="uploads/bench.csv", csv_sha256="-", csv_bytes=0,
-                            webhook_url=None)
-    implementation.batches.create(batch)
-    implementation.batches.start(batch.id)
+    batch = processing_batch(implementation)
     for flush, start in enumerate(range(0, rows, BLOCK), start=1):
         products, images = [], []
         for n in range(start + 1, min(rows, start + BLOCK) + 1):
@@ -168,8 +167,7 @@ def table(results: list[dict]) -> str:
             lines.append(["", f"x{r['rows'] / first['rows']:.0f} ratio"] +
                          [f"{r[key] / first[key]:.2f}" if first[key] else "-"
                           for key, _, _ in COLUMNS])
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in lines)
+    return aligned(lines)
 
 
 def main() -> None:

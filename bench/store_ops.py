@@ -35,18 +35,27 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.tables import aligned  # noqa: E402 - needs ROOT on sys.path
+
 BLOCK = 1000
 
 
-def fill(implementation, images: int, chunk_size: int):
-    """One processing batch with `images` pending images in chunks of `chunk_size`."""
-    from schemas.records import BatchRecord, ImageRecord, image_id, new_batch_id, url_hash
-
+def processing_batch(implementation):
+    """A new batch, started (its file not read yet)."""
+    from schemas.records import BatchRecord, new_batch_id
     batch = BatchRecord.new(batch_id=new_batch_id(), owner=None, filename="bench.csv",
                             csv_key="uploads/bench.csv", csv_sha256="-", csv_bytes=0,
                             webhook_url=None)
     implementation.batches.create(batch)
     implementation.batches.start(batch.id)
+    return batch
+
+
+def fill(implementation, images: int, chunk_size: int):
+    """One processing batch with `images` pending images in chunks of `chunk_size`."""
+    from schemas.records import ImageRecord, image_id, url_hash
+
+    batch = processing_batch(implementation)
     for flush, start in enumerate(range(0, images, BLOCK), start=1):
         block = []
         for n in range(start, min(images, start + BLOCK)):
@@ -209,8 +218,7 @@ def table(results: list[dict]) -> str:
                       "-" if r["commands_per_image"] is None else f"{r['commands_per_image']:.2f}",
                       f"{r['ms_per_image']:.3f}", f"{r['ms_per_image'] / first:.2f}",
                       f"{r['ms_per_image'] / old[key]:.2f}" if r["path"] == "new" else ""])
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in lines)
+    return aligned(lines)
 
 
 def main() -> None:
