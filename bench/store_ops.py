@@ -132,20 +132,36 @@ PATHS = {"old": old_path, "new": new_path}
 
 
 def per_image(implementation, batch_id: str, images: int, sample: int, chunk_size: int,
-              path: str, commands: list) -> dict:
-    """ms, store calls and (on the wire) MongoDB commands per image of one path."""
-    calls: list[str] = []
-    products = Counting(implementation.products, calls)
-    batches = Counting(implementation.batches, calls)
-    done = 0
-    sent = len(commands)
-    started = time.perf_counter()
-    for chunk in _chunks(images, sample, chunk_size, list(PATHS).index(path)):
-        done += PATHS[path](products, batches, batch_id, chunk)
-    seconds = time.perf_counter() - started
-    done = max(1, done)
-    return {"ms_per_image": 1000 * seconds / done, "calls_per_image": len(calls) / done,
-            "commands_per_image": (len(commands) - sent) / done if commands else None}
+              commands: list) -> dict[str, dict]:
+    """ms, store calls and (on the wire) MongoDB commands per image of each path, their chunks
+    taken in turn (old, new, old, …) so that the store's own background work (SQLite's
+    checkpoints) and the machine's other load fall on both alike."""
+    counting = commands is not None
+    commands = commands if counting else []
+    figures = {}
+    for path in PATHS:
+        calls: list[str] = []
+        figures[path] = {"calls": calls, "products": Counting(implementation.products, calls),
+                         "batches": Counting(implementation.batches, calls), "done": 0,
+                         "seconds": 0.0, "commands": 0,
+                         "chunks": list(_chunks(images, sample, chunk_size,
+                                                list(PATHS).index(path)))}
+    for turn in range(max(len(f["chunks"]) for f in figures.values())):
+        for path, f in figures.items():
+            if turn >= len(f["chunks"]):
+                continue
+            sent = len(commands)
+            started = time.perf_counter()
+            f["done"] += PATHS[path](f["products"], f["batches"], batch_id, f["chunks"][turn])
+            f["seconds"] += time.perf_counter() - started
+            f["commands"] += len(commands) - sent
+    results = {}
+    for path, f in figures.items():
+        done = max(1, f["done"])
+        results[path] = {"ms_per_image": 1000 * f["seconds"] / done,
+                         "calls_per_image": len(f["calls"]) / done,
+                         "commands_per_image": f["commands"] / done if counting else None}
+    return results
 
 
 def _command_counter(commands: list):
@@ -188,13 +204,10 @@ def measure(kind: str, images: int, sample: int, chunk_size: int, workdir: Path,
     implementation.batches.finish_reading(batch_id, header=["S. No.", "Product Name",
                                                             "Input Image Urls"])
     write_s = time.perf_counter() - started
-    results = []
-    for path in PATHS:
-        commands.clear()
-        figures = per_image(implementation, batch_id, images, sample, chunk_size, path,
-                            commands if kind == "wire" else [])
-        results.append({"store": kind, "images": images, "write_s": write_s, "path": path,
-                        **figures})
+    figures = per_image(implementation, batch_id, images, sample, chunk_size,
+                        commands if kind == "wire" else None)
+    results = [{"store": kind, "images": images, "write_s": write_s, "path": path, **values}
+               for path, values in figures.items()]
     stores.use(None)
     if kind != "sqlite":
         db.get_db().client.drop_database(db.get_db().name)

@@ -296,7 +296,7 @@ def test_a_worker_killed_between_claiming_a_chunk_and_its_images_loses_and_doubl
     assert tasks.process_chunk(batch_id, 0) == {"images": 3}  # the suspects, one at a time
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["status"] == "completed"
-    assert batch["images"] == {"total": 4, "processed": 4, "failed": 0}
+    assert batch["images"] == {"total": 4, "processed": 4, "failed": 0, "reused": 0}
     assert _fetches(http_server) == 3
     # One death blamed on every image of the run, and one attempt each of their own.
     assert [d["attempts"] for d in db.images().find({"batch_id": batch_id})] == [2, 2, 2]
@@ -324,7 +324,7 @@ def test_a_worker_killed_before_adding_its_images_results_is_recounted_by_the_ne
     assert tasks.process_chunk(batch_id, 0) == {"images": 0}
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["status"] == "completed"
-    assert batch["images"] == {"total": 4, "processed": 4, "failed": 0}
+    assert batch["images"] == {"total": 4, "processed": 4, "failed": 0, "reused": 0}
     assert _fetches(http_server) == 3
     finished = db.batches().find_one({"_id": batch_id})
     tasks.process_chunk(batch_id, 0)  # a late duplicate, and a sweep, count nothing twice
