@@ -333,6 +333,37 @@ def test_a_worker_killed_before_adding_its_images_results_is_recounted_by_the_ne
     assert (again["images_processed"], again["finish_seq"]) == (4, finished["finish_seq"])
 
 
+def test_an_image_that_backs_off_and_then_kills_the_worker_is_a_suspect_next_run(
+        client, http_server, env, monkeypatch):
+    from schemas.failures import FailureCode
+    from worker import chunks
+    from worker.download import DownloadError
+    batch_id, urls = _three_images_parsed(client, http_server)
+    real_fetch, tries = chunks.fetch, []
+
+    def fetch(session, url, settings, **kwargs):
+        if url == urls[1]:
+            tries.append(url)
+            if len(tries) == 1:  # a 5xx: its attempt is given back, retried in the same run
+                raise DownloadError("HTTP 502", FailureCode.HTTP_STATUS, status=502)
+            raise WorkerDied()  # the retry takes the worker down
+        return real_fetch(session, url, settings, **kwargs)
+    monkeypatch.setattr(chunks, "fetch", fetch)
+    with pytest.raises(WorkerDied):
+        chunks.process_chunk(batch_id, 0, env)
+    monkeypatch.undo()
+    # The retry counted its own attempt, so the death is on it: it goes next as a suspect.
+    doc = db.images().find_one({"batch_id": batch_id, "url": urls[1]})
+    assert (doc["status"], doc["attempts"]) == ("pending", 1)
+    [suspect] = stores.products().pending_images(batch_id, 0)
+    assert suspect.url == urls[1] and suspect.attempts == 1
+
+    assert tasks.process_chunk(batch_id, 0) == {"images": 1}
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "completed"
+    assert batch["images"] == {"total": 4, "processed": 4, "failed": 0, "reused": 0}
+
+
 def test_a_chunk_job_does_not_recount_under_a_live_job_of_its_batch(client, http_server, env,
                                                                      monkeypatch):
     from worker import chunks
