@@ -19,7 +19,7 @@ from api.batches import clean_filename, content_disposition, load_batch
 from api.errors import ApiError
 from infra import storage, stores
 from schemas.archive_names import ArchiveNames
-from schemas.records import ACCEPTED, PROCESSED, BatchRecord, ImageRecord
+from schemas.records import ACCEPTED, PROCESSED, BatchRecord, ImageOutcome
 
 bp = Blueprint("archive", __name__, url_prefix="/api/v1/batches")
 READ_SIZE = 256 * 1024
@@ -51,7 +51,7 @@ def _entries(batch: BatchRecord):
                                  size), key
 
 
-def output_objects(image: ImageRecord, sizes: list[str],
+def output_objects(image: ImageOutcome, sizes: list[str],
                    full_size: bool = True) -> list[tuple[str | None, str]]:
     """(size name or None for the main output, object key) of each distinct object of a
     processed image, named after the first output that is it. A size's key is read off its

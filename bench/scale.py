@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402 - needs ROOT on sys.path
+from bench.tables import aligned  # noqa: E402
 
 PAGE = 500
 
@@ -206,8 +207,7 @@ def table(results: list[dict]) -> str:
         lines.append([f"x{r['rows'] / base['rows']:.0f} ratio", ""] +
                      [f"{r[key] / base[key]:.2f}" if r.get(key) and base.get(key) else "-"
                       for key, _, _ in columns])
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in lines)
+    return aligned(lines)
 
 
 def main() -> None:

@@ -216,6 +216,19 @@ class ImageRecord:
 
 
 @dataclass(slots=True)
+class ImageOutcome:
+    """What the exports (output.csv, errors.csv, outputs.zip) show of an image: its state and
+    outputs, read without the rest of its record (ProductStore.image_outcomes)."""
+    hash: str
+    status: str
+    output_url: str | None = None
+    output_key: str | None = None
+    sizes: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    error_code: str | None = None
+
+
+@dataclass(slots=True)
 class ImagesAdded:
     """What adding one block's image uses to the store did (ProductStore.add_images)."""
     created: list[str] = field(default_factory=list)  # ids of images new in this block
@@ -248,7 +261,8 @@ class ProductRecord:
     def accepted(self) -> bool:
         return self.status == ACCEPTED
 
-    def output_slots(self, images: dict[str, ImageRecord], size: str | None = None) -> list[str]:
+    def output_slots(self, images: dict[str, ImageRecord | ImageOutcome],
+                     size: str | None = None) -> list[str]:
         """One output URL (of `size`, when given) per part of the input cell ('' where none)."""
         if not self.accepted:
             return [""] * (self.url_slots or 1)
@@ -258,7 +272,8 @@ class ProductRecord:
             outputs.insert(index, "")
         return outputs
 
-    def images_of(self, images: dict[str, ImageRecord]) -> list[tuple[str, ImageRecord | None]]:
+    def images_of(self, images: dict[str, ImageRecord | ImageOutcome]
+                  ) -> list[tuple[str, ImageRecord | ImageOutcome | None]]:
         """(input URL, its image) for each URL of an accepted row, in order."""
         return [(url, images.get(digest))
                 for url, digest in zip(self.input_image_urls, self.image_hashes)]

@@ -166,6 +166,30 @@ def test_errors_csv_cells_never_run_as_spreadsheet_formulas(client, work):
     assert [row[0] for row in output[1:]] == serials
 
 
+def test_the_csvs_send_their_header_first_and_every_row_after_it(client):
+    from worker import tasks
+    rows = 600  # of 250 bytes: output.csv in several 64 KB writes
+    text = "S. No.,Product Name,Input Image Urls\n" + "".join(
+        f"{n},Product {n} {'x' * 200},http://h.example/{n}.jpg\n"
+        for n in range(1, rows + 1)) + "0,Zero,x\n"
+    batch = upload(client, text).get_json()
+    tasks.parse_batch(batch["id"])  # read, no image processed: the outputs are empty slots
+    for link, header in (("output_csv", "S. No.,Product Name,Input Image Urls,"
+                                        "Output Image Urls\r\n"),
+                         ("errors_csv", "Line,S. No.,Input Image Url,Error,Code\r\n")):
+        response = client.get(batch["links"][link], buffered=False)
+        parts = [part.decode() for part in response.response]
+        response.close()
+        assert parts[0] == header  # before any row is read, whatever the batch's size
+        found = list(csv.reader(io.StringIO("".join(parts))))
+        if link == "output_csv":
+            assert len(parts) > 2 and len(found) == rows + 2
+            assert found[1] == ["1", f"Product 1 {'x' * 200}", "http://h.example/1.jpg", ""]
+            assert found[-1] == ["0", "Zero", "x", ""]
+        else:
+            assert [row[0] for row in found[1:]] == [str(rows + 2)]  # the rejected row only
+
+
 def test_each_image_says_what_it_is_and_the_batch_what_it_saved(client, http_server, work):
     from tests import image_factory as make
     from tests.helpers import metric

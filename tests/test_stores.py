@@ -211,13 +211,35 @@ def test_rows_and_images_read_back_in_line_order_joined(store):
     seen = [(row, found) for row, found in store.products.iter_rows(batch_id, block=2)]
     assert [row for row, _ in seen] == rows + [rejected]
     for row, found in seen:
-        assert all(found[h].url == u for u, h in zip(row.input_image_urls, row.image_hashes))
+        assert all(found[h].hash == h and found[h].status == PENDING for h in row.image_hashes)
     assert [r.line for r, _ in store.products.iter_rows(batch_id, status=REJECTED)] == [9]
     page, last = store.products.page_products(batch_id, after_line=0, limit=5)
     assert [r.line for r, _ in page] == [2, 3, 4, 5, 6] and last == 6
     page, last = store.products.page_products(batch_id, after_line=last, limit=5)
     assert [r.line for r, _ in page] == [7, 8] and last is None
     assert store.products.images_for(batch_id, []) == {}
+    assert store.products.image_outcomes(batch_id, []) == {}
+
+
+def test_the_exports_read_each_images_state_and_outputs(store):
+    batch_id = new_batch_id()
+    _, images = rows_and_images(batch_id, 5)
+    store.products.add_images(batch_id, 1, images)
+    done, failed, pending = store.products.pending_images(batch_id, 0)
+    store.products.mark_processed(done, key="outputs/d.jpg", output_url="http://x/d.jpg",
+                                  bytes_in=100, bytes_out=40, content_type="image/jpeg",
+                                  sizes={"thumb": "http://x/d-thumb.jpg"})
+    store.products.mark_failed(failed, "HTTP 404", FailureCode.HTTP_STATUS)
+    found = store.products.image_outcomes(batch_id, [done.hash, failed.hash, pending.hash,
+                                                     "0" * 32])
+    assert set(found) == {done.hash, failed.hash, pending.hash}
+    assert (found[done.hash].status, found[done.hash].output_url, found[done.hash].output_key,
+            found[done.hash].sizes) == (PROCESSED, "http://x/d.jpg", "outputs/d.jpg",
+                                        {"thumb": "http://x/d-thumb.jpg"})
+    assert (found[failed.hash].status, found[failed.hash].error,
+            found[failed.hash].error_code) == (FAILED, "HTTP 404", "http_status")
+    assert (found[pending.hash].status, found[pending.hash].output_url,
+            found[pending.hash].sizes) == (PENDING, None, {})
 
 
 def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
@@ -237,6 +259,31 @@ def test_an_image_is_processed_once_however_many_workers_race_for_it(store):
     stored = store.products.images_for(batch_id, [image.hash])[image.hash]
     assert (stored.status, stored.output_key, stored.bytes_out, stored.kept_original) == (
         PROCESSED, "outputs/k.jpg", 40, True)
+
+
+def test_a_chunk_runs_attempts_are_claimed_and_given_back_in_one_update(store):
+    batch_id = new_batch_id()
+    _, images = rows_and_images(batch_id, 5)
+    store.products.add_images(batch_id, 1, images)
+    first, second, third = store.products.pending_images(batch_id, 0)
+    assert store.products.any_pending(batch_id)
+    assert store.products.mark_processed(first, key="k", output_url="u", bytes_in=1,
+                                         bytes_out=1, content_type="image/jpeg")
+    ids = [first.id, second.id, third.id]
+    assert store.products.start_attempts(ids) == {second.id, third.id}  # not the done one
+    assert store.products.start_attempts([]) == set()
+    claimed = race(4, lambda: store.products.start_attempts(ids))  # every caller counts one
+    assert all(c == {second.id, third.id} for c in claimed)
+    found = store.products.images_for(batch_id, [im.hash for im in images])
+    assert (found[second.hash].attempts, found[third.hash].attempts) == (5, 5)
+    store.products.undo_attempts([second.id, first.id])
+    store.products.undo_attempt(third)
+    found = store.products.images_for(batch_id, [im.hash for im in images])
+    assert (found[first.hash].attempts, found[second.hash].attempts,
+            found[third.hash].attempts) == (0, 4, 4)
+    store.products.fail_pending(batch_id, "gave up", FailureCode.STALLED)
+    assert not store.products.any_pending(batch_id)
+    assert not store.products.any_pending(new_batch_id())
 
 
 def test_a_re_parse_keeps_what_was_done_and_retry_resets_only_failures(store):

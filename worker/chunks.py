@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from worker.reuse import Known, Outputs, copy_outputs, unchanged
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_S = 1.0
+COUNT_FLUSH_S = 1.0  # how stale a running batch's counters may be
 
 
 def encode_slots_count() -> int:
@@ -101,6 +103,110 @@ class _Later:
             self.seconds = seconds if self.seconds is None else min(self.seconds, seconds)
 
 
+class _Run:
+    """What one run of a chunk saves in store round trips, shared by its threads.
+
+    Attempts: the fresh images' attempts are counted in one update as the run starts, not one
+    per image. A worker killed mid-chunk leaves that attempt on every image it had not finished,
+    so the next run takes them for suspects (one at a time, as for any image started when a
+    worker died). An image whose try stops for a reason not its own (S3 down, a backoff) gets
+    its attempt back at once, and a later try of it in the run counts its own; the images the
+    run leaves pending (put back, cancelled) get theirs back in one update at its end, except
+    those put back to wait for a server (`_deferrals` takes those off).
+
+    Counts: the slots a mark_* call finished (only the call that made the change gets them) are
+    added to the batch's counters by one update at most every COUNT_FLUSH_S and at the run's
+    end, not one per image. A worker killed in between loses those additions, never doubles
+    them: the chunk job that then finds the batch done but short, or the stall sweeper,
+    re-derives the counts from the images (sweeper.recount_if_alone).
+    """
+
+    local = threading.local()  # the run a pool thread works for (see _one)
+
+    def __init__(self, batch_id: str, fresh: list[ImageRecord]):
+        self.batch_id = batch_id
+        self.claimed = stores.products().start_attempts([im.id for im in fresh])
+        self._kept: set[str] = set()
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    @classmethod
+    def current(cls) -> _Run | None:
+        return getattr(cls.local, "run", None)
+
+    def keep_attempt(self, image: ImageRecord) -> None:
+        with self._lock:
+            self._kept.add(image.id)
+
+    def unclaim(self, image: ImageRecord) -> None:
+        with self._lock:
+            self.claimed.discard(image.id)
+
+    def release(self, images: list[ImageRecord]) -> None:
+        """Give back the claimed attempts of the images still pending and not kept."""
+        with self._lock:
+            back = [im.id for im in images if im.id in self.claimed and im.id not in self._kept]
+        stores.products().undo_attempts(back)  # the done ones are no longer pending: untouched
+
+    def count(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                self._counts[name] = self._counts.get(name, 0) + value
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        if not any(counts.values()):
+            return
+        try:
+            stores.batches().add_image_results(self.batch_id, **counts)
+        except BaseException:
+            self.count(**counts)  # kept for the next flush
+            raise
+
+    @contextmanager
+    def flushing(self):
+        """Flush every COUNT_FLUSH_S from a thread while the block runs, and once at its end."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(COUNT_FLUSH_S):
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - the store is down: the next flush tries again
+                    log.warning("could not add image results", exc_info=True,
+                                extra={"batch_id": self.batch_id})
+        thread = threading.Thread(target=loop, name="counts", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.flush()
+
+
+def _start_attempt(image: ImageRecord) -> ImageRecord | None:
+    run = _Run.current()
+    if run is not None and image.id in run.claimed:
+        return image  # counted as the run started
+    return stores.products().start_attempt(image)
+
+
+def _keep_attempt(image: ImageRecord) -> None:
+    run = _Run.current()
+    if run is not None:
+        run.keep_attempt(image)
+
+
+def _add_results(batch_id: str, **counts: int) -> None:
+    run = _Run.current()
+    if run is None:
+        stores.batches().add_image_results(batch_id, **counts)
+    else:
+        run.count(**counts)
+
+
 def _throttle_key(image: ImageRecord) -> str:
     return f"bp:throttle:{image.id}"
 
@@ -135,17 +241,27 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     # limit alone.
     fresh = [im for im in images if not im.attempts]
     suspects = [im for im in images if im.attempts]
+    run = _Run(batch_id, fresh)
     finished = 0
     sent = metrics.batch()  # the images' metrics, a pipeline a second at most
     try:
-        for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
-            outcome = dispatch.run(
-                group, lambda im, wake: _host_slot(im, settings, wake),
-                lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, known,
-                                      slot=slot, full_size=full_size, metrics_batch=sent),
-                threads=threads, host_of=_host, stop=watch.should_stop, name=f"chunk{chunk}")
-            finished += outcome.finished
-            _put_back(outcome, later)
+        with run.flushing():
+            for group, threads in ((fresh, settings.image_concurrency), (suspects, 1)):
+                outcome = dispatch.run(
+                    group, lambda im, wake: _host_slot(im, settings, wake),
+                    lambda im, slot: _one(im, batch_id, session, settings, watch, sizes, known,
+                                          slot=slot, full_size=full_size, run=run,
+                                          metrics_batch=sent),
+                    threads=threads, host_of=_host, stop=watch.should_stop,
+                    name=f"chunk{chunk}")
+                finished += outcome.finished
+                _put_back(outcome, later)
+    except storage.StorageUnavailable:
+        run.release(fresh)  # S3 down is no image's fault
+        raise
+    else:  # any other way out (a job timeout on an image that hangs) keeps the attempts
+        if finished < len(images):
+            run.release(fresh)
     finally:
         session.close()
         sent.flush()
@@ -160,9 +276,11 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,
          sizes: dict[str, int] | None = None, known: Known | None = None, *,
          slot: host_slots.Slot | None = None, full_size: bool = True,
-         metrics_batch: Batch | None = None) -> int:
+         run: _Run | None = None, metrics_batch: Batch | None = None) -> int:
     """One image, its host's `slot` already taken (worker/dispatch.py; released here at the
-    latest). Its metrics go to Redis in one pipeline at its end, or with `metrics_batch`."""
+    latest), for `run` (None: on its own, every store update made at once). Its metrics go to
+    Redis in one pipeline at its end, or with `metrics_batch`."""
+    _Run.local.run = run
     try:
         if watch.should_stop():
             return 0
@@ -178,6 +296,7 @@ def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: 
             if alone:
                 known.flush()
     finally:
+        _Run.local.run = None
         if slot is not None:  # released after the download already, unless it never began
             slot.release()
 
@@ -224,7 +343,7 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
     # Runs that put the image back to wait counted an attempt too, and were no crash:
     # process_chunk has taken them off `attempts` (start_attempt may overwrite it).
     crashes = image.attempts
-    started = stores.products().start_attempt(image)  # counted before any work that could crash
+    started = _start_attempt(image)  # counted before any work that could crash
     if started is None:
         return 0  # another run finished it meanwhile
     if crashes + 1 > settings.max_image_attempts:
@@ -311,6 +430,7 @@ def _download_or_wait(image: ImageRecord, session, host: str, settings: Settings
         failure, delay = _throttled(image, error, settings)
         if failure is None:
             later.add(delay)
+            _keep_attempt(image)
             return None
         raise DownloadError(failure, error.code) from None
 
@@ -340,10 +460,8 @@ def _mark_processed(image: ImageRecord, batch_id: str, outputs: Outputs, facts: 
         image, key=outputs.key, output_url=storage.public_url(outputs.key),
         sizes=outputs.size_urls(), reused=reused, **facts)
     if slots:  # the uses as of the change: the parse may still be adding some
-        stores.batches().add_image_results(batch_id, processed=slots,
-                                           reused=slots if reused else 0,
-                                           bytes_in=facts["bytes_in"],
-                                           bytes_out=facts["bytes_out"])
+        _add_results(batch_id, processed=slots, reused=slots if reused else 0,
+                     bytes_in=facts["bytes_in"], bytes_out=facts["bytes_out"])
     return slots
 
 
@@ -384,6 +502,9 @@ def _count_try(image: ImageRecord, settings: Settings) -> int:
 def _give_back_attempt(image: ImageRecord) -> None:
     """The attempt start_attempt counted did not end by the image's fault: take it back (in
     the store and on the record the dispatcher may run again)."""
+    run = _Run.current()
+    if run is not None:
+        run.unclaim(image)  # a later try of it in this run counts an attempt of its own
     stores.products().undo_attempt(image)
     image.attempts = max(0, (image.attempts or 0) - 1)
 
@@ -465,7 +586,7 @@ def _record_failure(image: ImageRecord, batch_id: str, error: str, code: Failure
                     bytes_in: int | None) -> int:
     slots = stores.products().mark_failed(image, error, code, bytes_in)
     if slots:
-        stores.batches().add_image_results(batch_id, failed=slots)
+        _add_results(batch_id, failed=slots)
         metrics.image_failed(code, bytes_in)
         return 1
     return 0

@@ -39,6 +39,7 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
 from infra import jobs, queues, stores
 from infra.settings import get_settings
+from schemas.batch import BatchStatus
 from schemas.failures import FailureCode
 from schemas.records import FAILED, PROCESSED, BatchRecord
 from worker import tasks, webhook_delivery
@@ -131,17 +132,40 @@ def recover(batch: BatchRecord) -> dict:
     return {"batch_id": batch_id, "action": "finish", "status": _status(batch_id)}
 
 
+def recount_if_alone(batch_id: str, own_job_id: str | None) -> BatchRecord | None:
+    """The batch finished with its counts re-derived from its images, when they are short
+    although nothing is left to do and no other job of the batch is alive: a worker killed
+    before it added its images' results (chunk runs add them about once a second) lost them.
+    Called by a chunk job whose try_finish did not finish the batch, so that such a batch
+    finishes now rather than after STALL_TIMEOUT_S. Only the batch read, and one indexed read
+    of its images, unless it really is stuck; returns the batch if this call finished it."""
+    batch = stores.batches().get(batch_id, any_owner=True)
+    if (batch is None or batch.status != BatchStatus.PROCESSING or not batch.parsed
+            or batch.done_slots >= batch.images_total
+            or stores.products().any_pending(batch_id)):
+        return None
+    # A live job may hold results not added yet: recounting under it would count them twice.
+    if [job for job in live_jobs(batch) if job != own_job_id]:
+        return None
+    return _recount(batch_id)
+
+
 def _status(batch_id: str) -> str | None:
     status = stores.batches().status_of(batch_id)
     return status.value if status else None
 
 
 def _recount_and_finish(batch_id: str) -> None:
+    tasks.finish(_recount(batch_id))
+
+
+def _recount(batch_id: str) -> BatchRecord | None:
+    """Counts re-derived from the images, then try_finish."""
     counts = stores.products().count_slots(batch_id)
     stores.batches().set_image_counts(batch_id, processed=counts.get(PROCESSED, 0),
                                       failed=counts.get(FAILED, 0),
                                       reused=counts.get("reused", 0))
-    tasks.finish(stores.batches().try_finish(batch_id))
+    return stores.batches().try_finish(batch_id)
 
 
 def give_up(batch: BatchRecord, recoveries: int) -> dict:

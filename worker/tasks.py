@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import types
 
+from rq import get_current_job
+
 from infra import jobs, metrics, storage, stores
 from infra.settings import get_settings
 from worker import chunks, notify
@@ -69,7 +71,12 @@ def process_chunk(batch_id: str, chunk: int) -> dict:
     if stores.batches().status_of(batch_id) != BatchStatus.PROCESSING:
         return {"skipped": "batch is not processing"}
     done = chunks.process_chunk(batch_id, chunk, settings)
-    finish(stores.batches().try_finish(batch_id))
+    finished = stores.batches().try_finish(batch_id)
+    if finished is None:  # if only counts a killed run lost stand in the way, re-derive them
+        from worker import sweeper  # it imports this module
+        current = get_current_job()
+        finished = sweeper.recount_if_alone(batch_id, current.id if current else None)
+    finish(finished)
     return {"images": done}
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from schemas.batch import BatchStatus
 from schemas.records import (AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
-                             ImageRecord, ImagesAdded, ProductRecord, SourceRecord,
+                             ImageOutcome, ImageRecord, ImagesAdded, ProductRecord, SourceRecord,
                              SubscriptionRecord)
 
 
@@ -152,10 +152,23 @@ class ProductStore(abc.ABC):
         the change, or None when it is no longer pending (done by another run)."""
 
     @abc.abstractmethod
+    def start_attempts(self, ids: list[str]) -> set[str]:
+        """start_attempt for many images in one update (a chunk run's fresh images as it
+        starts): the ids of those still pending, whose attempt this call counted."""
+
+    @abc.abstractmethod
+    def undo_attempts(self, ids: list[str]) -> None:
+        """Take back the attempt counted for each of these images still pending, whose run
+        stopped for a reason that is not the image's (S3 unreachable, the host asked to wait,
+        a cancel): only worker deaths on an image count toward its limit."""
+
     def undo_attempt(self, image: ImageRecord) -> None:
-        """Take back the attempt counted for a pending image whose run stopped for a reason
-        that is not the image's (S3 unreachable): only worker deaths on it count toward its
-        limit."""
+        """undo_attempts for one image."""
+        self.undo_attempts([image.id])
+
+    @abc.abstractmethod
+    def any_pending(self, batch_id: str) -> bool:
+        """Whether some image of the batch is still pending (one indexed read)."""
 
     @abc.abstractmethod
     def fail_pending(self, batch_id: str, error: str, code: str) -> int:
@@ -165,6 +178,11 @@ class ProductStore(abc.ABC):
     @abc.abstractmethod
     def images_for(self, batch_id: str, hashes: Iterable[str]) -> dict[str, ImageRecord]:
         """The batch's images with these URL hashes, by hash."""
+
+    @abc.abstractmethod
+    def image_outcomes(self, batch_id: str, hashes: Iterable[str]) -> dict[str, ImageOutcome]:
+        """The state and outputs of the batch's images with these URL hashes, by hash: only
+        the fields an export shows are read (an export reads every image of its batch)."""
 
     @abc.abstractmethod
     def rows_after(self, batch_id: str, *, after_line: int, limit: int,
@@ -186,13 +204,15 @@ class ProductStore(abc.ABC):
     # Built on the methods above, the same for every implementation.
 
     def iter_rows(self, batch_id: str, *, status: str | None = None, after_line: int = 0,
-                  block: int = 500) -> Iterator[tuple[ProductRecord, dict[str, ImageRecord]]]:
-        """Every row in line order with the images it refers to, read block by block."""
+                  block: int = 1000
+                  ) -> Iterator[tuple[ProductRecord, dict[str, ImageOutcome]]]:
+        """Every row in line order with the state and outputs of the images it refers to, read
+        block by block (the exports)."""
         while True:
             rows = self.rows_after(batch_id, after_line=after_line, limit=block, status=status)
             if not rows:
                 return
-            images = self.images_for(batch_id, (h for r in rows for h in r.image_hashes))
+            images = self.image_outcomes(batch_id, (h for r in rows for h in r.image_hashes))
             for row in rows:
                 yield row, images
             after_line = rows[-1].line

@@ -18,15 +18,16 @@ from infra.stores.interfaces import (BatchStore, IdempotencyStore, ProductStore,
 from schemas.batch import BatchStatus
 from schemas.records import (ACCEPTED, ACTIVE, FAILED, PENDING, PROCESSED, RETRYABLE,
                              SUCCEEDED, AttemptRecord, BatchRecord, DeliveryRecord,
-                             IdempotencyRecord, ImageRecord, ImagesAdded, ProductRecord,
-                             SourceRecord, SubscriptionRecord, aware, field_names,
-                             idempotency_id, image_id)
+                             IdempotencyRecord, ImageOutcome, ImageRecord, ImagesAdded,
+                             ProductRecord, SourceRecord, SubscriptionRecord, aware,
+                             field_names, idempotency_id, image_id)
 from schemas.reuse import source_id
 from schemas.timestamps import now
 
 _ACTIVE = [s.value for s in ACTIVE]
 _RETRYABLE = [s.value for s in RETRYABLE]
 _AFTER = ReturnDocument.AFTER
+_OUTCOME_FIELDS = field_names(ImageOutcome)
 
 
 def _value(value):
@@ -277,9 +278,26 @@ class MongoProductStore(ProductStore):
         image.attempts = (image.attempts or 0) + 1
         return image
 
-    def undo_attempt(self, image):
-        db.images().update_one({"_id": image.id, "status": PENDING, "attempts": {"$gt": 0}},
-                               {"$inc": {"attempts": -1}})
+    def start_attempts(self, ids):
+        if not ids:
+            return set()
+        changed = db.images().update_many({"_id": {"$in": ids}, "status": PENDING},
+                                          {"$inc": {"attempts": 1}}).modified_count
+        if changed == len(ids):
+            return set(ids)
+        # Some were done meanwhile: the ones still pending are the ones counted (an image never
+        # goes back to pending while its batch is processing).
+        return {d["_id"] for d in db.images().find({"_id": {"$in": ids}, "status": PENDING},
+                                                   {"_id": 1})}
+
+    def undo_attempts(self, ids):
+        if ids:
+            db.images().update_many({"_id": {"$in": ids}, "status": PENDING,
+                                     "attempts": {"$gt": 0}}, {"$inc": {"attempts": -1}})
+
+    def any_pending(self, batch_id):
+        return db.images().find_one({"batch_id": batch_id, "status": PENDING},
+                                    {"_id": 1}) is not None
 
     def fail_pending(self, batch_id, error, code):
         return db.images().update_many(
@@ -291,6 +309,14 @@ class MongoProductStore(ProductStore):
         if not ids:
             return {}
         return {d["hash"]: from_doc(ImageRecord, d) for d in db.images().find({"_id": {"$in": ids}})}
+
+    def image_outcomes(self, batch_id, hashes):
+        ids = [image_id(batch_id, h) for h in set(hashes)]
+        if not ids:
+            return {}
+        docs = db.images().find({"_id": {"$in": ids}}, dict.fromkeys(_OUTCOME_FIELDS, 1))
+        return {d["hash"]: ImageOutcome(**{name: d[name] for name in _OUTCOME_FIELDS if name in d})
+                for d in docs}
 
     def rows_after(self, batch_id, *, after_line, limit, status=None):
         query = {"batch_id": batch_id, "line": {"$gt": after_line}}
