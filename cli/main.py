@@ -38,6 +38,8 @@ def summary(batch: dict) -> str:
     line = (f"{batch['id']}  {batch['status']}  {round(batch['progress'] * 100)} %  "
             f"rows {rows['valid']}/{rows['total']} valid  "
             f"images {images['processed']}/{images['total']} done, {images['failed']} failed")
+    if images.get("reused"):  # a re-import: copied from an earlier batch, not encoded again
+        line += f", {images['reused']} reused"
     if batch.get("error"):
         line += f"  ({batch['error']})"
     return line

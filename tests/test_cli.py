@@ -112,6 +112,19 @@ def test_upload_asks_for_sizes_and_no_full_size(live_service, http_server, tmp_p
     assert needs_size.returncode == 1 and "422 invalid-full-size" in needs_size.stderr
 
 
+def test_status_says_how_many_images_were_reused(live_service, http_server, tmp_path):
+    from tests.servers import ConditionalRoute
+    http_server.routes["/same.jpg"] = ConditionalRoute(images.jpeg((60, 40)))
+    source = write_csv(tmp_path, "same.csv", f"1,Same,{http_server.url('/same.jpg')}")
+    first = batchpress(live_service, tmp_path, "upload", str(source), "--wait")
+    assert first.returncode == 0, first.stderr
+    assert "reused" not in first.stdout  # nothing to reuse the first time
+
+    again = batchpress(live_service, tmp_path, "upload", str(source), "--wait")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.rstrip().endswith("images 1/1 done, 0 failed, 1 reused")
+
+
 def test_problems_are_one_readable_line_and_exit_1(live_service, tmp_path):
     no_urls = tmp_path / "no-urls.csv"
     no_urls.write_text("S. No.,Product Name\n1,Mug\n")
