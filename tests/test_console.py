@@ -129,6 +129,26 @@ def test_a_re_import_shows_how_many_images_were_reused(page, live_service, http_
     expect(page.locator("#images")).to_have_text("1 / 1 done, 1 reused")
 
 
+def test_each_image_links_its_sizes_and_says_when_it_was_reused(page, live_service,
+                                                                 http_server):
+    from tests.servers import ConditionalRoute
+    http_server.routes["/lamp.jpg"] = ConditionalRoute(jpeg(300, 200))
+    text = f"S. No.,Product Name,Input Image Urls\n1,Lamp,{http_server.url('/lamp.jpg')}\n"
+    live_service.wait_finished(live_service.upload(text, sizes="thumb=50,medium=100")["id"])
+    second = live_service.upload(text, sizes="thumb=50,medium=100")
+    live_service.wait_finished(second["id"])
+    image = requests.get(f"{live_service.base}/api/v1/batches/{second['id']}/products",
+                         headers=live_service.headers(), timeout=10).json()["items"][0]["images"][0]
+    sign_in(page)
+    page.goto(f"/batches/{second['id']}")
+    caption = page.locator("#products figcaption")
+    expect(caption).to_contain_text("reused")
+    for name in ("thumb", "medium"):
+        link = caption.get_by_role("link", name=f"{name} size of Lamp, image 1")
+        expect(link).to_have_text(name)
+        expect(link).to_have_attribute("href", image["sizes"][name])
+
+
 def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_server):
     release = threading.Event()
 
