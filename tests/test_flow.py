@@ -296,6 +296,28 @@ def test_full_size_is_checked_at_upload(client):
     assert raw.status_code == 202
 
 
+def test_sizes_or_full_size_given_twice_is_refused_not_half_read(client):
+    text = "S. No.,Product Name,Input Image Urls\n1,A,http://h/a.jpg\n"
+    cases = (
+        ("/api/v1/batches", {"sizes": ["t=200", "u=300"]}, "invalid-sizes", "sizes"),
+        ("/api/v1/batches?sizes=t%3D200", {"sizes": "t=200"}, "invalid-sizes", "sizes"),
+        ("/api/v1/batches", {"sizes": "t=200", "full_size": ["true", "false"]},
+         "invalid-full-size", "full_size"),
+        ("/api/v1/batches?full_size=false", {"sizes": "t=200", "full_size": "true"},
+         "invalid-full-size", "full_size"),
+    )
+    for path, fields, kind, field in cases:
+        response = client.post(path, data={"file": (io.BytesIO(text.encode()), "p.csv"),
+                                           **fields}, content_type="multipart/form-data")
+        assert response.status_code == 422, (path, fields, response.get_json())
+        problem = response.get_json()
+        assert problem["type"].endswith("/" + kind) and problem["field"] == field
+        assert "more than once" in problem["detail"]
+    twice = client.post("/api/v1/batches?sizes=t%3D100&sizes=u%3D200", data=text,
+                        content_type="text/csv")
+    assert twice.status_code == 422 and twice.get_json()["type"].endswith("/invalid-sizes")
+
+
 def test_output_objects_are_named_after_the_input_file(client, http_server, work, s3, env):
     http_server.routes["/shop/p800_coffee.jpg"] = Route(jpeg(64, 48))
     http_server.routes["/x/caf%C3%A9%20cup%20(1).JPG"] = Route(jpeg(64, 48))
