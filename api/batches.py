@@ -195,8 +195,9 @@ def _replay(record: IdempotencyRecord | None, fingerprint: str):
                        "and did not complete; send it again", kind="idempotency-key-in-use")
     if record.fingerprint != fingerprint:
         raise ApiError(422, "Idempotency-Key reused",
-                       "this Idempotency-Key was already used with a different file or "
-                       "webhook_url; use a new key for a new upload", kind="idempotency-key-reused",
+                       "this Idempotency-Key was already used with a different file, "
+                       "webhook_url, sizes or full_size; use a new key for a new upload",
+                       kind="idempotency-key-reused",
                        batch_id=record.batch_id)
     batch = stores.batches().get(record.batch_id, owner())
     if batch is None:
