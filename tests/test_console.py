@@ -149,6 +149,29 @@ def test_each_image_links_its_sizes_and_says_when_it_was_reused(page, live_servi
         expect(link).to_have_attribute("href", image["sizes"][name])
 
 
+def test_upload_from_the_console_with_sizes_only(page, live_service, http_server, tmp_path):
+    http_server.routes["/sofa.jpg"] = Route(jpeg(300, 200))
+    source = tmp_path / "sofas.csv"
+    source.write_text(f"S. No.,Product Name,Input Image Urls\n1,Sofa,{http_server.url('/sofa.jpg')}\n")
+    sign_in(page)
+    page.get_by_label("CSV file").set_input_files(source)
+    page.get_by_label("Extra sizes (optional)").fill("thumb")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-error")).to_contain_text("'thumb' is not name=pixels")
+
+    page.get_by_label("Extra sizes (optional)").fill("thumb=40,large=100")
+    page.get_by_label("Sizes only (no full-size output)").check()
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url("**/batches/bat_*")
+    expect(page.locator("#status")).to_have_text("completed")
+    batch_id = page.url.rsplit("/", 1)[-1]
+    image = requests.get(f"{live_service.base}/api/v1/batches/{batch_id}/products",
+                         headers=live_service.headers(), timeout=10).json()["items"][0]["images"][0]
+    assert set(image["sizes"]) == {"thumb", "large"}
+    assert image["output_url"] == image["sizes"]["large"]  # no full-size output
+    assert (image["width"], image["height"]) == (100, 67)
+
+
 def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_server):
     release = threading.Event()
 

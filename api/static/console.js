@@ -201,6 +201,9 @@ async function upload(event) {
   form.append("file", file, file.name);
   const webhook = $("webhook-url").value.trim();
   if (webhook) form.append("webhook_url", webhook);
+  const sizes = $("sizes").value.trim();  // empty: not sent, so DEFAULT_SIZES applies
+  if (sizes) form.append("sizes", sizes);
+  if ($("sizes-only").checked) form.append("full_size", "false");
   $("upload-button").disabled = true;
   try {
     const batch = await apiJson("batches", {method: "POST", body: form});
