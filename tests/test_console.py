@@ -221,6 +221,16 @@ def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_se
         time.sleep(0.1)
 
 
+def test_sign_out_is_offered_only_when_signed_in(page):
+    page.goto("/")
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()  # nobody to sign out
+    sign_in(page)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+
+
 def test_sign_in_shows_only_that_keys_batches_and_upload_errors_inline(page, live_service,
                                                                       http_server, tmp_path):
     missing = http_server.url("/missing.jpg")  # 404: these batches end failed
