@@ -64,7 +64,8 @@ def upload():
     full_size = _full_size(settings, sizes)
     idempotency_key = _idempotency_key()
     first = read_first_block(stream)
-    check_first_block(first, complete=len(first) < FIRST_BLOCK)
+    check_first_block(first, complete=len(first) < FIRST_BLOCK,
+                      added_columns=tuple(size_column(name) for name in sizes))
     reader = CappedHashingReader(first, stream, settings.max_upload_bytes)
     if idempotency_key:
         try:

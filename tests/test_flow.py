@@ -296,6 +296,21 @@ def test_full_size_is_checked_at_upload(client):
     assert raw.status_code == 202
 
 
+def test_a_column_a_size_adds_to_the_output_is_refused_when_that_size_is_asked_for(client):
+    # e.g. a previous output.csv uploaded again with its 'Output Image Urls' column deleted
+    text = ("S. No.,Product Name,Input Image Urls,output image urls (thumb),Brand\n"
+            "1,A,http://h/a.jpg,http://old/a-thumb.jpg,Acme\n")
+    response = upload(client, text, sizes="thumb=100,large=400")
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["type"].endswith("/bad-header")
+    assert problem["column"] == "output image urls (thumb)"
+    assert "Output Image Urls (thumb)" in problem["detail"] and "column 4" in problem["detail"]
+    # without that size it is just another column, carried through
+    assert upload(client, text, sizes="large=400").status_code == 202
+    assert upload(client, text).status_code == 202
+
+
 def test_sizes_or_full_size_given_twice_is_refused_not_half_read(client):
     text = "S. No.,Product Name,Input Image Urls\n1,A,http://h/a.jpg\n"
     cases = (
