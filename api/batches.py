@@ -64,7 +64,8 @@ def upload():
     full_size = _full_size(settings, sizes)
     idempotency_key = _idempotency_key()
     first = read_first_block(stream)
-    check_first_block(first, complete=len(first) < FIRST_BLOCK)
+    check_first_block(first, complete=len(first) < FIRST_BLOCK,
+                      added_columns=tuple(size_column(name) for name in sizes))
     reader = CappedHashingReader(first, stream, settings.max_upload_bytes)
     if idempotency_key:
         try:
@@ -148,18 +149,22 @@ def _fingerprint(sha256: str, webhook_url: str | None, sizes: dict[str, int],
 
 
 def _option(name: str) -> str | None:
-    """An upload option: the query parameter, else the multipart form field."""
-    value = request.args.get(name)
-    if value is None and request.mimetype == "multipart/form-data":
-        value = request.form.get(name)
-    return value
+    """An upload option: the query parameter or the multipart form field. Given more than once
+    (twice in either, or in both) is a ValueError: reading one of them would silently drop what
+    the caller also asked for."""
+    values = request.args.getlist(name)
+    if request.mimetype == "multipart/form-data":
+        values += request.form.getlist(name)
+    if len(values) > 1:
+        raise ValueError(f"given more than once ({len(values)} values); send it once")
+    return values[0] if values else None
 
 
 def _sizes(settings) -> dict[str, int]:
     """The extra output sizes asked for (`sizes` query parameter or form field), else
     DEFAULT_SIZES; an empty `sizes=` asks for none."""
-    value = _option("sizes")
     try:
+        value = _option("sizes")
         return parse_sizes(settings.default_sizes if value is None else value)
     except ValueError as error:
         raise ApiError(422, "Invalid sizes", f"sizes: {error}", kind="invalid-sizes",
@@ -191,8 +196,9 @@ def _replay(record: IdempotencyRecord | None, fingerprint: str):
                        "and did not complete; send it again", kind="idempotency-key-in-use")
     if record.fingerprint != fingerprint:
         raise ApiError(422, "Idempotency-Key reused",
-                       "this Idempotency-Key was already used with a different file or "
-                       "webhook_url; use a new key for a new upload", kind="idempotency-key-reused",
+                       "this Idempotency-Key was already used with a different file, "
+                       "webhook_url, sizes or full_size; use a new key for a new upload",
+                       kind="idempotency-key-reused",
                        batch_id=record.batch_id)
     batch = stores.batches().get(record.batch_id, owner())
     if batch is None:

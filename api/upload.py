@@ -24,8 +24,10 @@ def read_first_block(stream) -> bytes:
     return b"".join(parts)
 
 
-def check_first_block(block: bytes, complete: bool) -> None:
-    """Refuse at once a file that is empty, binary, not UTF-8, or lacks the required header.
+def check_first_block(block: bytes, complete: bool,
+                      added_columns: tuple[str, ...] = ()) -> None:
+    """Refuse at once a file that is empty, binary, not UTF-8, or lacks the required header
+    (or has a column named like one of `added_columns`, those the output CSV adds for sizes).
 
     The header is read by schemas.csv_format.parse_header, as the worker reads it later.
     """
@@ -56,7 +58,7 @@ def check_first_block(block: bytes, complete: bool) -> None:
                        kind="no-header")
     header = parsed.cells
     try:
-        map_columns(header)
+        map_columns(header, added_columns)
     except HeaderError as error:
         raise ApiError(422, "Missing column" if error.missing else "Bad header", str(error),
                        kind="missing-column" if error.missing else "bad-header",

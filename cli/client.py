@@ -79,9 +79,11 @@ class Client:
             raise ClientError(f"{self.base} did not answer with JSON (HTTP "
                               f"{response.status_code}); is BATCHPRESS_URL right?") from None
 
-    def upload(self, path: str, webhook_url: str | None,
-               idempotency_key: str | None) -> dict:
+    def upload(self, path: str, webhook_url: str | None, idempotency_key: str | None,
+               sizes: str | None = None, full_size: bool | None = None) -> dict:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        fields = {"webhook_url": webhook_url, "sizes": sizes,
+                  "full_size": None if full_size is None else str(full_size).lower()}
         try:
             handle = open(path, "rb")
         except OSError as error:
@@ -90,7 +92,7 @@ class Client:
             name = path.replace("\\", "/").rsplit("/", 1)[-1]
             return self.json("POST", "/batches", headers=headers,
                              files={"file": (name, handle, "text/csv")},
-                             data={"webhook_url": webhook_url} if webhook_url else {})
+                             data={k: v for k, v in fields.items() if v is not None})
 
     def download(self, path: str, target: str | None) -> tuple[str, int]:
         """Stream a file to `target` (default: the name the server gives); returns (name, bytes)."""

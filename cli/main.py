@@ -38,6 +38,8 @@ def summary(batch: dict) -> str:
     line = (f"{batch['id']}  {batch['status']}  {round(batch['progress'] * 100)} %  "
             f"rows {rows['valid']}/{rows['total']} valid  "
             f"images {images['processed']}/{images['total']} done, {images['failed']} failed")
+    if images.get("reused"):  # a re-import: copied from an earlier batch, not encoded again
+        line += f", {images['reused']} reused"
     if batch.get("error"):
         line += f"  ({batch['error']})"
     return line
@@ -93,12 +95,17 @@ def cli(context: click.Context, url: str, api_key: str | None, as_json: bool) ->
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--webhook-url", help="Called with a signed request when the batch finishes.")
 @click.option("--idempotency-key", help="Send again safely: the same key gives the same batch.")
+@click.option("--sizes", metavar="NAME=PIXELS,...", help="Extra, smaller outputs of every image, "
+              "by name and longest edge, e.g. thumb=200,medium=800 (the server's default sizes "
+              "without it; an empty value asks for none).")
+@click.option("--full-size/--no-full-size", default=None, help="With --no-full-size only the "
+              "sizes are made: the main output is the largest size (default: the server's).")
 @click.option("--wait", is_flag=True, help="Follow the batch to the end; exit by its status.")
 @click.pass_obj
 def upload(ctx: Context, file: str, webhook_url: str | None, idempotency_key: str | None,
-           wait: bool) -> None:
+           sizes: str | None, full_size: bool | None, wait: bool) -> None:
     """Upload a product CSV."""
-    batch = ctx.client.upload(file, webhook_url, idempotency_key)
+    batch = ctx.client.upload(file, webhook_url, idempotency_key, sizes, full_size)
     if not wait:
         show_batch(ctx, batch)
         return

@@ -125,8 +125,11 @@ class ColumnMap:
                 + self.header[self.urls + 1:])
 
 
-def map_columns(header: list[str]) -> ColumnMap:
-    """Find the three required columns (case- and punctuation-insensitive)."""
+def map_columns(header: list[str], added: tuple[str, ...] = ()) -> ColumnMap:
+    """Find the three required columns (case- and punctuation-insensitive). A column named
+    like one the output CSV adds (`Output Image Urls`, and the `added` ones: a size's column)
+    is refused: the output would have two columns of that name."""
+    ours = {normalise_header(name): name for name in (OUTPUT_COLUMN, *added)}
     found: dict[str, int] = {}
     for index, cell in enumerate(header):
         key = normalise_header(cell)
@@ -138,9 +141,11 @@ def map_columns(header: list[str]) -> ColumnMap:
                         f"(columns {found[field] + 1} and {index + 1})"
                     )
                 found[field] = index
-        if key == normalise_header(OUTPUT_COLUMN):
+        if key in ours:
+            what = ("the column" if ours[key] == OUTPUT_COLUMN
+                    else f"the column {ours[key]!r}, which")
             raise HeaderError(
-                f"column {cell!r} (column {index + 1}) is the column Batchpress adds to the "
+                f"column {cell!r} (column {index + 1}) is {what} Batchpress adds to the "
                 "output CSV; rename or remove it", column=cell)
     missing = [DISPLAY[f] for f in (SERIAL, NAME, URLS) if f not in found]
     if missing:

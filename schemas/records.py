@@ -235,6 +235,8 @@ class ImagesAdded:
     # Uses added to images already processed or failed: they count as done at once.
     late_processed: int = 0
     late_failed: int = 0
+    # Of the late processed uses, those of an image whose outputs were reused (images.reused).
+    late_reused: int = 0
     # Some of the block's uses were found already counted: an earlier run of the parse got
     # this far, so its chunk jobs may exist already.
     seen_before: bool = False

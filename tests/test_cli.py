@@ -90,6 +90,41 @@ def test_exit_status_tells_how_the_batch_ended(live_service, http_server, tmp_pa
     assert batchpress(live_service, tmp_path, "status", running["id"]).returncode == 5
 
 
+def test_upload_asks_for_sizes_and_no_full_size(live_service, http_server, tmp_path):
+    http_server.routes["/wide.jpg"] = Route(images.jpeg((400, 200)))
+    source = write_csv(tmp_path, "wide.csv", f"1,Wide,{http_server.url('/wide.jpg')}")
+
+    done = batchpress(live_service, tmp_path, "--json", "upload", str(source), "--wait",
+                      "--sizes", "thumb=50,large=100", "--no-full-size")
+    assert done.returncode == 0, done.stderr
+    batch = json.loads(done.stdout)
+    saved = batchpress(live_service, tmp_path, "download", batch["id"], "--output", "out.csv")
+    assert saved.returncode == 0, saved.stderr
+    header, row = list(csv.reader(io.StringIO((tmp_path / "out.csv").read_text())))
+    assert header[3:6] == ["Output Image Urls", "Output Image Urls (thumb)",
+                           "Output Image Urls (large)"]
+    assert row[3] == row[5] and row[3].endswith("/wide-large.jpg")  # no full-size output
+
+    refused = batchpress(live_service, tmp_path, "upload", str(source), "--sizes", "thumb")
+    assert refused.returncode == 1
+    assert "422 invalid-sizes" in refused.stderr and "'thumb' is not name=pixels" in refused.stderr
+    needs_size = batchpress(live_service, tmp_path, "upload", str(source), "--no-full-size")
+    assert needs_size.returncode == 1 and "422 invalid-full-size" in needs_size.stderr
+
+
+def test_status_says_how_many_images_were_reused(live_service, http_server, tmp_path):
+    from tests.servers import ConditionalRoute
+    http_server.routes["/same.jpg"] = ConditionalRoute(images.jpeg((60, 40)))
+    source = write_csv(tmp_path, "same.csv", f"1,Same,{http_server.url('/same.jpg')}")
+    first = batchpress(live_service, tmp_path, "upload", str(source), "--wait")
+    assert first.returncode == 0, first.stderr
+    assert "reused" not in first.stdout  # nothing to reuse the first time
+
+    again = batchpress(live_service, tmp_path, "upload", str(source), "--wait")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.rstrip().endswith("images 1/1 done, 0 failed, 1 reused")
+
+
 def test_problems_are_one_readable_line_and_exit_1(live_service, tmp_path):
     no_urls = tmp_path / "no-urls.csv"
     no_urls.write_text("S. No.,Product Name\n1,Mug\n")

@@ -129,6 +129,49 @@ def test_a_re_import_shows_how_many_images_were_reused(page, live_service, http_
     expect(page.locator("#images")).to_have_text("1 / 1 done, 1 reused")
 
 
+def test_each_image_links_its_sizes_and_says_when_it_was_reused(page, live_service,
+                                                                 http_server):
+    from tests.servers import ConditionalRoute
+    http_server.routes["/lamp.jpg"] = ConditionalRoute(jpeg(300, 200))
+    text = f"S. No.,Product Name,Input Image Urls\n1,Lamp,{http_server.url('/lamp.jpg')}\n"
+    live_service.wait_finished(live_service.upload(text, sizes="thumb=50,medium=100")["id"])
+    second = live_service.upload(text, sizes="thumb=50,medium=100")
+    live_service.wait_finished(second["id"])
+    image = requests.get(f"{live_service.base}/api/v1/batches/{second['id']}/products",
+                         headers=live_service.headers(), timeout=10).json()["items"][0]["images"][0]
+    sign_in(page)
+    page.goto(f"/batches/{second['id']}")
+    caption = page.locator("#products figcaption")
+    expect(caption).to_contain_text("reused")
+    for name in ("thumb", "medium"):
+        link = caption.get_by_role("link", name=f"{name} size of Lamp, image 1")
+        expect(link).to_have_text(name)
+        expect(link).to_have_attribute("href", image["sizes"][name])
+
+
+def test_upload_from_the_console_with_sizes_only(page, live_service, http_server, tmp_path):
+    http_server.routes["/sofa.jpg"] = Route(jpeg(300, 200))
+    source = tmp_path / "sofas.csv"
+    source.write_text(f"S. No.,Product Name,Input Image Urls\n1,Sofa,{http_server.url('/sofa.jpg')}\n")
+    sign_in(page)
+    page.get_by_label("CSV file").set_input_files(source)
+    page.get_by_label("Extra sizes (optional)").fill("thumb")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-error")).to_contain_text("'thumb' is not name=pixels")
+
+    page.get_by_label("Extra sizes (optional)").fill("thumb=40,large=100")
+    page.get_by_label("Sizes only (no full-size output)").check()
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url("**/batches/bat_*")
+    expect(page.locator("#status")).to_have_text("completed")
+    batch_id = page.url.rsplit("/", 1)[-1]
+    image = requests.get(f"{live_service.base}/api/v1/batches/{batch_id}/products",
+                         headers=live_service.headers(), timeout=10).json()["items"][0]["images"][0]
+    assert set(image["sizes"]) == {"thumb", "large"}
+    assert image["output_url"] == image["sizes"]["large"]  # no full-size output
+    assert (image["width"], image["height"]) == (100, 67)
+
+
 def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_server):
     release = threading.Event()
 
@@ -176,6 +219,16 @@ def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_se
     while sum(1 for r in http_server.requests if r["path"] == "/hook") == sent:
         assert time.monotonic() < deadline, "the redelivery never arrived"
         time.sleep(0.1)
+
+
+def test_sign_out_is_offered_only_when_signed_in(page):
+    page.goto("/")
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()  # nobody to sign out
+    sign_in(page)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
 
 
 def test_sign_in_shows_only_that_keys_batches_and_upload_errors_inline(page, live_service,

@@ -320,6 +320,43 @@ def test_full_size_is_checked_at_upload(client):
     assert raw.status_code == 202
 
 
+def test_a_column_a_size_adds_to_the_output_is_refused_when_that_size_is_asked_for(client):
+    # e.g. a previous output.csv uploaded again with its 'Output Image Urls' column deleted
+    text = ("S. No.,Product Name,Input Image Urls,output image urls (thumb),Brand\n"
+            "1,A,http://h/a.jpg,http://old/a-thumb.jpg,Acme\n")
+    response = upload(client, text, sizes="thumb=100,large=400")
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["type"].endswith("/bad-header")
+    assert problem["column"] == "output image urls (thumb)"
+    assert "Output Image Urls (thumb)" in problem["detail"] and "column 4" in problem["detail"]
+    # without that size it is just another column, carried through
+    assert upload(client, text, sizes="large=400").status_code == 202
+    assert upload(client, text).status_code == 202
+
+
+def test_sizes_or_full_size_given_twice_is_refused_not_half_read(client):
+    text = "S. No.,Product Name,Input Image Urls\n1,A,http://h/a.jpg\n"
+    cases = (
+        ("/api/v1/batches", {"sizes": ["t=200", "u=300"]}, "invalid-sizes", "sizes"),
+        ("/api/v1/batches?sizes=t%3D200", {"sizes": "t=200"}, "invalid-sizes", "sizes"),
+        ("/api/v1/batches", {"sizes": "t=200", "full_size": ["true", "false"]},
+         "invalid-full-size", "full_size"),
+        ("/api/v1/batches?full_size=false", {"sizes": "t=200", "full_size": "true"},
+         "invalid-full-size", "full_size"),
+    )
+    for path, fields, kind, field in cases:
+        response = client.post(path, data={"file": (io.BytesIO(text.encode()), "p.csv"),
+                                           **fields}, content_type="multipart/form-data")
+        assert response.status_code == 422, (path, fields, response.get_json())
+        problem = response.get_json()
+        assert problem["type"].endswith("/" + kind) and problem["field"] == field
+        assert "more than once" in problem["detail"]
+    twice = client.post("/api/v1/batches?sizes=t%3D100&sizes=u%3D200", data=text,
+                        content_type="text/csv")
+    assert twice.status_code == 422 and twice.get_json()["type"].endswith("/invalid-sizes")
+
+
 def test_output_objects_are_named_after_the_input_file(client, http_server, work, s3, env):
     http_server.routes["/shop/p800_coffee.jpg"] = Route(jpeg(64, 48))
     http_server.routes["/x/caf%C3%A9%20cup%20(1).JPG"] = Route(jpeg(64, 48))

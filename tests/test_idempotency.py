@@ -35,6 +35,18 @@ def test_idempotency_key_same_file_returns_original(client, http_server):
     problem(upload(client, text, headers={"Idempotency-Key": "x" * 256}), 400)
 
 
+def test_idempotency_key_reused_with_other_sizes_names_what_may_differ(client, http_server):
+    text = csv_text([serve_images(http_server, 1)])
+    first = upload(client, text, headers={"Idempotency-Key": "key-s"}, sizes="thumb=100")
+    assert first.status_code == 202
+    for fields in ({"sizes": "thumb=200"}, {"sizes": "thumb=100", "full_size": "false"}):
+        body = problem(upload(client, text, headers={"Idempotency-Key": "key-s"}, **fields), 422)
+        assert body["batch_id"] == first.get_json()["id"]
+        # the caller changed sizes/full_size, not the file: the answer must not send them
+        # looking for a change in the file or webhook_url only
+        assert "sizes" in body["detail"] and "full_size" in body["detail"]
+
+
 def test_idempotency_key_concurrent_requests_make_one_batch(app, http_server):
     urls = serve_images(http_server, 1)
     text = csv_text([urls])

@@ -115,6 +115,33 @@ def test_images_are_processed_while_the_file_is_still_being_read(wire_app, http_
     assert done["progress"] == 1.0
 
 
+def test_a_re_import_counts_as_reused_the_uses_found_after_their_image_was_done(
+        wire_app, http_server):
+    first, _ = upload_products(wire_app, http_server)
+    child = start_parse_worker()
+    child.wait(timeout=60)
+    work_images()
+    assert wire_app.get(f"/api/v1/batches/{first}").get_json()["status"] == "completed"
+
+    batch_id, shared = upload_products(wire_app, http_server)  # the same file again
+    child = start_parse_worker()
+    try:
+        wait_for_flushes(batch_id, child, 2)
+        os.kill(child.pid, signal.SIGSTOP)  # the shared image is reused before the rest is read
+        work_images()
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.wait(timeout=60)
+    work_images()
+    done = wire_app.get(f"/api/v1/batches/{batch_id}").get_json()
+    images = [image for item in wire_app.get(f"/api/v1/batches/{batch_id}/products?limit=500")
+              .get_json()["items"] for image in item["images"]]
+    assert len(images) == 2 * ROWS and all(image["reused"] for image in images)
+    # every slot is a reused one, the shared image's later uses too: the count says so
+    assert done["images"] == {"total": 2 * ROWS, "processed": 2 * ROWS, "failed": 0,
+                              "reused": 2 * ROWS}
+
+
 def test_a_parse_killed_half_way_and_run_again_stores_and_queues_everything_once(
         wire_app, http_server):
     batch_id, shared = upload_products(wire_app, http_server)

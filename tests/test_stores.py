@@ -339,17 +339,39 @@ def test_a_block_of_image_uses_is_added_once_and_late_uses_of_done_images_count_
     assert store.products.count_slots(batch_id) == {PROCESSED: 5, FAILED: 3, PENDING: 1}
 
 
+def test_late_uses_of_a_reused_image_count_as_reused(store):
+    batch_id = new_batch_id()
+    reused_url, encoded_url = "https://img.example.com/r.jpg", "https://img.example.com/e.jpg"
+    first = [replace(ImageRecord.pending(batch_id, url, 0), occurrences=1)
+             for url in (reused_url, encoded_url)]
+    store.products.add_images(batch_id, 1, first)
+    reused, encoded = store.products.pending_images(batch_id, 0)
+    assert reused.url == reused_url
+    store.products.mark_processed(reused, key="k", output_url="u", bytes_in=1, bytes_out=1,
+                                  content_type="image/jpeg", reused=True)
+    store.products.mark_processed(encoded, key="k2", output_url="u2", bytes_in=1, bytes_out=1,
+                                  content_type="image/jpeg")
+
+    later = [replace(ImageRecord.pending(batch_id, url, 1), occurrences=n)
+             for url, n in ((reused_url, 4), (encoded_url, 2))]
+    added = store.products.add_images(batch_id, 2, later)
+    assert (added.late_processed, added.late_reused) == (6, 4)
+    assert store.products.add_images(batch_id, 2, later).late_reused == 0  # a re-run
+    assert store.products.count_slots(batch_id) == {PROCESSED: 8, "reused": 5}
+
+
 def test_block_counts_are_added_once_per_block(store):
     batch = a_batch(store)
     store.batches.start(batch.id)
     counts = dict(rows_total=3, rows_valid=2, rows_invalid=1, images_total=4, chunks=2)
     assert store.batches.record_flush(batch.id, 1, **counts)
     assert not store.batches.record_flush(batch.id, 1, **counts)  # a re-run parse
-    assert store.batches.record_flush(batch.id, 2, **counts, images_processed=1)
+    assert store.batches.record_flush(batch.id, 2, **counts, images_processed=2, images_reused=1)
     assert not store.batches.record_flush(batch.id, 1, **counts)
     reading = store.batches.get(batch.id, any_owner=True)
     assert (reading.rows_total, reading.rows_valid, reading.images_total, reading.chunks,
-            reading.images_processed, reading.flushed, reading.parsed) == (6, 4, 8, 4, 1, 2, False)
+            reading.images_processed, reading.flushed, reading.parsed) == (6, 4, 8, 4, 2, 2, False)
+    assert reading.images_reused == 1
     assert store.batches.try_finish(batch.id) is None  # still being read
     store.batches.finish_reading(batch.id, header=["a", "b", "c"])
     assert store.batches.get(batch.id, any_owner=True).parsed

@@ -101,7 +101,8 @@ def _flush(batch_id: str, block: _Block, result: ParseResult, settings: Settings
     counted = stores.batches().record_flush(
         batch_id, number, rows_total=len(block.rows), rows_valid=block.valid,
         rows_invalid=block.invalid, images_total=block.slots, chunks=chunk_count,
-        images_processed=added.late_processed, images_failed=added.late_failed)
+        images_processed=added.late_processed, images_failed=added.late_failed,
+        images_reused=added.late_reused)
     if counted:
         metrics.rows_parsed(block.valid, block.invalid)
     if added.seen_before or not counted:

@@ -201,6 +201,9 @@ async function upload(event) {
   form.append("file", file, file.name);
   const webhook = $("webhook-url").value.trim();
   if (webhook) form.append("webhook_url", webhook);
+  const sizes = $("sizes").value.trim();  // empty: not sent, so DEFAULT_SIZES applies
+  if (sizes) form.append("sizes", sizes);
+  if ($("sizes-only").checked) form.append("full_size", "false");
   $("upload-button").disabled = true;
   try {
     const batch = await apiJson("batches", {method: "POST", body: form});
@@ -286,8 +289,16 @@ function imageCell(product, image, index) {
       text: bytes(image.bytes_in) + " → " + bytes(image.bytes_out) + " (−" +
             Math.round((1 - image.bytes_out / image.bytes_in) * 100) + " %)"});
   } else note = el("span", {class: "hint", text: image.status});
+  // A re-import copies earlier outputs instead of encoding: say so beside the bytes.
+  const reused = image.reused ? el("span", {class: "hint reused", text: " · reused"}) : null;
+  // The batch's extra sizes (`sizes=thumb=200,…`): one link each, named as asked.
+  const sizes = Object.entries(image.sizes || {});
+  const sizeLinks = sizes.length ? el("span", {class: "size-links"}, "Sizes: ",
+    ...sizes.flatMap(([name, url], i) => [i ? " · " : null,
+      el("a", {href: url, target: "_blank", rel: "noopener", text: name,
+               "aria-label": name + " size of " + label})]).filter((n) => n !== null)) : null;
   return el("figure", {class: "pair s-" + image.status}, before, el("span", {"aria-hidden": "true", text: "→"}), after,
-            el("figcaption", {}, note));
+            el("figcaption", {}, note, reused, sizeLinks));
 }
 
 async function loadProducts(append) {

@@ -39,7 +39,8 @@ class BatchStore(abc.ABC):
     @abc.abstractmethod
     def record_flush(self, batch_id: str, flush: int, *, rows_total: int, rows_valid: int,
                      rows_invalid: int, images_total: int, chunks: int,
-                     images_processed: int = 0, images_failed: int = 0) -> bool:
+                     images_processed: int = 0, images_failed: int = 0,
+                     images_reused: int = 0) -> bool:
         """Add the counts of block `flush` (1, 2, …) of the file's rows to the batch's, once:
         only while the batch's `flushed` watermark is below `flush`, which it then becomes.
         True when this call added them (False: a previous run of the parse did)."""
@@ -115,8 +116,9 @@ class ProductStore(abc.ABC):
         `last_flush` at `flush`. One already stored has its occurrences raised only while its
         `last_flush` is below `flush` (then set to it), so a re-run parse adds nothing twice; if
         it is already processed or failed, the uses added count as done (`late_processed`,
-        `late_failed`), read atomically with the change, so a chunk job finishing it at the
-        same moment never counts them too."""
+        `late_failed`, and `late_reused` for a processed image that was reused), read
+        atomically with the change, so a chunk job finishing it at the same moment never counts
+        them too."""
 
     @abc.abstractmethod
     def first_line_of_serial(self, batch_id: str, serial_no: int) -> int | None:

@@ -95,14 +95,15 @@ class MongoBatchStore(BatchStore):
             {"_id": batch_id, "status": BatchStatus.PROCESSING.value}))
 
     def record_flush(self, batch_id, flush, *, rows_total, rows_valid, rows_invalid,
-                     images_total, chunks, images_processed=0, images_failed=0):
+                     images_total, chunks, images_processed=0, images_failed=0,
+                     images_reused=0):
         result = db.batches().update_one(
             # $not also matches a batch stored before the watermark existed
             {"_id": batch_id, "flushed": {"$not": {"$gte": flush}}},
             {"$inc": {"rows_total": rows_total, "rows_valid": rows_valid,
                       "rows_invalid": rows_invalid, "images_total": images_total,
                       "chunks": chunks, "images_processed": images_processed,
-                      "images_failed": images_failed},
+                      "images_failed": images_failed, "images_reused": images_reused},
              "$set": {"flushed": flush, "updated_at": now()}})
         return result.modified_count == 1
 
@@ -227,11 +228,12 @@ class MongoProductStore(ProductStore):
             before = db.images().find_one_and_update(
                 {"_id": image.id, "last_flush": {"$lt": flush}},
                 {"$inc": {"occurrences": image.occurrences}, "$set": {"last_flush": flush}},
-                projection={"status": 1})
+                projection={"status": 1, "reused": 1})
             if before is None:
                 added.seen_before = True
             elif before["status"] == PROCESSED:
                 added.late_processed += image.occurrences
+                added.late_reused += image.occurrences if before.get("reused") else 0
             elif before["status"] == FAILED:
                 added.late_failed += image.occurrences
         return added

@@ -279,15 +279,17 @@ class SqliteBatchStore(BatchStore):
                                           (batch_id, BatchStatus.PROCESSING.value)))
 
     def record_flush(self, batch_id, flush, *, rows_total, rows_valid, rows_invalid,
-                     images_total, chunks, images_processed=0, images_failed=0):
+                     images_total, chunks, images_processed=0, images_failed=0,
+                     images_reused=0):
         return self.db.run(
             "UPDATE batches SET rows_total = rows_total + ?, rows_valid = rows_valid + ?, "
             "rows_invalid = rows_invalid + ?, images_total = images_total + ?, "
             "chunks = chunks + ?, images_processed = images_processed + ?, "
-            "images_failed = images_failed + ?, flushed = ?, updated_at = ? "
+            "images_failed = images_failed + ?, "
+            "images_reused = COALESCE(images_reused, 0) + ?, flushed = ?, updated_at = ? "
             "WHERE id = ? AND (flushed IS NULL OR flushed < ?)",
             (rows_total, rows_valid, rows_invalid, images_total, chunks, images_processed,
-             images_failed, flush, to_ms(now()), batch_id, flush)) == 1
+             images_failed, images_reused, flush, to_ms(now()), batch_id, flush)) == 1
 
     def finish_reading(self, batch_id, *, header):
         self.db.run("UPDATE batches SET header = ?, parsed = 1, updated_at = ? WHERE id = ?",
@@ -416,12 +418,14 @@ class SqliteProductStore(ProductStore):
                     continue
                 row = first(conn.execute(
                     "UPDATE images SET occurrences = occurrences + ?, last_flush = ? "
-                    "WHERE id = ? AND COALESCE(last_flush, 0) < ? RETURNING status",
+                    "WHERE id = ? AND COALESCE(last_flush, 0) < ? "
+                    "RETURNING status, COALESCE(reused, 0)",
                     (image.occurrences, flush, image.id, flush)))
                 if row is None:
                     added.seen_before = True
                 elif row[0] == PROCESSED:
                     added.late_processed += image.occurrences
+                    added.late_reused += image.occurrences if row[1] else 0
                 elif row[0] == FAILED:
                     added.late_failed += image.occurrences
         return added
