@@ -394,6 +394,17 @@ def test_an_upload_over_a_mebibyte_is_stored_whole(client, s3, env):
     assert obj["ContentLength"] == len(body)
 
 
+def test_an_upload_of_several_parts_is_stored_whole_and_in_order(client, s3, env):
+    # Over the 8 MiB multipart threshold: parts read ahead (two at most) must all arrive.
+    body = (HEADER + "".join(f"{i},Name {i} {'x' * 60},http://h/{i}.jpg\n"
+                             for i in range(1, 250000))).encode()
+    assert len(body) > 2 * 8 * 1024 * 1024
+    batch_id = post_raw(client, body).get_json()["id"]
+    stored = db.batches().find_one({"_id": batch_id})
+    obj = s3.get_object(Bucket=env.s3_bucket, Key=stored["csv_key"])
+    assert obj["Body"].read() == body
+
+
 def test_the_parse_failure_callback_leaves_a_parsed_batch_alone(client, work):
     """RQ calls it for jobs it takes for abandoned too, even ones that succeeded (rq#2424)."""
     import traceback
