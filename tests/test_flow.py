@@ -305,6 +305,24 @@ def test_without_full_size_the_main_output_is_the_largest_size(client, http_serv
     assert rows[1][5].split(",") == rows[1][3].split(",")  # Output Image Urls (large)
 
 
+def test_the_batch_object_says_what_was_asked_for_and_links_the_zip(client, http_server, work):
+    http_server.routes["/a.jpg"] = Route(jpeg(64, 48))
+    text = f"S. No.,Product Name,Input Image Urls\n1,A,{http_server.url('/a.jpg')}\n"
+    asked = upload(client, text, sizes="thumb=32,large=48", full_size="false").get_json()
+    assert asked["sizes"] == {"thumb": 32, "large": 48} and asked["full_size"] is False
+    assert list(asked["sizes"]) == ["thumb", "large"]  # in the order given
+    plain = client.post("/api/v1/batches?sizes=", data=text, content_type="text/csv").get_json()
+    assert plain["sizes"] == {} and plain["full_size"] is True
+    work()
+    batch = client.get(f"/api/v1/batches/{asked['id']}").get_json()
+    assert batch["sizes"] == {"thumb": 32, "large": 48} and batch["full_size"] is False
+    assert batch["links"]["outputs_zip"].endswith(f"/api/v1/batches/{asked['id']}/outputs.zip")
+    archive = client.get(batch["links"]["outputs_zip"])
+    assert archive.status_code == 200 and archive.mimetype == "application/zip"
+    listed = client.get("/api/v1/batches").get_json()["items"]
+    assert {b["id"]: b["sizes"] for b in listed}[plain["id"]] == {}
+
+
 def test_full_size_is_checked_at_upload(client):
     text = "S. No.,Product Name,Input Image Urls\n1,A,http://h/a.jpg\n"
     for fields, words in (({"full_size": "maybe", "sizes": "t=100"}, "true or false"),
