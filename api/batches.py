@@ -453,12 +453,8 @@ def output_csv(batch_id: str):
     def lines():
         yield columns.output_header([size_column(name) for name in sizes])
         for row, images in stores.products().iter_rows(batch_id):
-            cells = list(row.cells)
-            while len(cells) <= columns.urls:
-                cells.append("")
-            outputs = [",".join(row.output_slots(images, size)) for size in [None, *sizes]]
-            cells[columns.urls + 1:columns.urls + 1] = outputs
-            yield cells
+            yield columns.output_row(row.cells, [",".join(row.output_slots(images, size))
+                                                 for size in [None, *sizes]])
 
     return _csv_response(batch, "-output.csv", lines())
 

@@ -175,7 +175,9 @@ def _paths() -> dict:
                               "409": problem("The file has not been read yet.")},
                              params=[BATCH_ID],
                              description="Every input row in order, with `Output Image Urls` "
-                                         "inserted after `Input Image Urls`."),
+                                         "(then one column per size) inserted after `Input "
+                                         "Image Urls`; a row shorter than the header is padded "
+                                         "with empty cells, so every column lines up."),
         },
         "/api/v1/batches/{batch_id}/errors.csv": {
             "get": operation("getErrorsCsv", "Rejected rows and failed images as CSV", batches,

@@ -124,6 +124,15 @@ class ColumnMap:
         return (self.header[: self.urls + 1] + [OUTPUT_COLUMN, *extra]
                 + self.header[self.urls + 1:])
 
+    def output_row(self, cells: list[str], outputs: list[str]) -> list[str]:
+        """A data row as the output CSV has it: `outputs` (the cells of `Output Image Urls`
+        and the `extra` columns) right after the URL column. A row shorter than the header
+        (e.g. rejected for it) is padded with empty cells first, so every column stays under
+        its name; cells past the header's width are kept as they are, in order."""
+        row = list(cells) + [""] * (len(self.header) - len(cells))
+        row[self.urls + 1:self.urls + 1] = outputs
+        return row
+
 
 def map_columns(header: list[str], added: tuple[str, ...] = ()) -> ColumnMap:
     """Find the three required columns (case- and punctuation-insensitive). A column named

@@ -166,6 +166,26 @@ def test_errors_csv_cells_never_run_as_spreadsheet_formulas(client, work):
     assert [row[0] for row in output[1:]] == serials
 
 
+def test_every_output_row_has_the_headers_cells_however_short_the_input_row(
+        client, http_server, work):
+    http_server.routes["/a.jpg"] = Route(jpeg(64, 48))
+    a = http_server.url("/a.jpg")
+    text = ("S. No.;Product Name;Input Image Urls;Colour;Brand\n"
+            f"1;A;{a};red;acme\n"
+            "4;D\n"  # too few cells: rejected
+            f"2;B;{a}\n"  # accepted, its last two cells missing
+            f"3;C;{a};blue;acme;extra\n")  # one cell more than the header: kept
+    batch = upload(client, text, sizes="thumb=32").get_json()
+    work()
+    rows = read_csv(client.get(batch["links"]["output_csv"]))
+    assert rows[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls",
+                       "Output Image Urls (thumb)", "Colour", "Brand"]
+    assert [len(r) for r in rows] == [7, 7, 7, 7, 8]
+    assert rows[2] == ["4", "D", "", "", "", "", ""]
+    assert rows[3][:3] == ["2", "B", a] and rows[3][3] and rows[3][5:] == ["", ""]
+    assert rows[4][5:] == ["blue", "acme", "extra"]
+
+
 def test_the_csvs_send_their_header_first_and_every_row_after_it(client):
     from worker import tasks
     rows = 600  # of 250 bytes: output.csv in several 64 KB writes
