@@ -57,9 +57,7 @@ def load_batch(batch_id: str) -> BatchRecord:
 def upload():
     settings = app_settings()
     stream, filename = _incoming_file()
-    webhook_url = _webhook_url(request.args.get("webhook_url")
-                               or (request.form.get("webhook_url")
-                                   if request.mimetype == "multipart/form-data" else None))
+    webhook_url = _webhook_url()
     sizes = _sizes(settings)
     full_size = _full_size(settings, sizes)
     idempotency_key = _idempotency_key()
@@ -150,11 +148,20 @@ def _fingerprint(sha256: str, webhook_url: str | None, sizes: dict[str, int],
 
 def _option(name: str) -> str | None:
     """An upload option: the query parameter or the multipart form field. Given more than once
-    (twice in either, or in both) is a ValueError: reading one of them would silently drop what
-    the caller also asked for."""
+    (twice in either, or in both), or as a file part, is a ValueError: reading one of them, or
+    none, would silently drop what the caller also asked for."""
     values = request.args.getlist(name)
     if request.mimetype == "multipart/form-data":
+        if name in request.files:
+            raise ValueError("sent as a file part; send it as a plain form field "
+                             f"(curl -F '{name}=…', not -F '{name}=@file')")
         values += request.form.getlist(name)
+    return _once(values)
+
+
+def _once(values: list):
+    """The one value of an upload field, None when absent; ValueError when given more than
+    once (the one rule for every upload field: `_option`, the file)."""
     if len(values) > 1:
         raise ValueError(f"given more than once ({len(values)} values); send it once")
     return values[0] if values else None
@@ -229,10 +236,16 @@ def _forget_batch(batch_id: str, key: str) -> None:
 def _incoming_file():
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        upload = request.files.get("file")
+        try:
+            upload = _once(request.files.getlist("file"))
+        except ValueError as error:  # one batch per upload: which file was meant is a guess
+            raise ApiError(400, "Invalid file", f"file: {error}", kind="invalid-file",
+                           field="file") from None
         if upload is None:
-            raise ApiError(400, "Missing file",
-                           "the multipart form has no 'file' field", kind="missing-file")
+            detail = ("'file' is a plain form field, not a file part: send the CSV as a file "
+                      "(curl -F 'file=@products.csv')" if "file" in request.form
+                      else "the multipart form has no 'file' field")
+            raise ApiError(400, "Missing file", detail, kind="missing-file", field="file")
         return upload.stream, clean_filename(upload.filename)
     if mimetype in CSV_TYPES:
         return request.stream, clean_filename(request.args.get("filename"))
@@ -265,12 +278,15 @@ def content_disposition(name: str) -> str:
             f"filename*=UTF-8''{quote(name, safe='')}")
 
 
-def _webhook_url(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:  # https, a public host (unless ALLOW_PRIVATE_URLS): see infra/url_safety.py
+def _webhook_url() -> str | None:
+    """The `webhook_url` query parameter or form field, checked; None when absent or empty."""
+    try:
+        value = _option("webhook_url")
+        if not value:
+            return None
+        # https, a public host (unless ALLOW_PRIVATE_URLS): see infra/url_safety.py
         return check_url(value, allow_private=app_settings().allow_private_urls)
-    except UnsafeUrl as error:
+    except ValueError as error:  # UnsafeUrl is one too
         raise ApiError(422, "Invalid webhook_url", f"webhook_url: {error}",
                        kind="invalid-webhook-url", field="webhook_url") from None
 

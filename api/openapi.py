@@ -119,12 +119,13 @@ def _paths() -> dict:
                 "uploadBatch", "Upload a CSV of products", batches,
                 {"202": {**json_body(BatchOut, "Accepted: the batch is queued."),
                          "headers": LOCATION},
-                 "400": problem("Empty file or missing form field."),
+                 "400": problem("Empty file, no `file` part, or more than one."),
                  "413": problem("Larger than MAX_UPLOAD_BYTES."),
                  "415": problem("Not CSV, binary, or not UTF-8."),
                  "422": problem("No header, a missing required column, no data rows, an "
                                 "invalid webhook_url, invalid sizes, or an invalid full_size "
-                                "(not true/false, or false without sizes)."),
+                                "(not true/false, or false without sizes); webhook_url, sizes "
+                                "or full_size given more than once or as a file part."),
                  "503": UNAVAILABLE},
                 params=[query_param("webhook_url", "With a raw text/csv body: called when the "
                                     "batch finishes.", {"type": "string", "format": "uri"}),

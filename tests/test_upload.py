@@ -83,6 +83,35 @@ def test_wrong_content_type_and_missing_field(client):
     assert_problem(response, 400, "'file'")
 
 
+def test_a_field_given_twice_or_as_the_wrong_kind_of_part_is_refused_by_name(client, s3, env):
+    csv_file = lambda: (io.BytesIO((HEADER + "1,Mug,http://x/a.jpg\n").encode()), "p.csv")
+    hook, other = "http://127.0.0.1:9/a", "http://127.0.0.1:9/b"
+    cases = [  # (query, form fields, status, kind, field, words)
+        ("", {"file": [csv_file(), csv_file()]}, 400, "invalid-file", "file", "more than once"),
+        ("", {"sizes": (io.BytesIO(b"t=100"), "sizes.txt")}, 422, "invalid-sizes", "sizes",
+         "file part"),
+        ("", {"full_size": (io.BytesIO(b"false"), "f.txt"), "sizes": "t=100"}, 422,
+         "invalid-full-size", "full_size", "file part"),
+        ("", {"webhook_url": [hook, other]}, 422, "invalid-webhook-url", "webhook_url",
+         "more than once"),
+        ("?webhook_url=" + hook, {"webhook_url": other}, 422, "invalid-webhook-url",
+         "webhook_url", "more than once"),
+    ]
+    for query, fields, status, kind, field, words in cases:
+        fields.setdefault("file", csv_file())
+        response = client.post("/api/v1/batches" + query, data=fields,
+                               content_type="multipart/form-data")
+        problem = assert_problem(response, status, words, f"{field}:")
+        assert problem["type"].endswith("/" + kind) and problem["field"] == field, problem
+    raw = post_raw(client, (HEADER + "1,Mug,http://x/a.jpg\n").encode(),
+                   query=f"?webhook_url={hook}&webhook_url={other}")
+    assert_problem(raw, 422, "more than once")["field"] == "webhook_url"
+    plain = client.post("/api/v1/batches", data={"file": HEADER + "1,Mug,http://x/a.jpg\n"},
+                        content_type="multipart/form-data")
+    assert assert_problem(plain, 400, "plain form field")["type"].endswith("/missing-file")
+    assert "Contents" not in s3.list_objects_v2(Bucket=env.s3_bucket)  # nothing was stored
+
+
 def test_bad_webhook_url_is_422(client):
     body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
     assert_problem(post_raw(client, body, query="?webhook_url=ftp://x/y"), 422, "webhook_url")
