@@ -28,6 +28,7 @@ from schemas.csv_format import inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
 from schemas.sizes import parse_full_size, parse_sizes, size_column
+from schemas.quoting import excerpt, quoted
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
                              ProductRecord, new_batch_id)
 from schemas.product import ImageOut
@@ -251,7 +252,8 @@ def _incoming_file():
         return request.stream, clean_filename(request.args.get("filename"))
     raise ApiError(415, "Unsupported Media Type",
                    f"send multipart/form-data with a 'file' field, or a text/csv body; "
-                   f"got {mimetype or 'no Content-Type'}", kind="unsupported-media-type")
+                   f"got {excerpt(mimetype) if mimetype else 'no Content-Type'}",
+                   kind="unsupported-media-type")
 
 
 MAX_FILENAME = 255
@@ -329,12 +331,12 @@ def _time_param(name: str) -> datetime | None:
     try:
         datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "Invalid parameter", f"{name} must be an ISO 8601 time, got {raw!r}",
+        raise ApiError(400, "Invalid parameter", f"{name} must be an ISO 8601 time, got {quoted(raw)}",
                        kind="invalid-parameter", parameter=name) from None
     try:
         return parse_aware(raw)
     except ValueError as error:
-        raise ApiError(400, "Invalid parameter", f"{name} {error}, got {raw!r}",
+        raise ApiError(400, "Invalid parameter", f"{name} {error}, got {quoted(raw)}",
                        kind="invalid-parameter", parameter=name) from None
 
 

@@ -112,6 +112,32 @@ def test_a_field_given_twice_or_as_the_wrong_kind_of_part_is_refused_by_name(cli
     assert "Contents" not in s3.list_objects_v2(Bucket=env.s3_bucket)  # nothing was stored
 
 
+def test_a_huge_value_is_quoted_cut_short_in_every_problem(client):
+    huge = "x" * 100_000
+    body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
+    answers = {
+        "sizes": upload(client, body.decode(), sizes="thumb=" + huge),
+        "sizes name": upload(client, body.decode(), sizes=huge + "=200"),
+        "full_size": upload(client, body.decode(), sizes="t=100", full_size=huge),
+        "created_after": client.get("/api/v1/batches?created_after=" + huge[:8000]),
+        "batch id": client.get("/api/v1/batches/" + huge[:8000]),
+        "event": client.post("/api/v1/webhooks",
+                             json={"url": "http://127.0.0.1:9/h", "events": [huge]}),
+        "field": client.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/h",
+                                                       "events": ["batch.completed"], huge: 1}),
+        "header": post_raw(client, ("Name," + ",".join([huge[:10_000]] * 3)
+                                    + "\n1,a,b,c\n").encode()),
+        "content type": post_raw(client, body, content_type="application/" + huge[:4000]),
+    }
+    for what, answer in answers.items():
+        assert 400 <= answer.status_code < 500, what
+        detail = answer.get_json()["detail"]
+        assert "xxxxx" in detail and len(detail) < 400, (what, len(detail))  # quoted, cut
+        if what not in ("created_after", "batch id"):  # (`instance` is the path asked for)
+            assert len(answer.get_data()) < 2000, (what, len(answer.get_data()))
+    assert "100,000 characters" in answers["sizes"].get_json()["detail"]
+
+
 def test_bad_webhook_url_is_422(client):
     body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
     assert_problem(post_raw(client, body, query="?webhook_url=ftp://x/y"), 422, "webhook_url")
