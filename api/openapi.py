@@ -231,7 +231,8 @@ def _paths() -> dict:
                                         "<input file name>.<jpg|webp>`, and each size's output "
                                         "as `<input file name>-<size>.<jpg|webp>` (each object "
                                         "once; with full_size=false every entry is named after "
-                                        "its size; a clash of names gets ` (2)`).",
+                                        "its size, the main output after the largest size; a "
+                                        "clash of names gets ` (2)`).",
                          "content": {"application/zip": {"schema": {
                              "type": "string", "format": "binary"}}}},
                  "404": NOT_FOUND, "409": problem("No image has been processed yet.")},

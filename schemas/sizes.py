@@ -54,6 +54,13 @@ def parse_full_size(text: str | None, default: bool, sizes: dict[str, int]) -> b
     return value
 
 
+def largest_size(sizes: dict[str, int]) -> tuple[str, int]:
+    """The (name, edge) of the largest size, the first of equal ones: without a full-size
+    output the main output is this size's (and serves the others as large)."""
+    name = max(sizes, key=lambda n: sizes[n])
+    return name, sizes[name]
+
+
 def size_column(name: str) -> str:
     """The output CSV column of a size: `Output Image Urls (thumb)`."""
     return f"Output Image Urls ({name})"
