@@ -21,14 +21,14 @@ from api.errors import ApiError, not_found
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
 from infra import jobs, metrics, storage, stores
-from infra.url_safety import UnsafeUrl, check_url
+from infra.url_safety import check_url
 from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
 from schemas.csv_format import inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
-from schemas.sizes import parse_full_size, parse_sizes, size_column
 from schemas.quoting import excerpt, quoted
+from schemas.sizes import parse_full_size, parse_sizes, size_column
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
                              ProductRecord, new_batch_id)
 from schemas.product import ImageOut
@@ -288,7 +288,7 @@ def _webhook_url() -> str | None:
             return None
         # https, a public host (unless ALLOW_PRIVATE_URLS): see infra/url_safety.py
         return check_url(value, allow_private=app_settings().allow_private_urls)
-    except ValueError as error:  # UnsafeUrl is one too
+    except ValueError as error:  # given more than once, or an UnsafeUrl (a ValueError)
         raise ApiError(422, "Invalid webhook_url", f"webhook_url: {error}",
                        kind="invalid-webhook-url", field="webhook_url") from None
 
@@ -331,7 +331,8 @@ def _time_param(name: str) -> datetime | None:
     try:
         datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "Invalid parameter", f"{name} must be an ISO 8601 time, got {quoted(raw)}",
+        raise ApiError(400, "Invalid parameter",
+                       f"{name} must be an ISO 8601 time, got {quoted(raw)}",
                        kind="invalid-parameter", parameter=name) from None
     try:
         return parse_aware(raw)

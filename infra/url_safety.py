@@ -97,7 +97,8 @@ def _resolve(host: str, port: int) -> list:
     try:
         infos = future.result(timeout=DNS_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
-        raise UnsafeUrl(f"the URL's host {quoted(host)} did not resolve within {DNS_TIMEOUT_S:g} s") from None
+        raise UnsafeUrl(f"the URL's host {quoted(host)} did not resolve within "
+                        f"{DNS_TIMEOUT_S:g} s") from None
     except (socket.gaierror, UnicodeError, OSError):
         raise UnsafeUrl(f"the URL's host {quoted(host)} does not resolve") from None
     addresses = []
@@ -105,7 +106,8 @@ def _resolve(host: str, port: int) -> list:
         try:
             addresses.append(ipaddress.ip_address(sockaddr[0].split("%", 1)[0]))
         except ValueError:
-            raise UnsafeUrl(f"the URL's host {quoted(host)} resolves to an unusable address") from None
+            raise UnsafeUrl(f"the URL's host {quoted(host)} resolves to an unusable "
+                            "address") from None
     if not addresses:
         raise UnsafeUrl(f"the URL's host {quoted(host)} does not resolve")
     return addresses

@@ -28,8 +28,8 @@ def parse_sizes(text: str | None) -> dict[str, int]:
         if name in sizes:
             raise ValueError(f"size name {quoted(name)} is given twice")
         if not re.fullmatch(r"[0-9]{1,5}", edge) or not MIN_EDGE <= int(edge) <= MAX_EDGE:
-            raise ValueError(f"size {quoted(name)}: the longest edge must be a whole number of pixels "
-                             f"from {MIN_EDGE} to {MAX_EDGE}, got {quoted(edge)}")
+            raise ValueError(f"size {quoted(name)}: the longest edge must be a whole number of "
+                             f"pixels from {MIN_EDGE} to {MAX_EDGE}, got {quoted(edge)}")
         sizes[name] = int(edge)
         if len(sizes) > MAX_SIZES:
             raise ValueError(f"at most {MAX_SIZES} sizes")
