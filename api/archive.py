@@ -20,6 +20,7 @@ from api.errors import ApiError
 from infra import storage, stores
 from schemas.archive_names import ArchiveNames
 from schemas.records import ACCEPTED, PROCESSED, BatchRecord, ImageOutcome
+from schemas.sizes import largest_size
 
 bp = Blueprint("archive", __name__, url_prefix="/api/v1/batches")
 READ_SIZE = 256 * 1024
@@ -45,19 +46,22 @@ def _entries(batch: BatchRecord):
         for position, (url, image) in enumerate(row.images_of(images), 1):
             if image is None or image.status != PROCESSED or not image.output_key:
                 continue
-            for size, key in output_objects(image, list(batch.sizes), not batch.sizes_only):
+            for size, key in output_objects(image, dict(batch.sizes), not batch.sizes_only):
                 extension = key.rsplit(".", 1)[-1]
                 yield names.name(row.serial_no, row.product_name, url, position, extension,
                                  size), key
 
 
-def output_objects(image: ImageOutcome, sizes: list[str],
+def output_objects(image: ImageOutcome, sizes: dict[str, int],
                    full_size: bool = True) -> list[tuple[str | None, str]]:
     """(size name or None for the main output, object key) of each distinct object of a
-    processed image, named after the first output that is it. A size's key is read off its
-    URL: the image's URLs all start with what its main URL has before the main key."""
+    processed image, named after the first output that is it; without a full-size output the
+    main one is named after the largest size, which it always is (also for an image smaller
+    than every size, kept at its own size). A size's key is read off its URL: the image's URLs
+    all start with what its main URL has before the main key."""
     prefix = (image.output_url or "")[:-len(image.output_key)] \
         if (image.output_url or "").endswith(image.output_key) else None
+    main_name = None if full_size or not sizes else largest_size(sizes)[0]
     slots = [(None, image.output_url)] if full_size else []
     slots += [(name, image.sizes[name]) for name in sizes if image.sizes.get(name)]
     found, seen = [], set()
@@ -70,7 +74,7 @@ def output_objects(image: ImageOutcome, sizes: list[str],
             continue  # not an object of ours (never made so; skipped rather than guessed)
         if key not in seen:
             seen.add(key)
-            found.append((size, key))
+            found.append((main_name if key == image.output_key else size, key))
     return found
 
 

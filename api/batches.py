@@ -21,12 +21,13 @@ from api.errors import ApiError, not_found
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
 from infra import jobs, metrics, storage, stores
-from infra.url_safety import UnsafeUrl, check_url
+from infra.url_safety import check_url
 from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
 from schemas.csv_format import inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
+from schemas.quoting import excerpt, quoted
 from schemas.sizes import parse_full_size, parse_sizes, size_column
 from schemas.records import (FAILED, PENDING, BatchRecord, IdempotencyRecord, ImageRecord,
                              ProductRecord, new_batch_id)
@@ -57,9 +58,7 @@ def load_batch(batch_id: str) -> BatchRecord:
 def upload():
     settings = app_settings()
     stream, filename = _incoming_file()
-    webhook_url = _webhook_url(request.args.get("webhook_url")
-                               or (request.form.get("webhook_url")
-                                   if request.mimetype == "multipart/form-data" else None))
+    webhook_url = _webhook_url()
     sizes = _sizes(settings)
     full_size = _full_size(settings, sizes)
     idempotency_key = _idempotency_key()
@@ -150,11 +149,20 @@ def _fingerprint(sha256: str, webhook_url: str | None, sizes: dict[str, int],
 
 def _option(name: str) -> str | None:
     """An upload option: the query parameter or the multipart form field. Given more than once
-    (twice in either, or in both) is a ValueError: reading one of them would silently drop what
-    the caller also asked for."""
+    (twice in either, or in both), or as a file part, is a ValueError: reading one of them, or
+    none, would silently drop what the caller also asked for."""
     values = request.args.getlist(name)
     if request.mimetype == "multipart/form-data":
+        if name in request.files:
+            raise ValueError("sent as a file part; send it as a plain form field "
+                             f"(curl -F '{name}=…', not -F '{name}=@file')")
         values += request.form.getlist(name)
+    return _once(values)
+
+
+def _once(values: list):
+    """The one value of an upload field, None when absent; ValueError when given more than
+    once (the one rule for every upload field: `_option`, the file)."""
     if len(values) > 1:
         raise ValueError(f"given more than once ({len(values)} values); send it once")
     return values[0] if values else None
@@ -229,16 +237,23 @@ def _forget_batch(batch_id: str, key: str) -> None:
 def _incoming_file():
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        upload = request.files.get("file")
+        try:
+            upload = _once(request.files.getlist("file"))
+        except ValueError as error:  # one batch per upload: which file was meant is a guess
+            raise ApiError(400, "Invalid file", f"file: {error}", kind="invalid-file",
+                           field="file") from None
         if upload is None:
-            raise ApiError(400, "Missing file",
-                           "the multipart form has no 'file' field", kind="missing-file")
+            detail = ("'file' is a plain form field, not a file part: send the CSV as a file "
+                      "(curl -F 'file=@products.csv')" if "file" in request.form
+                      else "the multipart form has no 'file' field")
+            raise ApiError(400, "Missing file", detail, kind="missing-file", field="file")
         return upload.stream, clean_filename(upload.filename)
     if mimetype in CSV_TYPES:
         return request.stream, clean_filename(request.args.get("filename"))
     raise ApiError(415, "Unsupported Media Type",
                    f"send multipart/form-data with a 'file' field, or a text/csv body; "
-                   f"got {mimetype or 'no Content-Type'}", kind="unsupported-media-type")
+                   f"got {excerpt(mimetype) if mimetype else 'no Content-Type'}",
+                   kind="unsupported-media-type")
 
 
 MAX_FILENAME = 255
@@ -265,12 +280,15 @@ def content_disposition(name: str) -> str:
             f"filename*=UTF-8''{quote(name, safe='')}")
 
 
-def _webhook_url(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:  # https, a public host (unless ALLOW_PRIVATE_URLS): see infra/url_safety.py
+def _webhook_url() -> str | None:
+    """The `webhook_url` query parameter or form field, checked; None when absent or empty."""
+    try:
+        value = _option("webhook_url")
+        if not value:
+            return None
+        # https, a public host (unless ALLOW_PRIVATE_URLS): see infra/url_safety.py
         return check_url(value, allow_private=app_settings().allow_private_urls)
-    except UnsafeUrl as error:
+    except ValueError as error:  # given more than once, or an UnsafeUrl (a ValueError)
         raise ApiError(422, "Invalid webhook_url", f"webhook_url: {error}",
                        kind="invalid-webhook-url", field="webhook_url") from None
 
@@ -313,12 +331,13 @@ def _time_param(name: str) -> datetime | None:
     try:
         datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "Invalid parameter", f"{name} must be an ISO 8601 time, got {raw!r}",
+        raise ApiError(400, "Invalid parameter",
+                       f"{name} must be an ISO 8601 time, got {quoted(raw)}",
                        kind="invalid-parameter", parameter=name) from None
     try:
         return parse_aware(raw)
     except ValueError as error:
-        raise ApiError(400, "Invalid parameter", f"{name} {error}, got {raw!r}",
+        raise ApiError(400, "Invalid parameter", f"{name} {error}, got {quoted(raw)}",
                        kind="invalid-parameter", parameter=name) from None
 
 
@@ -453,12 +472,8 @@ def output_csv(batch_id: str):
     def lines():
         yield columns.output_header([size_column(name) for name in sizes])
         for row, images in stores.products().iter_rows(batch_id):
-            cells = list(row.cells)
-            while len(cells) <= columns.urls:
-                cells.append("")
-            outputs = [",".join(row.output_slots(images, size)) for size in [None, *sizes]]
-            cells[columns.urls + 1:columns.urls + 1] = outputs
-            yield cells
+            yield columns.output_row(row.cells, [",".join(row.output_slots(images, size))
+                                                 for size in [None, *sizes]])
 
     return _csv_response(batch, "-output.csv", lines())
 

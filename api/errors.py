@@ -6,6 +6,8 @@ import logging
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from schemas.quoting import quoted
+
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "/problems/"
@@ -29,7 +31,7 @@ class ApiError(Exception):
 def not_found(what: str, ident: str | None = None) -> ApiError:
     """The one 404 of the API: `raise not_found("batch", batch_id)`. Another owner's ids answer
     exactly like ids that do not exist."""
-    detail = f"no {what} with id {ident!r}" if ident is not None else f"no such {what}"
+    detail = f"no {what} with id {quoted(ident)}" if ident is not None else f"no such {what}"
     return ApiError(404, "Not Found", detail, kind="not-found")
 
 

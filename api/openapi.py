@@ -119,12 +119,13 @@ def _paths() -> dict:
                 "uploadBatch", "Upload a CSV of products", batches,
                 {"202": {**json_body(BatchOut, "Accepted: the batch is queued."),
                          "headers": LOCATION},
-                 "400": problem("Empty file or missing form field."),
+                 "400": problem("Empty file, no `file` part, or more than one."),
                  "413": problem("Larger than MAX_UPLOAD_BYTES."),
                  "415": problem("Not CSV, binary, or not UTF-8."),
                  "422": problem("No header, a missing required column, no data rows, an "
                                 "invalid webhook_url, invalid sizes, or an invalid full_size "
-                                "(not true/false, or false without sizes)."),
+                                "(not true/false, or false without sizes); webhook_url, sizes "
+                                "or full_size given more than once or as a file part."),
                  "503": UNAVAILABLE},
                 params=[query_param("webhook_url", "With a raw text/csv body: called when the "
                                     "batch finishes.", {"type": "string", "format": "uri"}),
@@ -175,7 +176,9 @@ def _paths() -> dict:
                               "409": problem("The file has not been read yet.")},
                              params=[BATCH_ID],
                              description="Every input row in order, with `Output Image Urls` "
-                                         "inserted after `Input Image Urls`."),
+                                         "(then one column per size) inserted after `Input "
+                                         "Image Urls`; a row shorter than the header is padded "
+                                         "with empty cells, so every column lines up."),
         },
         "/api/v1/batches/{batch_id}/errors.csv": {
             "get": operation("getErrorsCsv", "Rejected rows and failed images as CSV", batches,
@@ -228,7 +231,8 @@ def _paths() -> dict:
                                         "<input file name>.<jpg|webp>`, and each size's output "
                                         "as `<input file name>-<size>.<jpg|webp>` (each object "
                                         "once; with full_size=false every entry is named after "
-                                        "its size; a clash of names gets ` (2)`).",
+                                        "its size, the main output after the largest size; a "
+                                        "clash of names gets ` (2)`).",
                          "content": {"application/zip": {"schema": {
                              "type": "string", "format": "binary"}}}},
                  "404": NOT_FOUND, "409": problem("No image has been processed yet.")},

@@ -7,8 +7,10 @@ import io
 from api.errors import ApiError
 from schemas.csv_format import (HeaderError, decoder_check, has_data_rows, map_columns,
                                 parse_header)
+from schemas.quoting import excerpt
 
 FIRST_BLOCK = 64 * 1024
+HEADER_LISTED = 100  # header cells a problem lists (each cut like every quoted value)
 CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"}
 
 
@@ -62,8 +64,9 @@ def check_first_block(block: bytes, complete: bool,
     except HeaderError as error:
         raise ApiError(422, "Missing column" if error.missing else "Bad header", str(error),
                        kind="missing-column" if error.missing else "bad-header",
-                       missing_columns=error.missing or None, column=error.column,
-                       header=header) from None
+                       missing_columns=error.missing or None,
+                       column=excerpt(error.column) if error.column is not None else None,
+                       header=[excerpt(cell) for cell in header[:HEADER_LISTED]]) from None
     if complete and not has_data_rows(text[parsed.length:], parsed.delimiter):
         raise ApiError(422, "No data rows", "the file has a header but no data rows (lines "
                        "with only empty cells do not count)", kind="no-rows")

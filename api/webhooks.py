@@ -25,6 +25,7 @@ from api.errors import ApiError, not_found
 from api.rate_limits import check_redelivery
 from infra import jobs, stores
 from infra.url_safety import UnsafeUrl, check_url
+from schemas.quoting import excerpt, quoted
 from schemas.records import EVENTS, DeliveryRecord, SubscriptionRecord
 from schemas.timestamps import iso_z
 from schemas.webhook import WebhookSubscriptionIn, WebhookSubscriptionPatch
@@ -74,14 +75,14 @@ def _validated_body(model: type[BaseModel]) -> BaseModel:
         field = str(item["loc"][0]) if item["loc"] else "body"
         if item["type"] == "extra_forbidden":
             known = ", ".join(model.model_fields)
-            raise ApiError(422, "Unknown field", f"unknown field {field!r}; known: {known}",
-                           kind="unknown-field", field=field) from None
+            raise ApiError(422, "Unknown field", f"unknown field {quoted(field)}; known: {known}",
+                           kind="unknown-field", field=excerpt(field)) from None
         if item["type"] == "missing":
             detail = f"{field} is required"
         elif field == "events":
             detail = "events must be a non-empty list of event names: " + ", ".join(EVENTS)
             if item["type"] == "literal_error":
-                detail = f"unknown event {item['input']!r}; known: " + ", ".join(EVENTS)
+                detail = f"unknown event {quoted(item['input'])}; known: " + ", ".join(EVENTS)
         else:
             detail = f"{field}: {item['msg']}"
         raise ApiError(422, f"Invalid {field}", detail,

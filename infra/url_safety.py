@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from requests_hardened.ip_filter import EXTRA_BLOCKED_NET_RANGES
 
+from schemas.quoting import quoted
 from schemas.urls import UrlShapeError, check_fetchable
 
 DNS_TIMEOUT_S = 5.0
@@ -96,15 +97,17 @@ def _resolve(host: str, port: int) -> list:
     try:
         infos = future.result(timeout=DNS_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
-        raise UnsafeUrl(f"the URL's host {host!r} did not resolve within {DNS_TIMEOUT_S:g} s") from None
+        raise UnsafeUrl(f"the URL's host {quoted(host)} did not resolve within "
+                        f"{DNS_TIMEOUT_S:g} s") from None
     except (socket.gaierror, UnicodeError, OSError):
-        raise UnsafeUrl(f"the URL's host {host!r} does not resolve") from None
+        raise UnsafeUrl(f"the URL's host {quoted(host)} does not resolve") from None
     addresses = []
     for _family, _type, _proto, _name, sockaddr in infos:
         try:
             addresses.append(ipaddress.ip_address(sockaddr[0].split("%", 1)[0]))
         except ValueError:
-            raise UnsafeUrl(f"the URL's host {host!r} resolves to an unusable address") from None
+            raise UnsafeUrl(f"the URL's host {quoted(host)} resolves to an unusable "
+                            "address") from None
     if not addresses:
-        raise UnsafeUrl(f"the URL's host {host!r} does not resolve")
+        raise UnsafeUrl(f"the URL's host {quoted(host)} does not resolve")
     return addresses

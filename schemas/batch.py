@@ -65,6 +65,7 @@ class BatchLinks(BaseModel):
     products: str
     output_csv: str
     errors_csv: str
+    outputs_zip: str = Field(description="Every output image of the batch in one ZIP.")
 
 
 class BatchOut(BaseModel):
@@ -84,6 +85,12 @@ class BatchOut(BaseModel):
     progress: float = Field(ge=0, le=1)
     error: str | None = None
     webhook_url: str | None = None
+    sizes: dict[str, int] = Field(default_factory=dict, description=(
+        "The extra output sizes asked for at upload: size name -> longest edge in pixels, "
+        "in the order given (empty: none)."))
+    full_size: bool = Field(True, description=(
+        "Whether each image also gets a full-size output; false: its outputs are its sizes "
+        "only (the `full_size` upload option)."))
     links: BatchLinks
 
 
@@ -112,8 +119,10 @@ def batch_out(batch: "BatchRecord", base_url: str = "") -> BatchOut:
         bytes=ByteCounts(in_=batch.bytes_in or 0, out=batch.bytes_out or 0),
         saving_percent=saving_percent(batch.bytes_in or 0, batch.bytes_out or 0),
         progress=batch.progress, error=batch.error, webhook_url=batch.webhook_url,
+        sizes=dict(batch.sizes), full_size=not batch.sizes_only,
         links={"self": root, "products": root + "/products",
-               "output_csv": root + "/output.csv", "errors_csv": root + "/errors.csv"},
+               "output_csv": root + "/output.csv", "errors_csv": root + "/errors.csv",
+               "outputs_zip": root + "/outputs.zip"},
     )
 
 

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from schemas.quoting import quoted, quoted_list
+
 SERIAL, NAME, URLS = "serial_no", "product_name", "input_image_urls"
 OUTPUT_COLUMN = "Output Image Urls"
 
@@ -124,6 +126,15 @@ class ColumnMap:
         return (self.header[: self.urls + 1] + [OUTPUT_COLUMN, *extra]
                 + self.header[self.urls + 1:])
 
+    def output_row(self, cells: list[str], outputs: list[str]) -> list[str]:
+        """A data row as the output CSV has it: `outputs` (the cells of `Output Image Urls`
+        and the `extra` columns) right after the URL column. A row shorter than the header
+        (e.g. rejected for it) is padded with empty cells first, so every column stays under
+        its name; cells past the header's width are kept as they are, in order."""
+        row = list(cells) + [""] * (len(self.header) - len(cells))
+        row[self.urls + 1:self.urls + 1] = outputs
+        return row
+
 
 def map_columns(header: list[str], added: tuple[str, ...] = ()) -> ColumnMap:
     """Find the three required columns (case- and punctuation-insensitive). A column named
@@ -145,13 +156,13 @@ def map_columns(header: list[str], added: tuple[str, ...] = ()) -> ColumnMap:
             what = ("the column" if ours[key] == OUTPUT_COLUMN
                     else f"the column {ours[key]!r}, which")
             raise HeaderError(
-                f"column {cell!r} (column {index + 1}) is {what} Batchpress adds to the "
+                f"column {quoted(cell)} (column {index + 1}) is {what} Batchpress adds to the "
                 "output CSV; rename or remove it", column=cell)
     missing = [DISPLAY[f] for f in (SERIAL, NAME, URLS) if f not in found]
     if missing:
         raise HeaderError(
             "the header lacks required column(s): " + ", ".join(missing)
-            + f"; found: {', '.join(repr(h) for h in header) or 'nothing'}",
+            + f"; found: {quoted_list(header) or 'nothing'}",
             missing=missing,
         )
     return ColumnMap(header=list(header), serial=found[SERIAL], name=found[NAME], urls=found[URLS])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Problem(BaseModel):
@@ -12,6 +12,8 @@ class Problem(BaseModel):
     type: str = "about:blank"
     title: str
     status: int
-    detail: str | None = None
+    detail: str | None = Field(None, description=(
+        "What was wrong. A value of the caller's quoted here is cut at 60 characters and says "
+        "how long it was (schemas/quoting.py)."))
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None

@@ -5,7 +5,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.urls import UrlShapeError, check_absolute_http, excerpt
+from schemas.quoting import quoted
+from schemas.urls import UrlShapeError, check_absolute_http
 
 MAX_NAME = 300
 MAX_URLS = 50
@@ -93,7 +94,7 @@ class ProductRow(BaseModel):
     def _serial(cls, value):
         text = str(value).strip()
         if not re.fullmatch(r"[0-9]+", text):  # ASCII digits: str.isdigit() takes '²' and '١'
-            raise ValueError(f"S. No. must be a positive whole number, got {text[:40]!r}")
+            raise ValueError(f"S. No. must be a positive whole number, got {quoted(text)}")
         if len(text.lstrip("0")) > len(str(MAX_SERIAL)):
             raise ValueError(f"S. No. is too large (at most {MAX_SERIAL})")
         return int(text)
@@ -112,7 +113,7 @@ class ProductRow(BaseModel):
             try:
                 check_absolute_http(url)
             except UrlShapeError as error:
-                raise ValueError(f"{error}: {excerpt(str(url))!r}") from None
+                raise ValueError(f"{error}: {quoted(url)}") from None
         return value
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from schemas.quoting import quoted
+
 MIN_EDGE = 16
 MAX_EDGE = 4096
 MAX_SIZES = 5
@@ -19,15 +21,15 @@ def parse_sizes(text: str | None) -> dict[str, int]:
     for item in text.split(","):
         name, equals, edge = (part.strip() for part in item.partition("="))
         if not equals or not name or not edge:
-            raise ValueError(f"{item.strip()!r} is not name=pixels (e.g. thumb=200)")
+            raise ValueError(f"{quoted(item.strip())} is not name=pixels (e.g. thumb=200)")
         if not _NAME.fullmatch(name):
-            raise ValueError(f"size name {name!r} must be 1 to 20 lowercase letters, digits, "
+            raise ValueError(f"size name {quoted(name)} must be 1 to 20 lowercase letters, digits, "
                              "'_' or '-', starting with a letter or digit")
         if name in sizes:
-            raise ValueError(f"size name {name!r} is given twice")
+            raise ValueError(f"size name {quoted(name)} is given twice")
         if not re.fullmatch(r"[0-9]{1,5}", edge) or not MIN_EDGE <= int(edge) <= MAX_EDGE:
-            raise ValueError(f"size {name!r}: the longest edge must be a whole number of pixels "
-                             f"from {MIN_EDGE} to {MAX_EDGE}, got {edge!r}")
+            raise ValueError(f"size {quoted(name)}: the longest edge must be a whole number of "
+                             f"pixels from {MIN_EDGE} to {MAX_EDGE}, got {quoted(edge)}")
         sizes[name] = int(edge)
         if len(sizes) > MAX_SIZES:
             raise ValueError(f"at most {MAX_SIZES} sizes")
@@ -45,11 +47,18 @@ def parse_full_size(text: str | None, default: bool, sizes: dict[str, int]) -> b
     else:
         value = _BOOLEANS.get(text.strip().lower())
         if value is None:
-            raise ValueError(f"must be true or false, got {text[:40]!r}")
+            raise ValueError(f"must be true or false, got {quoted(text)}")
     if not value and not sizes:
         raise ValueError("false needs at least one size (e.g. sizes=thumb=200,large=1200): "
                          "without a full-size output, an image's outputs are its sizes")
     return value
+
+
+def largest_size(sizes: dict[str, int]) -> tuple[str, int]:
+    """The (name, edge) of the largest size, the first of equal ones: without a full-size
+    output the main output is this size's (and serves the others as large)."""
+    name = max(sizes, key=lambda n: sizes[n])
+    return name, sizes[name]
 
 
 def size_column(name: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from urllib.parse import SplitResult, urlsplit
 
 MAX_URL_LENGTH = 2048
-EXCERPT = 60  # characters of a URL quoted in a message
 
 
 class UrlShapeError(ValueError):
@@ -62,8 +61,3 @@ def check_fetchable(url: object, *, spaces: bool = True) -> SplitResult:
     if port == 0:
         raise UrlShapeError("the URL's port is not a number from 1 to 65535")
     return parts
-
-
-def excerpt(url: str) -> str:
-    """The URL as quoted in a message: cut at EXCERPT characters."""
-    return url if len(url) <= EXCERPT else url[:EXCERPT] + "…"

@@ -92,6 +92,31 @@ def test_without_full_size_the_zip_names_outputs_by_their_size(client, http_serv
     assert _size_of(archive, "1 Cup/tiny-large.jpg") == (60, 45)  # never enlarged
 
 
+def test_sizes_of_one_edge_are_one_object_and_a_small_image_is_named_after_the_largest(
+        client, http_server, work, s3, env):
+    http_server.routes["/front.jpg"] = Route(images.jpeg((400, 300)))
+    http_server.routes["/tiny.jpg"] = Route(images.jpeg((60, 45)))
+    text = ("S. No.,Product Name,Input Image Urls\n"
+            f'1,Cup,"{http_server.url("/front.jpg")},{http_server.url("/tiny.jpg")}"\n')
+    batch = upload(client, text, sizes="a=100,b=100,c=200", full_size="false").get_json()
+    work()
+
+    front, tiny = client.get(f"/api/v1/batches/{batch['id']}/products").get_json()[
+        "items"][0]["images"]
+    assert front["sizes"]["b"] == front["sizes"]["a"] != front["output_url"]
+    assert front["sizes"]["a"].endswith("/front-a.jpg")  # named after the first of the edge
+    assert set(tiny["sizes"].values()) == {tiny["output_url"]}  # 60 px: smaller than every size
+    keys = sorted(o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(
+        Bucket=env.s3_bucket, Prefix=f"outputs/{batch['id']}/")["Contents"])
+    assert keys == ["front-a.jpg", "front-c.jpg", "tiny.jpg"]  # each edge encoded and stored once
+
+    archive = _zip(client, batch["id"])
+    # the tiny image's only output counts as the largest size, so it is named after it
+    assert archive.namelist() == ["1 Cup/front-a.jpg", "1 Cup/front-c.jpg", "1 Cup/tiny-c.jpg"]
+    assert _size_of(archive, "1 Cup/front-a.jpg") == (100, 75)
+    assert _size_of(archive, "1 Cup/tiny-c.jpg") == (60, 45)
+
+
 def test_a_batch_without_processed_images_answers_409_and_unknown_ids_404(client, work):
     batch = upload(client, "S. No.,Product Name,Input Image Urls\n1,Mug,http://127.0.0.1:9/x.jpg\n"
                    ).get_json()

@@ -576,6 +576,15 @@ def test_sizes_are_resized_by_their_longest_edge_never_enlarged_same_format_rule
     assert (turned.width, turned.height) == (32, 48)  # upright, like the main output
 
 
+def test_sizes_of_one_edge_share_one_output_encoded_once():
+    result = compress(make.jpeg(size=(960, 640)), sizes={"a": 200, "b": 200, "c": 400})
+    assert result.variants["a"] is result.variants["b"]  # one encode, not two equal ones
+    assert (result.variants["a"].width, result.variants["c"].width) == (200, 400)
+    sized = compress(make.jpeg(size=(960, 640)), sizes={"a": 200, "b": 200, "c": 400},
+                     full_size=False)
+    assert sized.size_name == "c" and sized.variants["a"] is sized.variants["b"]
+
+
 # --------------------------------------------------------------------------- without full size
 
 def test_without_full_size_the_output_is_the_largest_size_and_the_others_follow():

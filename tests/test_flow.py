@@ -166,6 +166,26 @@ def test_errors_csv_cells_never_run_as_spreadsheet_formulas(client, work):
     assert [row[0] for row in output[1:]] == serials
 
 
+def test_every_output_row_has_the_headers_cells_however_short_the_input_row(
+        client, http_server, work):
+    http_server.routes["/a.jpg"] = Route(jpeg(64, 48))
+    a = http_server.url("/a.jpg")
+    text = ("S. No.;Product Name;Input Image Urls;Colour;Brand\n"
+            f"1;A;{a};red;acme\n"
+            "4;D\n"  # too few cells: rejected
+            f"2;B;{a}\n"  # accepted, its last two cells missing
+            f"3;C;{a};blue;acme;extra\n")  # one cell more than the header: kept
+    batch = upload(client, text, sizes="thumb=32").get_json()
+    work()
+    rows = read_csv(client.get(batch["links"]["output_csv"]))
+    assert rows[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls",
+                       "Output Image Urls (thumb)", "Colour", "Brand"]
+    assert [len(r) for r in rows] == [7, 7, 7, 7, 8]
+    assert rows[2] == ["4", "D", "", "", "", "", ""]
+    assert rows[3][:3] == ["2", "B", a] and rows[3][3] and rows[3][5:] == ["", ""]
+    assert rows[4][5:] == ["blue", "acme", "extra"]
+
+
 def test_the_csvs_send_their_header_first_and_every_row_after_it(client):
     from worker import tasks
     rows = 600  # of 250 bytes: output.csv in several 64 KB writes
@@ -303,6 +323,24 @@ def test_without_full_size_the_main_output_is_the_largest_size(client, http_serv
     rows = read_csv(client.get(f"/api/v1/batches/{batch_id}/output.csv"))
     assert rows[1][3].split(",") == [large["sizes"]["large"], little["output_url"]]
     assert rows[1][5].split(",") == rows[1][3].split(",")  # Output Image Urls (large)
+
+
+def test_the_batch_object_says_what_was_asked_for_and_links_the_zip(client, http_server, work):
+    http_server.routes["/a.jpg"] = Route(jpeg(64, 48))
+    text = f"S. No.,Product Name,Input Image Urls\n1,A,{http_server.url('/a.jpg')}\n"
+    asked = upload(client, text, sizes="thumb=32,large=48", full_size="false").get_json()
+    assert asked["sizes"] == {"thumb": 32, "large": 48} and asked["full_size"] is False
+    assert list(asked["sizes"]) == ["thumb", "large"]  # in the order given
+    plain = client.post("/api/v1/batches?sizes=", data=text, content_type="text/csv").get_json()
+    assert plain["sizes"] == {} and plain["full_size"] is True
+    work()
+    batch = client.get(f"/api/v1/batches/{asked['id']}").get_json()
+    assert batch["sizes"] == {"thumb": 32, "large": 48} and batch["full_size"] is False
+    assert batch["links"]["outputs_zip"].endswith(f"/api/v1/batches/{asked['id']}/outputs.zip")
+    archive = client.get(batch["links"]["outputs_zip"])
+    assert archive.status_code == 200 and archive.mimetype == "application/zip"
+    listed = client.get("/api/v1/batches").get_json()["items"]
+    assert {b["id"]: b["sizes"] for b in listed}[plain["id"]] == {}
 
 
 def test_full_size_is_checked_at_upload(client):

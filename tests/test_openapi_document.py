@@ -44,6 +44,8 @@ def test_openapi_document_is_valid_and_built_from_the_models(client):
         assert name in schemas, name
     from schemas.batch import BatchOut
     assert set(schemas["BatchOut"]["properties"]) == set(BatchOut.model_fields)
+    assert {"sizes", "full_size"} <= set(schemas["BatchOut"]["properties"])
+    assert "outputs_zip" in schemas["BatchLinks"]["required"]
     from schemas.product import ImageOut
     assert set(schemas["ImageOut"]["properties"]) == set(ImageOut.model_fields)
     # Every $ref points at a schema that exists.

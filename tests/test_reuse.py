@@ -193,6 +193,21 @@ def test_sizes_only_reuses_only_sizes_only_and_keeps_the_main_output_named_after
     assert fetched(image["output_url"]) == fetched(first_images[0]["output_url"])
 
 
+def test_a_reuse_copies_an_object_shared_by_sizes_of_one_edge_once(client, http_server, work,
+                                                                     s3, env):
+    urls, routes = serve(http_server, 1)
+    first, first_images = run(client, work, urls, sizes="a=32,b=32")
+    second, second_images = run(client, work, urls, sizes="a=32,b=32")
+    assert second["images"]["reused"] == 1
+    image = second_images[0]
+    assert image["sizes"]["a"] == image["sizes"]["b"] != image["output_url"]
+    assert f"/{second['id']}/" in image["sizes"]["b"]
+    assert fetched(image["sizes"]["b"]) == fetched(first_images[0]["sizes"]["a"])
+    keys = sorted(o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(
+        Bucket=env.s3_bucket, Prefix=f"outputs/{second['id']}/")["Contents"])
+    assert keys == ["p0-a.jpg", "p0.jpg"]
+
+
 def test_a_304_whose_outputs_are_gone_fetches_the_image_again(client, http_server, work, s3,
                                                               env):
     urls, routes = serve(http_server, 1)

@@ -271,7 +271,8 @@ def test_a_part_that_is_not_a_url_rejects_the_row_and_slots_stay_aligned(
     ("1", "Mug", ",".join(f"http://h/{i}.jpg" for i in range(51)),
      "Input Image Urls: holds more than 50 URLs"),
     ("1", "Mug", "http://h/" + "a" * 2050,
-     "Input Image Urls: the URL is longer than 2048 characters: 'http://h/" + "a" * 51 + "…'"),
+     "Input Image Urls: the URL is longer than 2048 characters: 'http://h/" + "a" * 51
+     + "'… (2,059 characters)"),
     ("1", "Mug", f"{GOOD}, photo.jpg", "Input Image Urls: not an absolute http(s) URL: 'photo.jpg'"),
 ])
 def test_each_row_rule_names_its_field_and_reason_without_a_server(serial, name, urls, reason):

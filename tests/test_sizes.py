@@ -39,3 +39,9 @@ def test_full_size_reads_true_or_false_and_needs_a_size_to_be_false():
         parse_full_size("maybe", True, {"t": 100})
     with pytest.raises(ValueError, match="at least one size"):
         parse_full_size("false", True, {})
+
+
+def test_the_largest_size_is_the_first_of_equal_edges():
+    from schemas.sizes import largest_size
+    assert largest_size({"a": 200, "b": 400, "c": 400}) == ("b", 400)
+    assert largest_size({"t": 16}) == ("t", 16)

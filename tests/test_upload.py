@@ -83,6 +83,61 @@ def test_wrong_content_type_and_missing_field(client):
     assert_problem(response, 400, "'file'")
 
 
+def test_a_field_given_twice_or_as_the_wrong_kind_of_part_is_refused_by_name(client, s3, env):
+    csv_file = lambda: (io.BytesIO((HEADER + "1,Mug,http://x/a.jpg\n").encode()), "p.csv")
+    hook, other = "http://127.0.0.1:9/a", "http://127.0.0.1:9/b"
+    cases = [  # (query, form fields, status, kind, field, words)
+        ("", {"file": [csv_file(), csv_file()]}, 400, "invalid-file", "file", "more than once"),
+        ("", {"sizes": (io.BytesIO(b"t=100"), "sizes.txt")}, 422, "invalid-sizes", "sizes",
+         "file part"),
+        ("", {"full_size": (io.BytesIO(b"false"), "f.txt"), "sizes": "t=100"}, 422,
+         "invalid-full-size", "full_size", "file part"),
+        ("", {"webhook_url": [hook, other]}, 422, "invalid-webhook-url", "webhook_url",
+         "more than once"),
+        ("?webhook_url=" + hook, {"webhook_url": other}, 422, "invalid-webhook-url",
+         "webhook_url", "more than once"),
+    ]
+    for query, fields, status, kind, field, words in cases:
+        fields.setdefault("file", csv_file())
+        response = client.post("/api/v1/batches" + query, data=fields,
+                               content_type="multipart/form-data")
+        problem = assert_problem(response, status, words, f"{field}:")
+        assert problem["type"].endswith("/" + kind) and problem["field"] == field, problem
+    raw = post_raw(client, (HEADER + "1,Mug,http://x/a.jpg\n").encode(),
+                   query=f"?webhook_url={hook}&webhook_url={other}")
+    assert_problem(raw, 422, "more than once")["field"] == "webhook_url"
+    plain = client.post("/api/v1/batches", data={"file": HEADER + "1,Mug,http://x/a.jpg\n"},
+                        content_type="multipart/form-data")
+    assert assert_problem(plain, 400, "plain form field")["type"].endswith("/missing-file")
+    assert "Contents" not in s3.list_objects_v2(Bucket=env.s3_bucket)  # nothing was stored
+
+
+def test_a_huge_value_is_quoted_cut_short_in_every_problem(client):
+    huge = "x" * 100_000
+    body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
+    answers = {
+        "sizes": upload(client, body.decode(), sizes="thumb=" + huge),
+        "sizes name": upload(client, body.decode(), sizes=huge + "=200"),
+        "full_size": upload(client, body.decode(), sizes="t=100", full_size=huge),
+        "created_after": client.get("/api/v1/batches?created_after=" + huge[:8000]),
+        "batch id": client.get("/api/v1/batches/" + huge[:8000]),
+        "event": client.post("/api/v1/webhooks",
+                             json={"url": "http://127.0.0.1:9/h", "events": [huge]}),
+        "field": client.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/h",
+                                                       "events": ["batch.completed"], huge: 1}),
+        "header": post_raw(client, ("Name," + ",".join([huge[:10_000]] * 3)
+                                    + "\n1,a,b,c\n").encode()),
+        "content type": post_raw(client, body, content_type="application/" + huge[:4000]),
+    }
+    for what, answer in answers.items():
+        assert 400 <= answer.status_code < 500, what
+        detail = answer.get_json()["detail"]
+        assert "xxxxx" in detail and len(detail) < 400, (what, len(detail))  # quoted, cut
+        if what not in ("created_after", "batch id"):  # (`instance` is the path asked for)
+            assert len(answer.get_data()) < 2000, (what, len(answer.get_data()))
+    assert "100,000 characters" in answers["sizes"].get_json()["detail"]
+
+
 def test_bad_webhook_url_is_422(client):
     body = (HEADER + "1,Mug,http://x/a.jpg\n").encode()
     assert_problem(post_raw(client, body, query="?webhook_url=ftp://x/y"), 422, "webhook_url")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.urls import (
-    MAX_URL_LENGTH, UrlShapeError, check_absolute_http, check_fetchable, excerpt)
+    MAX_URL_LENGTH, UrlShapeError, check_absolute_http, check_fetchable)
 
 NOT_HTTP = ["ftp://h/a.jpg", "file:///etc/passwd", "data:image/png;base64,AAAA",
             "/images/a.jpg", "photo.jpg", "javascript:alert(1)", "gopher://127.0.0.1:6379/_"]
@@ -57,13 +57,11 @@ def test_spaces_are_refused_only_where_asked():
         check_fetchable("https://h/a\u00a0b", spaces=False)
 
 
-def test_messages_never_quote_the_url_and_excerpts_are_cut():
+def test_messages_never_quote_the_url():
     secret = "http://user:hunter2@h/a.jpg"
     with pytest.raises(UrlShapeError) as caught:
         check_fetchable(secret)
     assert "hunter2" not in str(caught.value)
-    long_url = "http://h/" + "a" * 100
-    assert excerpt(long_url) == long_url[:60] + "…" and excerpt("http://h/") == "http://h/"
 
 
 @pytest.mark.parametrize("url, message", [("ftp://h/a.jpg", "not an absolute http(s) URL"),

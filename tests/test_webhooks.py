@@ -91,6 +91,8 @@ def test_upload_webhook_url_gets_one_signed_event(client, http_server, work, env
     payload = Webhook(env.webhook_secret).verify(sent["body"], sent["headers"])
     assert payload["type"] == "batch.completed"
     assert payload["data"]["id"] == batch["id"] and payload["data"]["status"] == "completed"
+    assert payload["data"]["sizes"] == batch["sizes"] and payload["data"]["full_size"] is True
+    assert payload["data"]["links"]["outputs_zip"].endswith(f"/{batch['id']}/outputs.zip")
     assert payload["timestamp"].endswith("Z")
     assert sent["headers"]["Content-Type"] == "application/json"
     assert sent["headers"]["User-Agent"].startswith("Batchpress-Webhooks/")

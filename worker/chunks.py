@@ -383,6 +383,7 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
         key = key_for(encoded.extension, encoded.size_name)
         _store(key, encoded)
         size_keys = {}
+        by_edge: dict[int, str] = {}  # sizes of one edge share one object, the first's name
         for name, variant in encoded.variants.items():
             if name == encoded.size_name:  # the main output is this size's
                 size_keys[name] = key
@@ -390,8 +391,10 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
             if variant is None:  # not larger than that size: the main output serves it
                 size_keys[name] = None
                 continue
-            size_keys[name] = key_for(variant.extension, name)
-            _store(size_keys[name], variant)
+            if sizes[name] not in by_edge:
+                by_edge[sizes[name]] = key_for(variant.extension, name)
+                _store(by_edge[sizes[name]], variant)
+            size_keys[name] = by_edge[sizes[name]]
         outputs = Outputs(key, size_keys)
     except (DownloadError, ImageError) as error:
         return _record_failure(image, batch_id, str(error), error.code, bytes_in)

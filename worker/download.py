@@ -41,7 +41,8 @@ from infra.settings import Settings
 from schemas.failures import FailureCode
 from schemas.retry_after import retry_after_seconds
 from schemas.reuse import validator
-from schemas.urls import UrlShapeError, check_fetchable, excerpt
+from schemas.quoting import quoted
+from schemas.urls import UrlShapeError, check_fetchable
 
 CHUNK = 64 * 1024
 
@@ -228,7 +229,7 @@ def _check_url(url: str, *, redirected: bool = False) -> str:
     try:
         return check_fetchable(url).hostname or ""
     except UrlShapeError as error:
-        where = f"redirected to {excerpt(url)!r}: " if redirected else ""
+        where = f"redirected to {quoted(url)}: " if redirected else ""
         raise RefusedURL(f"refused: {where}{error}") from None
 
 

@@ -38,6 +38,7 @@ from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
 from infra.per_process import per_process
 from schemas.failures import FailureCode
+from schemas.sizes import largest_size
 from worker.strip import strip_metadata
 
 # Formats we decode, by Pillow plugin name. MPO is how Pillow names a JPEG with extra pictures
@@ -108,7 +109,8 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
     `data` instead (`kept_original`): an output is never larger than its input.
 
     `sizes` (name -> longest edge) adds `variants`: the image resized to each (Lanczos, never
-    enlarged), encoded by the same format rules at the same quality, from the same decode.
+    enlarged), encoded by the same format rules at the same quality, from the same decode;
+    sizes of the same edge share one output (the same object), encoded once.
 
     Without `full_size` (and with `sizes`), no full-size output is made when the image is larger
     than the largest size: the result is that size's output (`size_name`), and a JPEG is
@@ -117,7 +119,7 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
     `sink` picks where JPEG output is written: "memfd" (releases the GIL), "bytesio", or "auto"
     (memfd where the OS has it). It exists for the benchmark; the output is the same.
     """
-    largest = _largest(sizes) if sizes and not full_size else None
+    largest = largest_size(sizes) if sizes and not full_size else None
     im, source_format, stored = _decode(data, max_pixels,
                                         draft_edge=largest[1] if largest else None)
     try:
@@ -155,13 +157,7 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 50_000_000,
 
 def draft_edge(sizes: dict[str, int] | None, full_size: bool) -> int | None:
     """The longest edge a decode must keep: the largest size's without a full-size output."""
-    return _largest(sizes)[1] if sizes and not full_size else None
-
-
-def _largest(sizes: dict[str, int]) -> tuple[str, int]:
-    """The (name, edge) of the largest size (the first of equal ones)."""
-    name = max(sizes, key=lambda n: sizes[n])
-    return name, sizes[name]
+    return largest_size(sizes)[1] if sizes and not full_size else None
 
 
 def header_pixels(data: bytes, draft_edge: int | None = None) -> int:
@@ -411,10 +407,14 @@ def _variants(im: Image.Image, upright: tuple[int, int], fmt: str, icc: bytes | 
               source_format: str, sizes: dict[str, int],
               options: dict) -> dict[str, EncodedImage | None]:
     """One smaller output per named size; None where the image (`upright`: its full size,
-    whether `im` is that or a draft of it) is not larger than it."""
-    return {name: (None if max(upright) <= edge
-                   else _resized(im, _fit(upright, edge), fmt, icc, source_format, options))
-            for name, edge in sizes.items()}
+    whether `im` is that or a draft of it) is not larger than it. Sizes of one edge get the
+    same output, encoded once (the bytes would be identical)."""
+    by_edge: dict[int, EncodedImage | None] = {}
+    for edge in sizes.values():
+        if edge not in by_edge:
+            by_edge[edge] = (None if max(upright) <= edge else
+                             _resized(im, _fit(upright, edge), fmt, icc, source_format, options))
+    return {name: by_edge[edge] for name, edge in sizes.items()}
 
 
 def _fit(size: tuple[int, int], edge: int) -> tuple[int, int]:

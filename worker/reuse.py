@@ -124,17 +124,21 @@ def unchanged(previous: SourceRecord | None, fetched: Fetched, sha256: str | Non
 def copy_outputs(previous: SourceRecord,
                  key_for: Callable[[str, str | None], str]) -> Outputs:
     """Server-side copies of `previous`'s outputs under this batch's keys (`key_for(extension,
-    size)`). A main output that is a size's own (no full-size output: `full_size=false`) is
-    copied once, named after that size. storage.ObjectMissing when one of them is gone: the
-    image is then processed anew."""
+    size)`). Each object is copied once, named after the first output that is it: a main
+    output that is a size's own (no full-size output: `full_size=false`) after that size, sizes
+    of one edge (one object) after the first of them. storage.ObjectMissing when one of them is
+    gone: the image is then processed anew."""
+    copies: dict[str, str] = {}  # source key -> its copy's key
+
     def copy(source: str, size: str | None) -> str:
-        key = key_for(PurePosixPath(source).suffix.lstrip("."), size)
-        storage.copy(source, key)
-        return key
+        if source not in copies:
+            copies[source] = key_for(PurePosixPath(source).suffix.lstrip("."), size)
+            storage.copy(source, copies[source])
+        return copies[source]
 
     own = next((name for name, source in previous.size_keys.items()
                 if source == previous.output_key), None)
     main = copy(previous.output_key, own)
-    size_keys = {name: (main if source == previous.output_key else copy(source, name))
-                 if source else None for name, source in previous.size_keys.items()}
+    size_keys = {name: copy(source, name) if source else None
+                 for name, source in previous.size_keys.items()}
     return Outputs(main, size_keys)
