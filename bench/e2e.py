@@ -187,7 +187,9 @@ def process_tree_cpu(pid: int) -> float:
 
 def production_settings() -> dict[str, str]:
     """The settings tests/topology.Topology takes to run with the service's defaults: the
-    production timings (it shortens them for its fault tests) and chunking."""
+    production timings (it shortens them for its fault tests) and chunking; and any other
+    setting given in this environment (`PER_HOST_CONCURRENCY=16 make bench`), except where
+    the services are, which the harness decides."""
     from infra.settings import Settings
     from tests.topology import FAST_TIMINGS
     defaults = Settings()
@@ -195,7 +197,15 @@ def production_settings() -> dict[str, str]:
     settings.update(CHUNK_SIZE=str(defaults.chunk_size),
                     IMAGE_CONCURRENCY=str(defaults.image_concurrency),
                     STORAGE_RETRY_S=str(defaults.storage_retry_s))
+    settings.update({name: value for name, value in os.environ.items()
+                     if name.lower() in Settings.model_fields and name not in _PLACES})
     return settings
+
+
+# Where the services are and who may call them: the harness's own, never this environment's.
+_PLACES = {"REDIS_URL", "MONGO_URL", "MONGO_DB", "S3_ENDPOINT_URL", "S3_BUCKET", "HOST", "PORT",
+           "PUBLIC_BASE_URL", "PUBLIC_API_URL", "API_KEYS", "DASHBOARD_USER",
+           "DASHBOARD_PASSWORD", "WEBHOOK_SECRET", "BATCHPRESS_HOME"}
 
 
 def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
