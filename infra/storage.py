@@ -18,13 +18,15 @@ from infra.object_folder import ObjectFolder, ObjectNotFound
 from infra.per_process import per_process
 from infra.settings import get_settings
 
-# Uploads go up in 8 MiB parts, two at a time: memory stays bounded whatever the file's size.
-UPLOAD_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
-                                 multipart_chunksize=8 * 1024 * 1024, max_concurrency=2)
-# s3transfer reads up to 10 parts of a stream ahead of the part uploads by default: the API's
-# peak memory grew with the upload up to 80 MiB more (a 63 MB file: +72 MB; with 2: +36 MB).
-# boto3's TransferConfig takes no argument for it; s3transfer's attribute is read as is.
-UPLOAD_TRANSFER.max_in_memory_upload_chunks = 2
+# Uploads go up in parts of S3's smallest size (5 MiB; at most 10,000 parts: 50 GiB), two at a
+# time, with one more read ahead: the API's memory stays bounded whatever the file's size.
+# s3transfer reads up to 10 parts ahead by default, and boto3's TransferConfig takes no
+# argument for that (s3transfer's attribute is read as is): with 8 MiB parts and that default
+# a 63 MB upload added 72 MB to the API's peak; these settings add 24 MB.
+PART_BYTES = 5 * 1024 * 1024
+UPLOAD_TRANSFER = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
+                                 max_concurrency=2)
+UPLOAD_TRANSFER.max_in_memory_upload_chunks = 1
 
 log = logging.getLogger(__name__)
 
