@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import unicodedata
+from dataclasses import replace
 from datetime import datetime
 from urllib.parse import quote
 
@@ -24,7 +25,7 @@ from infra import jobs, metrics, storage, stores
 from infra.url_safety import check_url
 from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
-from schemas.csv_format import inert_cell, map_columns
+from schemas.csv_format import DELIMITER_NAMES, Dialect, inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
 from schemas.quoting import excerpt, quoted
@@ -431,19 +432,43 @@ def _product_json(row: ProductRecord, images: dict[str, ImageRecord]) -> dict:
 CSV_WRITE_CHARS = 64 * 1024
 
 
-def _csv_response(batch: BatchRecord, suffix: str, records, *, inert: bool = False) -> Response:
+BOM_VALUES = {"true": True, "false": False}
+
+
+def _download_dialect(batch: BatchRecord) -> Dialect:
+    """The dialect output.csv and errors.csv are written in: the input's (batch.dialect), or
+    what the query's `delimiter` (comma, semicolon, tab) and `bom` (true, false) ask for."""
+    dialect = batch.dialect
+    for name, choices in (("delimiter", DELIMITER_NAMES), ("bom", BOM_VALUES)):
+        raw = request.args.get(name)
+        if raw is None:
+            continue
+        if raw.lower() not in choices:
+            raise ApiError(400, "Invalid parameter",
+                           f"{name} must be one of {', '.join(choices)}, got {quoted(raw)}",
+                           kind="invalid-parameter", parameter=name)
+        dialect = replace(dialect, **{name: choices[raw.lower()]})
+    return dialect
+
+
+def _csv_response(batch: BatchRecord, suffix: str, records, dialect: Dialect, *,
+                  inert: bool = False) -> Response:
     name = (clean_filename(batch.filename) or batch.id).rsplit(".", 1)[0] + suffix
-    return Response(stream_with_context(_csv_blocks(records, inert)), mimetype="text/csv",
+    return Response(stream_with_context(_csv_blocks(records, dialect, inert)),
+                    content_type="text/csv; charset=utf-8; header=present",
                     headers={"Content-Disposition": content_disposition(name)})
 
 
-def _csv_blocks(records, inert: bool):
-    """The CSV text of `records` (lists of cells): the first (the header) at once, so the
-    first byte leaves whatever the file's size, then writes of about CSV_WRITE_CHARS from one
-    writer (a write, or a writer, per line made a large file stream at a few hundred KB/s).
-    `inert`: cells no spreadsheet runs as formulas (errors.csv: user text beside ours)."""
+def _csv_blocks(records, dialect: Dialect, inert: bool):
+    """The CSV text of `records` (lists of cells) in `dialect`: the first (the header) at once,
+    so the first byte leaves whatever the file's size, then writes of about CSV_WRITE_CHARS
+    from one writer (a write, or a writer, per line made a large file stream at a few hundred
+    KB/s). `inert`: cells no spreadsheet runs as formulas (errors.csv: user text beside ours).
+    """
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
+    if dialect.bom:  # Excel reads a file without one in the locale's code page ("CafÃ©")
+        out.write("\ufeff")
+    writer = csv.writer(out, delimiter=dialect.delimiter, lineterminator="\r\n")
     first = True
     for cells in records:
         writer.writerow([inert_cell(cell) for cell in cells] if inert else cells)
@@ -459,6 +484,7 @@ def _csv_blocks(records, inert: bool):
 @bp.get("/<batch_id>/output.csv")
 def output_csv(batch_id: str):
     batch = load_batch(batch_id)
+    dialect = _download_dialect(batch)
     if not batch.header:
         if batch.finished:
             raise ApiError(409, "No output", f"the batch ended {batch.status.value} before its "
@@ -475,12 +501,13 @@ def output_csv(batch_id: str):
             yield columns.output_row(row.cells, [",".join(row.output_slots(images, size))
                                                  for size in [None, *sizes]])
 
-    return _csv_response(batch, "-output.csv", lines())
+    return _csv_response(batch, "-output.csv", lines(), dialect)
 
 
 @bp.get("/<batch_id>/errors.csv")
 def errors_csv(batch_id: str):
     batch = load_batch(batch_id)
+    dialect = _download_dialect(batch)
     cancelled = batch.status == BatchStatus.CANCELLED
 
     def lines():
@@ -499,4 +526,4 @@ def errors_csv(batch_id: str):
                     yield [row.line, row.serial_no, url,
                            "not processed: the batch was cancelled first", FailureCode.CANCELLED]
 
-    return _csv_response(batch, "-errors.csv", lines(), inert=True)
+    return _csv_response(batch, "-errors.csv", lines(), dialect, inert=True)

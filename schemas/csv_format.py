@@ -34,6 +34,18 @@ def normalise_header(name: str) -> str:
 
 
 DELIMITERS = (",", ";", "\t")
+# The names the download endpoints' `delimiter` parameter takes (contract addition, docs/csv.md).
+DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t"}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a CSV file is written: its delimiter and whether it starts with a UTF-8 BOM. The
+    batch keeps its input's, and output.csv and errors.csv are written in it, so a file saved
+    by a `;`-locale Excel comes back as that Excel opens it."""
+
+    delimiter: str = ","
+    bom: bool = False
 
 
 def decoder_check(block: bytes, final: bool) -> str:

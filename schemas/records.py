@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 
 from schemas.batch import BatchStatus, final_status
+from schemas.csv_format import Dialect
 from schemas.reuse import source_id
 from schemas.timestamps import now
 
@@ -105,6 +106,10 @@ class BatchRecord:
     error: str | None = None
     finish_seq: int = 0
     header: list[str] | None = None
+    # The input file's dialect, kept when its header is read (None: not read yet, or a batch
+    # from before it was kept); output.csv and errors.csv are written in it by default.
+    csv_delimiter: str | None = None
+    csv_bom: bool | None = None
     retries: int = 0
     # The stall sweeper's bookkeeping (see claimed_by_sweep).
     sweeps: int = 0
@@ -129,6 +134,11 @@ class BatchRecord:
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+    @property
+    def dialect(self) -> Dialect:
+        """The input's dialect; comma without BOM when unknown (what downloads always were)."""
+        return Dialect(self.csv_delimiter or ",", bom=bool(self.csv_bom))
 
     @property
     def active(self) -> bool:

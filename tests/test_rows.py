@@ -180,13 +180,13 @@ def test_an_unclosed_quote_inside_a_multiline_row_names_the_quotes_line():
 
     from worker.csv_reader import read_csv
     text = HEADER + f'1,"Two\nlines",{GOOD}\n2,"Mug\nbig","{GOOD}\n3,x,{GOOD}\n'
-    _, rows = read_csv(io.BytesIO(text.encode()))
+    rows = read_csv(io.BytesIO(text.encode())).rows
     assert [(line, problem) for line, _, problem in rows][0] == (2, None)
-    _, rows = read_csv(io.BytesIO(text.encode()))
+    rows = read_csv(io.BytesIO(text.encode())).rows
     line, _, problem = list(rows)[1]
     assert line == 4 and problem.startswith("unclosed quote starting on line 5")
     # A quote inside an unquoted cell is a character, not an opening quote.
-    _, rows = read_csv(io.BytesIO((HEADER + f'1,5" mug,{GOOD}').encode()))
+    rows = read_csv(io.BytesIO((HEADER + f'1,5" mug,{GOOD}').encode())).rows
     assert [problem for _, _, problem in rows] == [None]
 
 

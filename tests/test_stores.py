@@ -13,6 +13,7 @@ from infra import stores
 from infra.stores.mongo import MongoStores
 from infra.stores.sqlite import SqliteStores
 from schemas.batch import BatchStatus
+from schemas.csv_format import Dialect
 from schemas.failures import FailureCode
 from schemas.records import (ACCEPTED, FAILED, PENDING, PROCESSED, REJECTED, SUCCEEDED,
                              AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
@@ -377,6 +378,20 @@ def test_block_counts_are_added_once_per_block(store):
     assert store.batches.get(batch.id, any_owner=True).parsed
 
 
+def test_a_batch_keeps_its_inputs_dialect(store):
+    batch = a_batch(store)
+    fresh = store.batches.get(batch.id, any_owner=True)
+    assert fresh.csv_delimiter is None and fresh.dialect == Dialect(",", bom=False)  # unread yet
+    store.batches.record_dialect(batch.id, Dialect(";", bom=True))
+    assert store.batches.get(batch.id, any_owner=True).dialect == Dialect(";", bom=True)
+    store.batches.record_dialect(batch.id, Dialect("\t", bom=False))  # e.g. a retried batch's
+    kept = store.batches.get(batch.id, any_owner=True)
+    assert (kept.csv_delimiter, kept.csv_bom) == ("\t", False)
+    assert [b.dialect for b in store.batches.list_page(
+        "alice", limit=5, after=None, status=None, created_after=None,
+        created_before=None)] == [Dialect("\t", bom=False)]
+
+
 def test_the_first_line_of_a_serial_is_found_among_accepted_rows(store):
     batch_id = new_batch_id()
     rows, _ = rows_and_images(batch_id, 3)
@@ -660,3 +675,20 @@ def test_a_sqlite_file_from_before_gets_the_columns_added_since(tmp_path):
     stored = store.products.images_for(batch_id, [image.hash])[image.hash]
     assert (stored.width, stored.height, stored.format, stored.output_format) == (
         3, 2, "png", "webp")
+
+
+def test_a_sqlite_file_from_before_the_dialect_keeps_its_batches_and_gains_it(tmp_path):
+    import sqlite3
+    path = str(tmp_path / "old.sqlite3")
+    before = SqliteStores(path)
+    before.prepare()
+    old = a_batch(before)
+    with sqlite3.connect(path) as conn:  # the batches table as it was before the dialect
+        conn.execute("ALTER TABLE batches DROP COLUMN csv_delimiter")
+        conn.execute("ALTER TABLE batches DROP COLUMN csv_bom")
+    store = SqliteStores(path)
+    store.prepare()
+    kept = store.batches.get(old.id, any_owner=True)
+    assert kept.filename == "p.csv" and kept.dialect == Dialect(",", bom=False)
+    store.batches.record_dialect(old.id, Dialect(";", bom=True))
+    assert store.batches.get(old.id, any_owner=True).dialect == Dialect(";", bom=True)

@@ -247,14 +247,17 @@ def test_a_header_that_is_not_readable_csv_is_422_bad_header(client, s3, env):
 def test_worker_reads_the_header_with_the_same_parser():
     import csv
 
-    from schemas.csv_format import parse_header
+    from schemas.csv_format import Dialect, parse_header
     from worker.csv_reader import CsvFileError, read_csv as read_stored
 
-    for raw in ("sno,name,urls\r1,a,http://x/a.jpg\r", "\ufeffsno;name;urls\n1;a;http://x/a.jpg",
-                '"s\nno",name,"ur\r\nls"\r\n1,a,http://x/a.jpg\r\n'):
-        header, rows = read_stored(io.BytesIO(raw.encode()))
+    for raw, dialect in (("sno,name,urls\r1,a,http://x/a.jpg\r", Dialect(",", bom=False)),
+                         ("\ufeffsno;name;urls\n1;a;http://x/a.jpg", Dialect(";", bom=True)),
+                         ('"s\nno",name,"ur\r\nls"\r\n1,a,http://x/a.jpg\r\n', Dialect(",")),
+                         ("sno\tname\turls\n1\ta\thttp://x/a.jpg\n", Dialect("\t"))):
+        header, rows, read_dialect = read_stored(io.BytesIO(raw.encode()))
         parsed = parse_header(raw.removeprefix("\ufeff"))
         assert header == parsed.cells and len(header) == 3
+        assert read_dialect == dialect
         assert [cells for _, cells, _ in rows] == [["1", "a", "http://x/a.jpg"]]
     limit = csv.field_size_limit(4)
     try:
@@ -270,7 +273,7 @@ def test_a_huge_multiline_header_is_read_in_linear_time():
     from worker.csv_reader import read_csv as read_stored
     raw = '"S. No.' + "\n" * 30000 + '",Product Name,Input Image Urls\n1,a,http://x/a.jpg\n'
     started = time.monotonic()
-    header, rows = read_stored(io.BytesIO(raw.encode()))
+    header, rows, _ = read_stored(io.BytesIO(raw.encode()))
     assert header[1:] == ["Product Name", "Input Image Urls"]
     assert [(line, cells) for line, cells, _ in rows] == [(30002, ["1", "a", "http://x/a.jpg"])]
     assert time.monotonic() - started < 2

@@ -1,13 +1,15 @@
 """Reading the uploaded CSV back from S3 as a stream of (line number, cells)."""
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import itertools
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 
-from schemas.csv_format import HeaderError, parse_header
+from schemas.csv_format import Dialect, HeaderError, parse_header
 
 csv.field_size_limit(2**31 - 1)  # any field of a file within MAX_UPLOAD_BYTES
 
@@ -18,8 +20,16 @@ class CsvFileError(Exception):
     """The file as a whole cannot be read (the batch fails with this message)."""
 
 
-def read_csv(binary) -> tuple[list[str], Iterator[tuple[int, list[str], str | None]]]:
-    """The header and an iterator of (first line of the record, cells, problem).
+class CsvFile(NamedTuple):
+    """An uploaded CSV as the worker reads it."""
+
+    header: list[str]
+    rows: Iterator[tuple[int, list[str], str | None]]
+    dialect: Dialect  # its delimiter and BOM, which output.csv and errors.csv are written in
+
+
+def read_csv(binary) -> CsvFile:
+    """The header, an iterator of (first line of the record, cells, problem), and the dialect.
 
     `problem` is None for a record read cleanly, else why the record cannot be trusted (bytes
     that are not UTF-8, a quote never closed). The header is read by
@@ -27,7 +37,8 @@ def read_csv(binary) -> tuple[list[str], Iterator[tuple[int, list[str], str | No
     CRLF or a lone CR. Undecodable bytes become U+FFFD so one bad row fails alone instead of
     the whole file.
     """
-    text = io.TextIOWrapper(_Readable(binary), encoding="utf-8-sig", errors="replace", newline="")
+    readable = _Readable(binary)
+    text = io.TextIOWrapper(readable, encoding="utf-8-sig", errors="replace", newline="")
     header, ahead = _read_header(text)
     if header.blank:
         raise CsvFileError("the file is empty or its first line is blank")
@@ -54,7 +65,8 @@ def read_csv(binary) -> tuple[list[str], Iterator[tuple[int, list[str], str | No
         except csv.Error as error:
             raise CsvFileError(f"line {consumed + 1}: {error}") from None
 
-    return header.cells, rows()
+    dialect = Dialect(delimiter, bom=readable.head.startswith(codecs.BOM_UTF8))
+    return CsvFile(header.cells, rows(), dialect)
 
 
 class _Lines:
@@ -152,6 +164,7 @@ class _Readable(io.RawIOBase):
 
     def __init__(self, source):
         self._source = source
+        self.head = b""  # the first bytes read (up to a BOM's length): whether the file has one
 
     def readable(self) -> bool:
         return True
@@ -159,4 +172,6 @@ class _Readable(io.RawIOBase):
     def readinto(self, buffer) -> int:
         data = self._source.read(len(buffer))
         buffer[: len(data)] = data
+        if len(self.head) < len(codecs.BOM_UTF8):
+            self.head = (self.head + data)[:len(codecs.BOM_UTF8)]
         return len(data)

@@ -66,7 +66,10 @@ def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
 
     Raises CsvFileError when the file as a whole is unreadable.
     """
-    header, rows = read_csv(binary)
+    header, rows, dialect = read_csv(binary)
+    # Kept before the columns are checked, so even a batch that fails on its header gets its
+    # errors.csv in the file's own dialect.
+    stores.batches().record_dialect(batch_id, dialect)
     try:
         columns = map_columns(header)
     except HeaderError as error:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
 from schemas.batch import BatchStatus
+from schemas.csv_format import Dialect
 from schemas.records import (AttemptRecord, BatchRecord, DeliveryRecord, IdempotencyRecord,
                              ImageOutcome, ImageRecord, ImagesAdded, ProductRecord, SourceRecord,
                              SubscriptionRecord)
@@ -44,6 +45,10 @@ class BatchStore(abc.ABC):
         """Add the counts of block `flush` (1, 2, …) of the file's rows to the batch's, once:
         only while the batch's `flushed` watermark is below `flush`, which it then becomes.
         True when this call added them (False: a previous run of the parse did)."""
+
+    @abc.abstractmethod
+    def record_dialect(self, batch_id: str, dialect: Dialect) -> None:
+        """Keep the input file's dialect (delimiter, BOM), read with its header."""
 
     @abc.abstractmethod
     def finish_reading(self, batch_id: str, *, header: list[str]) -> None:

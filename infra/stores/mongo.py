@@ -107,6 +107,10 @@ class MongoBatchStore(BatchStore):
              "$set": {"flushed": flush, "updated_at": now()}})
         return result.modified_count == 1
 
+    def record_dialect(self, batch_id, dialect):
+        db.batches().update_one({"_id": batch_id}, {"$set": {
+            "csv_delimiter": dialect.delimiter, "csv_bom": dialect.bom}})
+
     def finish_reading(self, batch_id, *, header):
         db.batches().update_one({"_id": batch_id}, {"$set": {
             "header": header, "parsed": True, "updated_at": now()}})

@@ -291,6 +291,10 @@ class SqliteBatchStore(BatchStore):
             (rows_total, rows_valid, rows_invalid, images_total, chunks, images_processed,
              images_failed, images_reused, flush, to_ms(now()), batch_id, flush)) == 1
 
+    def record_dialect(self, batch_id, dialect):
+        self.db.run("UPDATE batches SET csv_delimiter = ?, csv_bom = ? WHERE id = ?",
+                    (dialect.delimiter, int(dialect.bom), batch_id))
+
     def finish_reading(self, batch_id, *, header):
         self.db.run("UPDATE batches SET header = ?, parsed = 1, updated_at = ? WHERE id = ?",
                     (json.dumps(header), to_ms(now()), batch_id))
