@@ -25,7 +25,7 @@ from infra import jobs, metrics, storage, stores
 from infra.url_safety import check_url
 from schemas.api_bodies import ProductItem
 from schemas.batch import BatchStatus, batch_json
-from schemas.csv_format import DELIMITER_NAMES, Dialect, inert_cell, map_columns
+from schemas.csv_format import BOM_VALUES, DELIMITER_NAMES, Dialect, inert_cell, map_columns
 from schemas.cursor import decode_cursor, encode_cursor
 from schemas.failures import FailureCode
 from schemas.quoting import excerpt, quoted
@@ -430,9 +430,6 @@ def _product_json(row: ProductRecord, images: dict[str, ImageRecord]) -> dict:
 
 
 CSV_WRITE_CHARS = 64 * 1024
-
-
-BOM_VALUES = {"true": True, "false": False}
 
 
 def _download_dialect(batch: BatchRecord) -> Dialect:

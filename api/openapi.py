@@ -20,6 +20,7 @@ from openapi_pydantic.util import construct_open_api_with_schema_class
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.batch import BatchOut, BatchStatus
+from schemas.csv_format import BOM_VALUES, DELIMITER_NAMES
 from schemas.problem import Problem
 from schemas.api_bodies import (BatchPage, EventsToken, Health, ProductItem, ProductPage, Ready,
                                 UploadForm)
@@ -86,6 +87,13 @@ DELIVERY_ID = path_param("delivery_id", "The delivery's id.")
 LIMIT = query_param("limit", "Items per page.", {"type": "integer", "minimum": 1, "maximum": 500,
                                                  "default": 50})
 CURSOR = query_param("cursor", "`next_cursor` of the previous page.", {"type": "string"})
+DIALECT = [
+    query_param("delimiter", "The CSV's delimiter (any case); default: the uploaded "
+                "file's (`,` `;` or tab).",
+                {"type": "string", "enum": list(DELIMITER_NAMES)}),
+    query_param("bom", "Whether the CSV starts with a UTF-8 BOM (any case); default: "
+                "whether the uploaded file did.", {"type": "string", "enum": list(BOM_VALUES)}),
+]
 
 
 def operation(operation_id: str, summary: str, tag: str, responses: dict, *,
@@ -107,8 +115,10 @@ def operation(operation_id: str, summary: str, tag: str, responses: dict, *,
 
 
 def _paths() -> dict:
-    csv_answer = {"description": "The CSV, streamed.", "content": {"text/csv": {
-        "schema": {"type": "string"}}}}
+    csv_answer = {"description": "The CSV, streamed (`text/csv; charset=utf-8; header=present`), "
+                                 "in the uploaded file's dialect unless `delimiter` or `bom` "
+                                 "say otherwise; CRLF line endings.",
+                  "content": {"text/csv": {"schema": {"type": "string"}}}}
     batches = "Batches"
     hooks = "Webhooks"
     ops = "Operations"
@@ -172,9 +182,9 @@ def _paths() -> dict:
         },
         "/api/v1/batches/{batch_id}/output.csv": {
             "get": operation("getOutputCsv", "The output CSV", batches,
-                             {"200": csv_answer, "404": NOT_FOUND,
+                             {"200": csv_answer, "400": BAD_PARAMETER, "404": NOT_FOUND,
                               "409": problem("The file has not been read yet.")},
-                             params=[BATCH_ID],
+                             params=[BATCH_ID, *DIALECT],
                              description="Every input row in order, with `Output Image Urls` "
                                          "(then one column per size) inserted after `Input "
                                          "Image Urls`; a row shorter than the header is padded "
@@ -182,8 +192,10 @@ def _paths() -> dict:
         },
         "/api/v1/batches/{batch_id}/errors.csv": {
             "get": operation("getErrorsCsv", "Rejected rows and failed images as CSV", batches,
-                             {"200": csv_answer, "404": NOT_FOUND}, params=[BATCH_ID],
-                             description="Columns: `Line,S. No.,Input Image Url,Error`."),
+                             {"200": csv_answer, "400": BAD_PARAMETER, "404": NOT_FOUND},
+                             params=[BATCH_ID, *DIALECT],
+                             description="Columns: `Line,S. No.,Input Image Url,Error,Code`; a "
+                                         "cell that starts like a formula gets a leading `'`."),
         },
         "/api/v1/batches/{batch_id}/cancel": {
             "post": operation("cancelBatch", "Cancel a queued or processing batch", batches,

@@ -36,6 +36,7 @@ def normalise_header(name: str) -> str:
 DELIMITERS = (",", ";", "\t")
 # The names the download endpoints' `delimiter` parameter takes (contract addition, docs/csv.md).
 DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t"}
+BOM_VALUES = {"true": True, "false": False}  # and the `bom` parameter's
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,10 @@ def upload(client, text: str, **kwargs):
                                                 **kwargs}, content_type="multipart/form-data")
 
 
-def read_csv(response) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+def read_csv(response, delimiter: str = ",") -> list[list[str]]:
+    """The rows of a downloaded CSV (written in its input's dialect: pass a `;` or tab file's)."""
+    text = response.get_data().decode("utf-8-sig")
+    return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
 def test_whole_flow(client, http_server, work):
@@ -177,7 +179,7 @@ def test_every_output_row_has_the_headers_cells_however_short_the_input_row(
             f"3;C;{a};blue;acme;extra\n")  # one cell more than the header: kept
     batch = upload(client, text, sizes="thumb=32").get_json()
     work()
-    rows = read_csv(client.get(batch["links"]["output_csv"]))
+    rows = read_csv(client.get(batch["links"]["output_csv"]), ";")  # the input's delimiter
     assert rows[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls",
                        "Output Image Urls (thumb)", "Colour", "Brand"]
     assert [len(r) for r in rows] == [7, 7, 7, 7, 8]

@@ -54,6 +54,11 @@ def test_openapi_document_is_valid_and_built_from_the_models(client):
     upload_op = document["paths"]["/api/v1/batches"]["post"]
     assert {"202", "400", "401", "413", "415", "422"} <= set(upload_op["responses"])
     assert document["paths"]["/healthz"]["get"]["security"] == []
+    for download in ("output.csv", "errors.csv"):
+        op = document["paths"][f"/api/v1/batches/{{batch_id}}/{download}"]["get"]
+        enums = {p["name"]: p["schema"].get("enum") for p in op["parameters"]}
+        assert enums["delimiter"] == ["comma", "semicolon", "tab"], download
+        assert enums["bom"] == ["true", "false"] and "400" in op["responses"], download
     assert set(document["webhooks"]) == {"batch.completed", "batch.completed_with_errors",
                                          "batch.failed", "batch.cancelled"}
 
