@@ -94,9 +94,10 @@ class Client:
                              files={"file": (name, handle, "text/csv")},
                              data={k: v for k, v in fields.items() if v is not None})
 
-    def download(self, path: str, target: str | None) -> tuple[str, int]:
+    def download(self, path: str, target: str | None,
+                 params: dict | None = None) -> tuple[str, int]:
         """Stream a file to `target` (default: the name the server gives); returns (name, bytes)."""
-        response = self.request("GET", path, stream=True)
+        response = self.request("GET", path, stream=True, params=params)
         name = target or _disposition_name(response.headers.get("Content-Disposition", "")) \
             or path.rsplit("/", 1)[-1]
         size = 0

@@ -174,18 +174,25 @@ def watch(ctx: Context, batch_id: str) -> None:
 @click.option("--errors", "-e", "errors", metavar="FILE", help="Also save errors.csv here.")
 @click.option("--images", "-i", "images", metavar="FILE", help="Also save every output image "
               "as one ZIP here.")
+@click.option("--delimiter", type=click.Choice(["comma", "semicolon", "tab"]),
+              help="The CSVs' delimiter (default: the uploaded file's).")
+@click.option("--bom/--no-bom", default=None,
+              help="Start the CSVs with a UTF-8 BOM, or not (default: as the uploaded file).")
 @click.pass_obj
 def download(ctx: Context, batch_id: str, output: str | None, errors: str | None,
-             images: str | None) -> None:
+             images: str | None, delimiter: str | None, bom: bool | None) -> None:
     """Save output.csv (named by the server unless --output), and errors.csv / the images ZIP."""
     wanted = [("output.csv", output)]
     if errors:
         wanted.append(("errors.csv", errors))
     if images:
         wanted.append(("outputs.zip", images))
+    dialect = {"delimiter": delimiter, "bom": None if bom is None else str(bom).lower()}
     saved = []
     for name, target in wanted:
-        path, size = ctx.client.download(f"/batches/{batch_id}/{name}", target)
+        params = ({k: v for k, v in dialect.items() if v is not None}
+                  if name.endswith(".csv") else None)
+        path, size = ctx.client.download(f"/batches/{batch_id}/{name}", target, params)
         saved.append({"file": name, "path": path, "bytes": size})
     if ctx.as_json:
         emit_json(saved)

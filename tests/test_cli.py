@@ -55,6 +55,18 @@ def test_upload_wait_then_status_list_and_download(live_service, http_server, tm
     assert (tmp_path / "e.csv").read_text().startswith("Line,S. No.,Input Image Url,Error")
     assert zipfile.ZipFile(tmp_path / "all.zip").namelist() == ["1 Cup/cup.jpg"]
 
+    # The input was `,` without BOM; the CSVs can be asked for as a `;`-locale Excel opens them.
+    excel = batchpress(live_service, tmp_path, "download", batch["id"], "-o", "semi.csv",
+                       "-e", "semi-e.csv", "-i", "again.zip", "--delimiter", "semicolon", "--bom")
+    assert excel.returncode == 0, excel.stderr
+    semi = (tmp_path / "semi.csv").read_bytes()
+    assert semi.startswith(b"\xef\xbb\xbf")
+    assert list(csv.reader(io.StringIO(semi.decode("utf-8-sig"), newline=""),
+                           delimiter=";")) == rows
+    assert (tmp_path / "semi-e.csv").read_bytes().startswith(
+        b"\xef\xbb\xbfLine;S. No.;Input Image Url;Error")
+    assert zipfile.ZipFile(tmp_path / "again.zip").namelist() == ["1 Cup/cup.jpg"]
+
 
 def test_exit_status_tells_how_the_batch_ended(live_service, http_server, tmp_path):
     http_server.routes["/ok.jpg"] = Route(images.jpeg((20, 20)))
