@@ -17,9 +17,10 @@ from rq import SimpleWorker
 
 from infra import db, queues, settings as settings_module, stores
 from infra.jobs import chunk_job_id
-from schemas.records import image_id, url_hash
+from schemas.records import BatchRecord, image_id, new_batch_id, url_hash
 from tests.image_factory import png
 from tests.servers import Route
+from tests.test_rows import errors_by_line
 from worker import parse, tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,15 +179,94 @@ def test_a_repeated_serial_in_a_later_block_names_the_first_line(client, work, h
     monkeypatch.setattr(parse, "FLUSH_ROWS", 2)
     http_server.routes["/p.png"] = Route(png((8, 8)))
     url = http_server.url("/p.png")
-    # Blocks of two rows: lines 2-3, 4-5, 6.
+    # Blocks of two rows: lines 2-3, 4-5, 6-7.
     text = (f"S. No.,Product Name,Input Image Urls\n7,a,{url}\n8,b,{url}\n9,c,{url}\n"
-            f"9,d,{url}\n7,e,{url}\n")
+            f"9,d,{url}\n7,e,{url}\n7,f,{url}\n")
     response = client.post("/api/v1/batches", data={"file": (io.BytesIO(text.encode()), "p.csv")},
                            content_type="multipart/form-data")
     work()
     batch_id = response.get_json()["id"]
-    errors = client.get(f"/api/v1/batches/{batch_id}/errors.csv").get_data(as_text=True)
-    assert "S. No.: 9 is already used on line 4" in errors  # the same block
-    assert "S. No.: 7 is already used on line 2" in errors  # an earlier block, stored
+    assert errors_by_line(client, batch_id) == {
+        5: "S. No.: 9 is already used on line 4",   # the same block
+        6: "S. No.: 7 is already used on line 2",   # an earlier block, stored
+        7: "S. No.: 7 is already used on line 2",   # again in this block: still the first line
+    }
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["rows"]["valid"] == 3 and batch["rows"]["invalid"] == 3
     assert batch["images"] == {"total": 3, "processed": 3, "failed": 0, "reused": 0}
+
+
+# Blocks of 3 rows (lines 2-4, 5-7, 8-10, 11-13, 14): S. No. 1 again in blocks 2 and 4, 5 again
+# in its own block and in block 4, and an invalid row with an S. No. used later.
+REPEATS = ["1", "2", "3", "4", "1", "5", "5", "6", "x", "7", "5", "1", "8"]
+REPEAT_ERRORS = {
+    6: "S. No.: 1 is already used on line 2",
+    8: "S. No.: 5 is already used on line 7",
+    12: "S. No.: 5 is already used on line 7",
+    13: "S. No.: 1 is already used on line 2",
+}
+
+
+def parse_text(batch_id: str, serials: list[str]) -> parse.ParseResult:
+    lines = ["S. No.,Product Name,Input Image Urls"]
+    lines += [f"{s},P {n},http://img.example.com/{n % 4}.jpg" for n, s in enumerate(serials)]
+    body = io.BytesIO(("\n".join(lines) + "\n").encode())
+    return parse.parse_into_store(batch_id, body, settings_module.get_settings())
+
+
+@pytest.fixture(params=["mongodb", "sqlite"])
+def each_store(request, env, tmp_path):
+    from infra.stores.mongo import MongoStores
+    from infra.stores.sqlite import SqliteStores
+    implementation = (SqliteStores(str(tmp_path / "batchpress.sqlite3"))
+                      if request.param == "sqlite" else MongoStores())
+    implementation.prepare()
+    stores.use(implementation)
+    yield implementation
+    stores.use(None)
+
+
+def a_started_batch() -> str:
+    batch = BatchRecord.new(batch_id=new_batch_id(), owner="alice", filename="p.csv",
+                            csv_key="uploads/x.csv", csv_sha256="ab", csv_bytes=10,
+                            webhook_url=None)
+    stores.batches().create(batch)
+    stores.batches().start(batch.id)
+    return batch.id
+
+
+def stored_outcome(batch_id: str):
+    rows = {row.line: (row.status, row.error)
+            for row, _ in stores.products().iter_rows(batch_id)}
+    batch = stores.batches().get(batch_id, any_owner=True)
+    return rows, (batch.rows_total, batch.rows_valid, batch.rows_invalid, batch.images_total,
+                  batch.chunks, batch.flushed)
+
+
+def test_repeated_serials_across_blocks_are_rejected_once_by_every_store(each_store,
+                                                                          monkeypatch):
+    monkeypatch.setattr(parse, "FLUSH_ROWS", 3)
+    batch_id = a_started_batch()
+    result = parse_text(batch_id, REPEATS)
+    rows, counts = stored_outcome(batch_id)
+    assert {line: error for line, (_, error) in rows.items() if error} == {
+        **REPEAT_ERRORS, 10: "S. No. must be a positive whole number, got 'x'"}
+    assert (result.rows_valid, result.rows_invalid) == (8, 5)
+    total, valid, invalid, images, _, flushes = counts
+    assert (total, valid, invalid, images, flushes) == (13, 8, 5, 8, 5)
+
+
+def test_a_parse_run_again_from_the_top_rejects_nothing_new_and_counts_nothing_twice(
+        each_store, monkeypatch):
+    monkeypatch.setattr(parse, "FLUSH_ROWS", 3)
+    clean = a_started_batch()
+    parse_text(clean, REPEATS)
+    batch_id = a_started_batch()
+    parse_text(batch_id, REPEATS[:9])  # the run killed after its third block
+    parse_text(batch_id, REPEATS)  # the re-run, from the top
+    again = stored_outcome(batch_id)
+    parse_text(batch_id, REPEATS)  # killed after its last block, before the batch was read
+    # Each block's rows were stored by the run before: none is a repeat of itself.
+    assert again == stored_outcome(batch_id) == stored_outcome(clean)
+    queued = queues.get_queue(queues.IMAGES).get_job_ids()
+    assert len(queued) == len(set(queued))

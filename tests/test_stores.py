@@ -11,7 +11,7 @@ import pytest
 
 from infra import stores
 from infra.stores.mongo import MongoStores
-from infra.stores.sqlite import SqliteStores
+from infra.stores.sqlite import SERIALS_TAKEN, SqliteStores
 from schemas.batch import BatchStatus
 from schemas.csv_format import Dialect
 from schemas.failures import FailureCode
@@ -392,13 +392,20 @@ def test_a_batch_keeps_its_inputs_dialect(store):
         created_before=None)] == [Dialect("\t", bom=False)]
 
 
-def test_the_first_line_of_a_serial_is_found_among_accepted_rows(store):
+def test_serials_taken_are_those_of_accepted_rows_at_earlier_lines_of_the_batch(store):
     batch_id = new_batch_id()
-    rows, _ = rows_and_images(batch_id, 3)
-    store.products.write_rows(rows)
-    assert store.products.first_line_of_serial(batch_id, rows[1].serial_no) == rows[1].line
-    assert store.products.first_line_of_serial(batch_id, 999) is None
-    assert store.products.first_line_of_serial(new_batch_id(), rows[1].serial_no) is None
+    rows, _ = rows_and_images(batch_id, 4)  # lines 2-5, S. No. 1-4
+    rejected = ProductRecord(id=product_id(batch_id, 6), batch_id=batch_id, line=6,
+                             cells=["9", "x", ""], serial_raw="9", url_slots=1, status=REJECTED,
+                             error="Input Image Urls: at least one URL is required",
+                             serial_no=9)
+    store.products.write_rows(rows + [rejected])
+    taken = store.products.serials_taken
+    assert taken(batch_id, [1, 3, 4, 9, 999], before_line=5) == {1: 2, 3: 4}
+    assert taken(batch_id, [1, 3, 4, 9], before_line=99) == {1: 2, 3: 4, 4: 5}
+    assert taken(batch_id, [4], before_line=5) == {}  # the row at line 5 itself: not before it
+    assert taken(new_batch_id(), [1, 3], before_line=99) == {}
+    assert taken(batch_id, [], before_line=99) == {}
 
 
 # --- sources: what re-imports reuse -------------------------------------------------------------
@@ -476,7 +483,7 @@ HOT_QUERIES = {
                ("batch_id", "status", "chunk")],  # chunks with pending images; failed ones
     "products": [("batch_id", "line"),             # output.csv, in line order
                  ("batch_id", "status", "line"),   # products pages (accepted rows)
-                 ("batch_id", "serial_no")],       # a repeated S. No.'s first line
+                 ("batch_id", "serial_no")],       # a block's repeated S. No.s
 }
 
 
@@ -493,8 +500,7 @@ def test_every_hot_query_of_mongodb_has_its_index(env):
     ("SELECT id FROM images WHERE batch_id = ? AND chunk = ? AND status = ?", ("b", 1, "pending")),
     ("SELECT DISTINCT chunk FROM images WHERE batch_id = ? AND status = ? ORDER BY chunk",
      ("b", "pending")),
-    ("SELECT line FROM products WHERE batch_id = ? AND serial_no = ? AND status = ?",
-     ("b", 1, "accepted")),
+    (SERIALS_TAKEN, ("b", "[1, 2, 3]", "accepted", 1000)),  # a block's repeated S. No.s
     ("SELECT id FROM products WHERE batch_id = ? AND status = ? AND line > ? ORDER BY line",
      ("b", "accepted", 0)),
     ("SELECT url FROM sources WHERE id IN (?, ?)", ("a", "b")),
@@ -505,6 +511,16 @@ def test_every_hot_query_of_sqlite_uses_an_index(tmp_path, sql, params):
     plan = " ".join(str(row[-1]) for row in implementation.database.all(
         "EXPLAIN QUERY PLAN " + sql, params))
     assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_blocks_serial_query_of_sqlite_looks_each_serial_up_not_the_earlier_lines(tmp_path):
+    # Any index would do for the test above; (batch_id, status, line) would read every earlier
+    # row of the batch, a cost that grows with the file.
+    implementation = SqliteStores(str(tmp_path / "plan.sqlite3"))
+    implementation.prepare()
+    plan = " ".join(str(row[-1]) for row in implementation.database.all(
+        "EXPLAIN QUERY PLAN " + SERIALS_TAKEN, ("b", "[1, 2, 3]", "accepted", 1000)))
+    assert "USING INDEX products_batch_serial (batch_id=? AND serial_no=?)" in plan, plan
 
 
 # --- webhooks -----------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Reading an uploaded CSV as a stream: rows validated and stored block by block, and each
 block's image work added to the store and its chunk jobs queued as soon as the block is read.
 
-Memory stays flat in rows: one block of rows is held at a time, plus one int per accepted S. No.
-URLs are de-duplicated by the store (one image per URL, with an occurrence count), not by a map
-of the whole file.
+Memory stays flat in rows: one block of rows is held at a time, and nothing of the blocks
+before it. URLs are de-duplicated by the store (one image per URL, with an occurrence count),
+and so are S. No.s: a block's repeats among its own rows are found in a map of that block, and
+those of earlier blocks by one indexed query of the store per block, not by a set of the file.
 
 Exactly once under re-runs (a parse killed half-way and run again from the top): block n is
 always the n-th FLUSH_ROWS rows of the same file, so a re-run rebuilds the same blocks. Rows are
 upserted by id; a block's image uses are added only to images whose `last_flush` is below n, and
 its counts only while the batch's `flushed` watermark is below n; chunk numbers follow from the
 blocks, so a re-run names the same chunk jobs, and those already in Redis are not queued again.
+A block's S. No.s are looked up only among rows at lines before the block, which a re-run has
+stored alike, so a row already stored by the killed run is never a duplicate of itself.
 """
 from __future__ import annotations
 
@@ -38,21 +41,34 @@ class ParseResult:
 
 
 class _Block:
-    """FLUSH_ROWS rows and the uses of each URL among them, in order of first use."""
+    """FLUSH_ROWS rows and, once settled, the uses of each URL among them in order of first use."""
 
     def __init__(self):
         self.rows: list[ProductRecord] = []
         self.valid = self.invalid = self.slots = 0
         self.images: dict[str, ImageRecord] = {}  # by url hash
-        self.serial_lines: dict[int, int] = {}   # accepted S. No. -> line, this block only
+        self.serial_lines: dict[int, int] = {}   # valid row's S. No. -> its first line here
 
     def add(self, row: ProductRecord) -> None:
         self.rows.append(row)
-        if not row.accepted:
-            self.invalid += 1
-            return
+        if row.accepted:
+            self.serial_lines.setdefault(row.serial_no, row.line)
+
+    def settle(self, taken: dict[int, int]) -> None:
+        """Reject each S. No. used before (`taken`: by an earlier block, with its line; else
+        earlier in this block), then count the rows and gather their images."""
+        for index, row in enumerate(self.rows):
+            if row.accepted:
+                first = taken.get(row.serial_no, self.serial_lines[row.serial_no])
+                if first != row.line:  # its own line: the first use, never its own repeat
+                    row = self.rows[index] = _repeated(row, first)
+            if not row.accepted:
+                self.invalid += 1
+                continue
+            self._count(row)
+
+    def _count(self, row: ProductRecord) -> None:
         self.valid += 1
-        self.serial_lines[row.serial_no] = row.line
         for url, digest in zip(row.input_image_urls, row.image_hashes):
             image = self.images.get(digest)
             if image is None:
@@ -76,13 +92,12 @@ def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
         raise CsvFileError(str(error)) from None
     result = ParseResult(header)
     block = _Block()
-    serials = _SerialCheck(batch_id, block)
     for line, cells, problem in rows:
-        block.add(_row_record(batch_id, line, cells, problem, columns, serials))
+        block.add(_row_record(batch_id, line, cells, problem, columns))
         if len(block.rows) >= FLUSH_ROWS:
             if not _flush(batch_id, block, result, settings):
                 return result
-            block = serials.block = _Block()
+            block = _Block()
     if block.rows:
         _flush(batch_id, block, result, settings)
     return result
@@ -91,6 +106,8 @@ def parse_into_store(batch_id: str, binary, settings: Settings) -> ParseResult:
 def _flush(batch_id: str, block: _Block, result: ParseResult, settings: Settings) -> bool:
     """Store one block and queue its chunks; False when the batch stopped meanwhile."""
     number = result.flushes + 1
+    block.settle(stores.products().serials_taken(batch_id, list(block.serial_lines),
+                                                 block.rows[0].line))
     # The block's new URLs fill chunks numbered after the previous blocks' chunks. A URL seen
     # in an earlier block keeps its chunk, so a chunk may end up with fewer images (or none).
     images = list(block.images.values())
@@ -128,26 +145,17 @@ def _flush(batch_id: str, block: _Block, result: ParseResult, settings: Settings
     return True
 
 
-class _SerialCheck:
-    """Whether an S. No. is new; for a repeat, the line that used it first."""
-
-    def __init__(self, batch_id: str, block: _Block):
-        self.batch_id, self.block = batch_id, block
-        self.seen: set[int] = set()  # ~60 bytes each: 60 MB for a million rows
-
-    def first_line(self, serial_no: int) -> int | None:
-        """None (and remembered) when new; else the first line with it."""
-        if serial_no not in self.seen:
-            self.seen.add(serial_no)
-            return None
-        line = self.block.serial_lines.get(serial_no)
-        if line is None:  # an earlier block: stored already
-            line = stores.products().first_line_of_serial(self.batch_id, serial_no)
-        return line or 0
+def _repeated(row: ProductRecord, first: int) -> ProductRecord:
+    """A valid row rejected for its S. No., which the row at line `first` has."""
+    return ProductRecord(id=row.id, batch_id=row.batch_id, line=row.line, cells=row.cells,
+                         serial_raw=row.serial_raw, url_slots=row.url_slots, status=REJECTED,
+                         error=f"S. No.: {row.serial_no} is already used on line {first}")
 
 
 def _row_record(batch_id: str, line: int, cells: list[str], problem: str | None,
-                columns: ColumnMap, serials: _SerialCheck) -> ProductRecord:
+                columns: ColumnMap) -> ProductRecord:
+    """The row accepted or rejected on its own; a repeated S. No. is found when its block
+    settles (_Block.settle)."""
     def cell(index: int) -> str:
         return cells[index] if index < len(cells) else ""
 
@@ -171,10 +179,7 @@ def _row_record(batch_id: str, line: int, cells: list[str], problem: str | None,
             error = row_error(invalid)
         else:
             error = row_size_error(cells)
-            first = serials.first_line(row.serial_no) if error is None else None
-            if first is not None:
-                error = f"S. No.: {row.serial_no} is already used on line {first}"
-            elif error is None:
+            if error is None:
                 return record(status=ACCEPTED, serial_no=row.serial_no,
                               product_name=row.product_name,
                               input_image_urls=list(row.input_image_urls),

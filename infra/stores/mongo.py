@@ -242,10 +242,16 @@ class MongoProductStore(ProductStore):
                 added.late_failed += image.occurrences
         return added
 
-    def first_line_of_serial(self, batch_id, serial_no):
-        doc = db.products().find_one({"batch_id": batch_id, "serial_no": serial_no,
-                                      "status": ACCEPTED}, {"line": 1})
-        return doc["line"] if doc else None
+    def serials_taken(self, batch_id, serial_nos, before_line):
+        if not serial_nos:
+            return {}
+        # The line is compared here, not in the filter: a bound on it would make the
+        # (batch_id, status, line) index a candidate, and for the first blocks a winning one
+        # whose cached plan then scans every earlier row of later blocks.
+        docs = db.products().find(
+            {"batch_id": batch_id, "serial_no": {"$in": list(serial_nos)}, "status": ACCEPTED},
+            {"_id": 0, "serial_no": 1, "line": 1})
+        return {doc["serial_no"]: doc["line"] for doc in docs if doc["line"] < before_line}
 
     def pending_images(self, batch_id, chunk):
         return [from_doc(ImageRecord, d) for d in

@@ -178,6 +178,13 @@ INDEXES = (
 )
 
 
+# A block's S. No.s as one JSON array (one parameter, however big the block). The unary `+`
+# keeps status and line off the index choice: without it SQLite scans (batch_id, status, line)
+# over every earlier row of the batch instead of looking each S. No. up.
+SERIALS_TAKEN = ("SELECT serial_no, line FROM products WHERE batch_id = ? AND serial_no IN "
+                 "(SELECT value FROM json_each(?)) AND +status = ? AND +line < ?")
+
+
 class Database:
     """The SQLite file: one connection per process and thread, made on first use."""
 
@@ -434,10 +441,12 @@ class SqliteProductStore(ProductStore):
                     added.late_failed += image.occurrences
         return added
 
-    def first_line_of_serial(self, batch_id, serial_no):
-        row = self.db.one("SELECT line FROM products WHERE batch_id = ? AND serial_no = ? "
-                          "AND status = ? LIMIT 1", (batch_id, serial_no, ACCEPTED))
-        return row[0] if row else None
+    def serials_taken(self, batch_id, serial_nos, before_line):
+        if not serial_nos:
+            return {}
+        rows = self.db.all(SERIALS_TAKEN, (batch_id, json.dumps(list(serial_nos)), ACCEPTED,
+                                           before_line))
+        return dict(rows)
 
     def pending_images(self, batch_id, chunk):
         rows = self.db.all(IMAGES.select + " WHERE batch_id = ? AND chunk = ? AND status = ?",
