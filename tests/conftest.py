@@ -103,6 +103,21 @@ def work(env):
     return run
 
 
+@pytest.fixture(params=["mongodb", "sqlite"])
+def store(request, env, tmp_path):
+    """Each store implementation in turn, in use: MongoDB (as `env` has it) and SQLite (a file
+    in the test's folder)."""
+    from infra import stores
+    from infra.stores.mongo import MongoStores
+    from infra.stores.sqlite import SqliteStores
+    implementation = (SqliteStores(str(tmp_path / "batchpress.sqlite3"))
+                      if request.param == "sqlite" else MongoStores())
+    implementation.prepare()
+    stores.use(implementation)
+    yield implementation
+    stores.use(None)
+
+
 @pytest.fixture(scope="session")
 def mongo_wire():
     """The MongoDB wire stand-in (tests/mongo_wire.py) on a free loopback port."""

@@ -214,18 +214,6 @@ def parse_text(batch_id: str, serials: list[str]) -> parse.ParseResult:
     return parse.parse_into_store(batch_id, body, settings_module.get_settings())
 
 
-@pytest.fixture(params=["mongodb", "sqlite"])
-def each_store(request, env, tmp_path):
-    from infra.stores.mongo import MongoStores
-    from infra.stores.sqlite import SqliteStores
-    implementation = (SqliteStores(str(tmp_path / "batchpress.sqlite3"))
-                      if request.param == "sqlite" else MongoStores())
-    implementation.prepare()
-    stores.use(implementation)
-    yield implementation
-    stores.use(None)
-
-
 def a_started_batch() -> str:
     batch = BatchRecord.new(batch_id=new_batch_id(), owner="alice", filename="p.csv",
                             csv_key="uploads/x.csv", csv_sha256="ab", csv_bytes=10,
@@ -243,8 +231,7 @@ def stored_outcome(batch_id: str):
                   batch.chunks, batch.flushed)
 
 
-def test_repeated_serials_across_blocks_are_rejected_once_by_every_store(each_store,
-                                                                          monkeypatch):
+def test_repeated_serials_across_blocks_are_rejected_once_by_every_store(store, monkeypatch):
     monkeypatch.setattr(parse, "FLUSH_ROWS", 3)
     batch_id = a_started_batch()
     result = parse_text(batch_id, REPEATS)
@@ -257,7 +244,7 @@ def test_repeated_serials_across_blocks_are_rejected_once_by_every_store(each_st
 
 
 def test_a_parse_run_again_from_the_top_rejects_nothing_new_and_counts_nothing_twice(
-        each_store, monkeypatch):
+        store, monkeypatch):
     monkeypatch.setattr(parse, "FLUSH_ROWS", 3)
     clean = a_started_batch()
     parse_text(clean, REPEATS)

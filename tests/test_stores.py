@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import pytest
 
-from infra import stores
 from infra.stores.mongo import MongoStores
 from infra.stores.sqlite import SERIALS_TAKEN, SqliteStores
 from schemas.batch import BatchStatus
@@ -20,16 +19,6 @@ from schemas.records import (ACCEPTED, FAILED, PENDING, PROCESSED, REJECTED, SUC
                              ImageRecord, ProductRecord, SourceRecord, SubscriptionRecord,
                              new_batch_id, product_id)
 from schemas.timestamps import now
-
-
-@pytest.fixture(params=["mongodb", "sqlite"])
-def store(request, env, tmp_path):
-    implementation = (SqliteStores(str(tmp_path / "batchpress.sqlite3"))
-                      if request.param == "sqlite" else MongoStores())
-    implementation.prepare()
-    stores.use(implementation)
-    yield implementation
-    stores.use(None)
 
 
 def a_batch(store, owner="alice", **changes) -> BatchRecord:
