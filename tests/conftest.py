@@ -1,5 +1,6 @@
 """Shared fixtures: a real redis-server, S3 through moto's HTTP server, mongomock (or a real
-MongoDB when MONGO_URL is set), loopback HTTP servers, the Flask app and a burst-mode worker."""
+MongoDB when MONGO_URL is set), loopback HTTP servers, the Flask app, a burst-mode worker, and
+each store implementation in turn (`store`)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,9 @@ import mongomock
 import pytest
 from moto.server import ThreadedMotoServer
 
-from infra import db, queues, settings as settings_module, storage
+from infra import db, queues, settings as settings_module, storage, stores
+from infra.stores.mongo import MongoStores
+from infra.stores.sqlite import SqliteStores
 from tests.live_service import live_real_services, live_service  # noqa: F401  (browser, CLI)
 from tests.servers import HttpServer, RedisServer
 
@@ -107,9 +110,6 @@ def work(env):
 def store(request, env, tmp_path):
     """Each store implementation in turn, in use: MongoDB (as `env` has it) and SQLite (a file
     in the test's folder)."""
-    from infra import stores
-    from infra.stores.mongo import MongoStores
-    from infra.stores.sqlite import SqliteStores
     implementation = (SqliteStores(str(tmp_path / "batchpress.sqlite3"))
                       if request.param == "sqlite" else MongoStores())
     implementation.prepare()

@@ -128,11 +128,12 @@ class ProductStore(abc.ABC):
     @abc.abstractmethod
     def serials_taken(self, batch_id: str, serial_nos: list[int],
                       before_line: int) -> dict[int, int]:
-        """Which of these S. No.s an accepted row of the batch above `before_line` already has,
-        each with that row's line (for a duplicate's message): one indexed query for a block.
+        """Which of these S. No.s an accepted row of the batch at a line before `before_line`
+        already has, each with that row's line (for a duplicate's message): one indexed query
+        for a block of rows.
 
-        Rows at `before_line` or below are not looked at: a re-run parse finds its block's own
-        rows stored by the run before, and a row is never a duplicate of itself."""
+        Rows at `before_line` and after are not looked at: a re-run parse would find there its
+        block's own rows stored by the run before, and a row is never a duplicate of itself."""
 
     @abc.abstractmethod
     def pending_images(self, batch_id: str, chunk: int) -> list[ImageRecord]: ...

@@ -246,8 +246,8 @@ class MongoProductStore(ProductStore):
         if not serial_nos:
             return {}
         # The line is compared here, not in the filter: a bound on it would make the
-        # (batch_id, status, line) index a candidate, and for the first blocks a winning one
-        # whose cached plan then scans every earlier row of later blocks.
+        # (batch_id, line) and (batch_id, status, line) indexes, which read every earlier row,
+        # good candidates for the planner (SQLite's takes one, see SERIALS_TAKEN in sqlite.py).
         docs = db.products().find(
             {"batch_id": batch_id, "serial_no": {"$in": list(serial_nos)}, "status": ACCEPTED},
             {"_id": 0, "serial_no": 1, "line": 1})
