@@ -67,15 +67,9 @@ class Services:
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis = None
         try:
-            images = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "imageserver.py"), str(corpus),
-                 "--latency-ms", str(latency_ms)] + (["--validators"] if validators else []),
-                stdout=subprocess.PIPE, text=True)
+            images, self.image_base = processes.start_image_server(corpus, latency_ms,
+                                                                   validators)
             self.procs["image server"] = images
-            line = images.stdout.readline().split()
-            if not line or line[0] != "port":
-                raise RuntimeError("the image server did not start")
-            self.image_base = f"http://127.0.0.1:{line[1]}"
 
             self.redis = RedisServer()
 
@@ -222,15 +216,9 @@ def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
 
     defaults = Settings()
     settings = production_settings()
-    images = subprocess.Popen([sys.executable, str(ROOT / "bench" / "imageserver.py"),
-                               str(corpus), "--latency-ms", str(latency_ms)],
-                              stdout=subprocess.PIPE, text=True)
+    images, image_base = processes.start_image_server(corpus, latency_ms)
     topology = None
     try:
-        line = images.stdout.readline().split()
-        if not line or line[0] != "port":
-            raise RuntimeError("the image server did not start")
-        image_base = f"http://127.0.0.1:{line[1]}"
         topology = Topology(workers=workers, **settings)
         rows = ["S. No.,Product Name,Input Image Urls"]
         n = 0

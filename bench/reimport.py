@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,16 +60,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     names = [item.name for item in load_corpus()]
     settings = e2e.production_settings()
-    images = subprocess.Popen([sys.executable, str(ROOT / "bench" / "imageserver.py"),
-                               str(corpus_dir()), "--validators"], stdout=subprocess.PIPE,
-                              text=True)
+    images, image_base = processes.start_image_server(corpus_dir(), validators=True)
     topology = None
     try:
-        line = images.stdout.readline().split()
-        if not line or line[0] != "port":
-            raise RuntimeError("the image server did not start")
-        spec = {"image_base": f"http://127.0.0.1:{line[1]}", "names": names,
-                "images": args.images}
+        spec = {"image_base": image_base, "names": names, "images": args.images}
         topology = Topology(workers=args.workers, **settings)
         others = {"moto (S3)": topology.s3.pid, "image server": images.pid}
         # A warm-up batch, not measured: the first jobs create indexes and warm the servers.

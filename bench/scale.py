@@ -89,14 +89,11 @@ def run_size(rows: int, services, env: dict, workdir: Path, wait_images: bool) -
     csv_bytes = make_csv(csv_path, rows, services.image_base + "/tiny.jpg")
     sqlite_path = str(workdir / f"scale{rows}.sqlite3")
     me = str(Path(__file__).resolve())
-    api = subprocess.Popen([sys.executable, me, "serve", "api", sqlite_path], env=env,
-                           stdout=subprocess.PIPE, text=True)
+    api, port = processes.start_announcing([sys.executable, me, "serve", "api", sqlite_path],
+                                           "the API process", env=env)
     worker = None
     try:
-        line = api.stdout.readline().split()
-        if not line or line[0] != "port":
-            raise RuntimeError("the API process did not start")
-        base = f"http://127.0.0.1:{line[1]}/api/v1"
+        base = f"http://127.0.0.1:{port}/api/v1"
         worker = subprocess.Popen([sys.executable, me, "serve", "worker", sqlite_path], env=env)
         _wait_for_workers(env["REDIS_URL"], 2)  # its two RQ workers, so start-up is not timed
         result = {"rows": rows, "csv_mb": csv_bytes / 1e6}
