@@ -249,6 +249,7 @@ def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
                 break
             time.sleep(0.1)
         wall = time.perf_counter() - wall0
+        wait_workers_idle(topology)  # the last work-horses' CPU, counted once they are reaped
         cpu = {name: process_tree_cpu(pid) - cpu0[name] for name, pid in watched.items()}
         cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
     finally:
@@ -265,6 +266,21 @@ def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
         "workers": workers, "chunk_size": defaults.chunk_size,
         "image_concurrency": defaults.image_concurrency,
     }
+
+
+def wait_workers_idle(topology, timeout: float = 30.0) -> None:
+    """Until every worker process is idle again: its last work-horse ended and was reaped (its
+    CPU is then in the worker's children's times)."""
+    from rq import Worker
+    pids = {w.pid for w in topology.workers}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [w.get_state() for w in Worker.all(connection=topology.redis_client())
+                  if w.pid in pids]
+        if len(states) == len(pids) and all(state == "idle" for state in states):
+            return
+        time.sleep(0.02)
+    raise SystemExit("the workers did not become idle")
 
 
 def _tree_hwm_mb(pid: int) -> float:

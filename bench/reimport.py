@@ -131,7 +131,7 @@ def _one_batch(topology, body: bytes, sizes: str, label: str, others: dict) -> d
                                                                               "processing"):
         time.sleep(0.05)
     wall = time.perf_counter() - wall0
-    _wait_idle(topology)
+    e2e.wait_workers_idle(topology)
     cpu = {name: e2e.process_tree_cpu(pid) - cpu0[name]
            for name, pid in {**workers, **others}.items()}
     worker_cpu = sum(cpu[name] for name in workers)
@@ -141,21 +141,6 @@ def _one_batch(topology, body: bytes, sizes: str, label: str, others: dict) -> d
             "ms_per_image": 1000 * worker_cpu / max(1, batch["images"]["total"]),
             "moto_cpu_s": cpu["moto (S3)"], "image_server_cpu_s": cpu["image server"],
             "wall_s": wall}
-
-
-def _wait_idle(topology, timeout: float = 30.0) -> None:
-    """Until every worker process is idle again: its last work-horse ended and was reaped (its
-    CPU is then in the worker's children's times)."""
-    from rq import Worker
-    pids = {w.pid for w in topology.workers}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = [w.get_state() for w in Worker.all(connection=topology.redis_client())
-                  if w.pid in pids]
-        if len(states) == len(pids) and all(state == "idle" for state in states):
-            return
-        time.sleep(0.02)
-    raise SystemExit("the workers did not become idle")
 
 
 if __name__ == "__main__":
