@@ -47,6 +47,7 @@ from PIL import Image  # noqa: E402
 
 from infra.settings import Settings  # noqa: E402
 from worker.encode import compress  # noqa: E402
+from worker.image_memory import keep_image_memory  # noqa: E402
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
 
@@ -94,9 +95,10 @@ _worker_items: list[Item] = []
 _worker_options: dict = {}
 
 
-def _init_worker(items: list[Item], options: dict) -> None:
+def _init_worker(items: list[Item], options: dict, max_pixels_in_flight: int) -> None:
     global _worker_items, _worker_options
     _worker_items, _worker_options = items, options
+    keep_image_memory(max_pixels_in_flight)  # as the service's workers do
 
 
 def _encode_round(indices: list[int]) -> tuple[int, int, int]:
@@ -137,7 +139,7 @@ def measure_limit(items: list[Item], options: dict, processes: int, seconds: flo
     """
     order = sorted(range(len(items)), key=lambda i: -items[i].pixels)
     with ProcessPoolExecutor(processes, initializer=_init_worker,
-                             initargs=(items, options)) as pool:
+                             initargs=(items, options, Settings().max_pixels_in_flight)) as pool:
         list(pool.map(_encode_round, [[i] for i in order]))  # warm-up: imports, first calls
         images = pixels = out = rounds = 0
         started = time.perf_counter()

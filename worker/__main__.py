@@ -27,6 +27,7 @@ from rq.cron import CronScheduler
 
 from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
+from worker.image_memory import keep_image_memory
 from worker.runner import DEQUEUE_STRATEGY
 
 log = logging.getLogger("worker")
@@ -40,11 +41,13 @@ def preload() -> None:
     fork: the jobs' modules (Pillow, requests, the stores: ~0.15 s of CPU), the stores'
     implementation (pymongo, imported on first use: ~0.2 s) and boto3's S3 model (~0.08 s).
     Together that was ~10 ms of CPU per image on chunks of 50. No client or connection is kept:
-    those must not cross a fork (infra/per_process.py)."""
+    those must not cross a fork (infra/per_process.py). Freed image memory is kept mapped for
+    the next image (worker/image_memory.py)."""
     for module in jobs.JOB_MODULES:
         importlib.import_module(module)
     stores.load_implementation()
     storage.load_client_models()
+    keep_image_memory(get_settings().max_pixels_in_flight)
 
 
 def run_worker(names: list[str]) -> int:
