@@ -58,6 +58,7 @@ class Outcome(Generic[T]):
 @dataclass
 class _Entry(Generic[T]):
     item: T
+    host: Hashable        # host_of(item), worked out once: the loop reads it at every wake
     at: float = 0.0       # not before (monotonic)
     reason: str = BUSY    # why it waits, if it does
 
@@ -70,7 +71,7 @@ def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
     above; `work` returns how many items it finished and owns what `acquire` gave it; `wake()`
     (any thread) says a busy host may have a free slot now. Exceptions other than NotNow
     propagate (after the items in flight end)."""
-    queue = [_Entry(item) for item in items]
+    queue = [_Entry(item, host_of(item)) for item in items]
     busy_until: dict[Hashable, float] = {}
     paused: dict[Hashable, float] = {}
     running: dict[Future, _Entry[T]] = {}
@@ -83,12 +84,15 @@ def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
             if stop():
                 queue.clear()  # a stopped batch: nothing more starts, nothing is put back
             now = time.monotonic()
-            _start(queue, running, pool, acquire, work, threads, host_of, busy_until, paused,
-                   out, now, woken)
+            _start(queue, running, pool, acquire, work, threads, busy_until, paused, out, now,
+                   woken)
             if not queue and not running:
                 break
-            soonest = min((max(e.at, busy_until.get(host_of(e.item), 0.0)) for e in queue),
-                          default=now)
+            # With every thread busy nothing can start before one ends (which wakes the wait):
+            # the queue is not looked through again.
+            full = len(running) >= threads
+            soonest = now if full else min(
+                (max(e.at, busy_until.get(e.host, 0.0)) for e in queue), default=now)
             if running:
                 idle_since = None
             else:
@@ -99,7 +103,7 @@ def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
                                       max(entry.at - now, BUSY_REQUEUE_S if entry.reason == BUSY
                                           else 0.0))
                     break
-            timeout = min(max(soonest - now, 0.005), POLL_S) if queue else None
+            timeout = min(max(soonest - now, 0.005), POLL_S) if queue and not full else None
             if woken.wait(timeout):
                 busy_until.clear()  # a slot may be free: try the busy hosts again at once
             for future in [f for f in running if f.done()]:
@@ -112,13 +116,13 @@ def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
     return out
 
 
-def _start(queue, running, pool, acquire, work, threads, host_of, busy_until, paused, out,
-           now, woken: threading.Event) -> None:
+def _start(queue, running, pool, acquire, work, threads, busy_until, paused, out, now,
+           woken: threading.Event) -> None:
     """Start the queue's images that can go, in order, while threads are free."""
     index = 0
     while index < len(queue) and len(running) < threads:
         entry = queue[index]
-        host = host_of(entry.item)
+        host = entry.host
         if host in paused:
             out._put_back(entry.item, PAUSED, paused[host])
             del queue[index]
