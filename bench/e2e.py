@@ -251,6 +251,7 @@ def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
         wall = time.perf_counter() - wall0
         wait_workers_idle(topology)  # the last work-horses' CPU, counted once they are reaped
         cpu = {name: process_tree_cpu(pid) - cpu0[name] for name, pid in watched.items()}
+        steps = worker_steps(topology.redis_client())
         cpu["other processes"] = max(0.0, machine_busy_seconds() - machine0 - sum(cpu.values()))
     finally:
         if topology is not None:
@@ -262,10 +263,21 @@ def run_topology(corpus: Path, names: list[str], copies: int, *, workers: int,
         "status": batch["status"], "images": batch["images"], "worker_wall_s": wall,
         "batch_s": (parse_aware(finished) - parse_aware(started)).total_seconds()
         if started and finished else None,
-        "peak_rss_mb": peak, "cpu_s": cpu, "stages": {}, "mongo": "wire stand-in",
+        "peak_rss_mb": peak, "cpu_s": cpu, "stages": {}, "worker_steps": steps,
+        "mongo": "wire stand-in",
         "workers": workers, "chunk_size": defaults.chunk_size,
         "image_concurrency": defaults.image_concurrency,
     }
+
+
+def worker_steps(redis_client) -> dict[str, float]:
+    """The workers' CPU seconds per step, from the service's own counter
+    (`batchpress_worker_cpu_seconds_total{step}`, kept in Redis: infra/metrics.py)."""
+    from infra import metrics
+    prefix = "worker_cpu_seconds_total|step="
+    return {field.decode().removeprefix(prefix): float(value)
+            for field, value in redis_client.hgetall(metrics.REDIS_KEY).items()
+            if field.decode().startswith(prefix)}
 
 
 def wait_workers_idle(topology, timeout: float = 30.0) -> None:

@@ -233,6 +233,8 @@ def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int, encode_cpu: floa
     print(f"  (encoding these {e2e.images} images costs {encode:.1f} CPU-s at the limit's "
           f"per-core rate: {encode / capacity:.1%} of the machine)")
     workers = {n: v for n, v in report["cpu_s"].items() if n.startswith("worker ")}
+    if workers and report.get("worker_steps"):
+        print_worker_steps(report["worker_steps"], sum(workers.values()), e2e.images)
     if workers:
         # Both per image in CPU seconds, so they do not depend on what else runs meanwhile.
         per_image = sum(workers.values()) / e2e.images
@@ -250,6 +252,21 @@ def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int, encode_cpu: floa
         if other > 0.05 * capacity:
             print(f"warning: other processes took {other / capacity:.0%} of the machine during "
                   "(b): the ratios are understated (workers/encode is not)")
+
+
+def print_worker_steps(steps: dict[str, float], workers_cpu: float, images: int) -> None:
+    """Where the workers' CPU went, from the service's `worker_cpu_seconds_total{step}`."""
+    print("\nWorkers' CPU per step (batchpress_worker_cpu_seconds_total, the threads' CPU time):")
+    print(f"  {'step':<50}{'CPU s':>7}{'ms/image':>10}{'share':>8}")
+    rows = [(f"  {name}", steps[name]) for name in ("encode", "store", "download", "record",
+                                                    "hash") if name in steps]
+    image, chunk = steps.get("image", 0.0), steps.get("chunk", 0.0)
+    rows.append(("  the rest of an image's work", image - sum(v for _, v in rows)))
+    rows.append(("chunk jobs' own threads (slots, dispatch)", chunk))
+    rows.append(("outside the chunks (RQ, forks, parse, clients)", workers_cpu - image - chunk))
+    for name, seconds in rows:
+        print(f"  {name:<50}{seconds:>7.1f}{seconds / images * 1e3:>10.2f}"
+              f"{seconds / workers_cpu:>8.1%}")
 
 
 # --------------------------------------------------------------------------- --compare

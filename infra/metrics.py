@@ -72,6 +72,11 @@ PIPELINE = {
     "image_deferrals_total": ("counter", "Images put back to wait (left pending, the chunk "
                                          "queued again), by reason.", None),
     "webhook_attempts_total": ("counter", "Webhook delivery attempts, by outcome.", None),
+    "worker_cpu_seconds_total": ("counter", "CPU seconds of the image pipeline's threads, by "
+                                 "step: download, hash, encode (decode, resize, encode), store "
+                                 "(S3 puts), record (the store's updates); image (all of an "
+                                 "image's work, those steps included) and chunk (a chunk job's "
+                                 "own thread: reading the chunk, host slots, dispatch).", None),
     "webhook_seconds": ("histogram", "Duration of one webhook delivery attempt.",
                         WEBHOOK_BUCKETS),
 }
@@ -162,6 +167,17 @@ def observe(name: str, seconds: float, **labels: str) -> None:
             items.append((_field(name + BIN_SUFFIX, {**labels, "le": repr(float(bound))}), 1))
             break
     _record(items)
+
+
+@contextlib.contextmanager
+def cpu_step(step: str) -> Iterator[None]:
+    """Count the CPU time this thread spends in the block (also when it raises) in
+    `worker_cpu_seconds_total{step}`: where a worker's CPU goes, per step, on any machine."""
+    started = time.thread_time()
+    try:
+        yield
+    finally:
+        inc("worker_cpu_seconds_total", time.thread_time() - started, step=step)
 
 
 def timed(name: str, function: Callable[..., T], *args, **kwargs) -> T:

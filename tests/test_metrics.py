@@ -35,6 +35,21 @@ def test_metrics_count_the_pipeline(client, http_server, work):
                   endpoint="/api/v1/batches", status="202") >= 1
 
 
+def test_the_workers_cpu_is_counted_per_step(client, http_server, work):
+    http_server.routes["/big.jpg"] = Route(jpeg(800, 600), headers={"Content-Type": "image/jpeg"})
+    url = http_server.url("/big.jpg")
+    assert upload(client, f"S. No.,Product Name,Input Image Urls\n1,Shirt,{url}\n").status_code \
+        == 202
+    work()
+    body = client.get("/metrics").get_data(as_text=True)
+    steps = {step: metric(body, "batchpress_worker_cpu_seconds_total", step=step)
+             for step in ("download", "hash", "encode", "store", "record", "image", "chunk")}
+    assert all(seconds > 0 for seconds in steps.values()), steps
+    # An image's steps are parts of its whole.
+    assert steps["image"] >= sum(steps[s] for s in ("download", "hash", "encode", "store",
+                                                    "record"))
+
+
 def test_metrics_show_queue_depths(client):
     upload(client, CSV)
     upload(client, CSV)

@@ -38,6 +38,8 @@ COUNT_FLUSH_S = 1.0  # how stale a running batch's counters may be
 
 def encode_slots_count() -> int:
     """How many images may be decoded and encoded at once: one per core this process may use."""
+    if os.environ.get("BP_SLOTS"):
+        return int(os.environ["BP_SLOTS"])
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -222,6 +224,7 @@ def _deferrals(images: list[ImageRecord]) -> dict[str, int]:
 def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     """Process the chunk's pending images; returns how many this run finished. Images a server
     asked to wait for are left pending and the chunk is queued again for after the wait."""
+    started = time.thread_time()
     images = stores.products().pending_images(batch_id, chunk)
     if not images:
         return 0
@@ -264,6 +267,8 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
             run.release(fresh)
     finally:
         session.close()
+        with metrics.deferred(sent):
+            metrics.inc("worker_cpu_seconds_total", time.thread_time() - started, step="chunk")
         sent.flush()
         known.flush()
     if later.seconds is not None:
@@ -289,7 +294,7 @@ def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: 
             known = Known.load(stores.batches().get(batch_id, any_owner=True), [image],
                                settings)
         try:
-            with metrics.deferred(metrics_batch):
+            with metrics.deferred(metrics_batch), metrics.cpu_step("image"):
                 return _process(image, batch_id, session, settings, sizes or {}, watch.later,
                                 known, slot, full_size)
         finally:
@@ -355,11 +360,13 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
     try:
         # A host not slowed down when its slot was taken has no limit to raise: no round trip.
         slowed = slot.slowed if slot is not None else True
-        fetched = _download_or_wait(image, session, host, settings, later,
-                                    known.validators(image.url), slowed)
+        with metrics.cpu_step("download"):
+            fetched = _download_or_wait(image, session, host, settings, later,
+                                        known.validators(image.url), slowed)
         if fetched is None:
             return 0
-        sha256 = None if fetched.not_modified else content_hash(fetched.data)
+        with metrics.cpu_step("hash"):
+            sha256 = None if fetched.not_modified else content_hash(fetched.data)
         how = unchanged(previous, fetched, sha256)
         if how is not None:
             try:
@@ -376,12 +383,14 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
         if slot is not None:
             slot.release()  # the host's slot, before the encode
         bytes_in = len(fetched.data)
-        encoded = _encode(fetched.data, settings, sizes, full_size)
+        with metrics.cpu_step("encode"):
+            encoded = _encode(fetched.data, settings, sizes, full_size)
         fetched = replace(fetched, data=b"")  # the download's memory, freed before the puts
         key_for = _key_for(batch_id, image)
         # Without a full-size output the main one is a size's, and named after it.
         key = key_for(encoded.extension, encoded.size_name)
-        _store(key, encoded)
+        with metrics.cpu_step("store"):
+            _store(key, encoded)
         size_keys = {}
         by_edge: dict[int, str] = {}  # sizes of one edge share one object, the first's name
         for name, variant in encoded.variants.items():
@@ -393,7 +402,8 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                 continue
             if sizes[name] not in by_edge:
                 by_edge[sizes[name]] = key_for(variant.extension, name)
-                _store(by_edge[sizes[name]], variant)
+                with metrics.cpu_step("store"):
+                    _store(by_edge[sizes[name]], variant)
             size_keys[name] = by_edge[sizes[name]]
         outputs = Outputs(key, size_keys)
     except (DownloadError, ImageError) as error:
@@ -412,12 +422,12 @@ def _process(image: ImageRecord, batch_id: str, session, settings: Settings,
                  content_type=encoded.content_type, kept_original=encoded.kept_original,
                  width=encoded.width, height=encoded.height, format=encoded.input_format,
                  output_format=encoded.output_format)
-    slots = _mark_processed(image, batch_id, outputs, facts)
-    if slots:
-        metrics.image_processed(bytes_in, facts["bytes_out"])
-        known.remember(image, batch_id, fetched, sha256, outputs, facts)
-        return 1
-    return 0
+    with metrics.cpu_step("record"):
+        slots = _mark_processed(image, batch_id, outputs, facts)
+        if slots:
+            metrics.image_processed(bytes_in, facts["bytes_out"])
+            known.remember(image, batch_id, fetched, sha256, outputs, facts)
+    return 1 if slots else 0
 
 
 def _download_or_wait(image: ImageRecord, session, host: str, settings: Settings, later: _Later,
@@ -560,10 +570,30 @@ def _store(key: str, encoded) -> None:
                                cache_control="public, max-age=31536000, immutable")
 
 
+_EXP_CACHE = {}
+
+
 def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None,
             full_size: bool = True):
     """compress() within the pixel budget and in one of the per-core slots; encode_seconds is
     the encoding, not the waits."""
+    if os.environ.get("BP_EXP") == "noencode":
+        import hashlib, pickle
+        path = f"/tmp/bp-exp-cache/{hashlib.md5(data).hexdigest()}"
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        result = compress(data, quality=settings.output_quality,
+                          max_pixels=settings.max_image_pixels,
+                          optimize=settings.output_optimize,
+                          webp_method=settings.webp_method,
+                          keep_original=settings.keep_original_when_smaller,
+                          sizes=sizes, full_size=full_size)
+        os.makedirs("/tmp/bp-exp-cache", exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            pickle.dump(result, f)
+        os.replace(path + ".tmp", path)
+        return result
     elapsed = 0.0
     budget = pixel_budget(settings.max_pixels_in_flight)
     pixels = header_pixels(data, draft_edge(sizes, full_size))  # what the decode will hold
@@ -572,6 +602,7 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
     try:
         with budget.admit(pixels), _encode_slots():
             started = time.perf_counter()
+            _tc = time.thread_time()
             try:
                 return compress(data, quality=settings.output_quality,
                                 max_pixels=settings.max_image_pixels,
@@ -581,6 +612,9 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
                                 sizes=sizes, full_size=full_size)
             finally:
                 elapsed = time.perf_counter() - started
+                if os.environ.get("BP_EXP") == "enccpu":
+                    with open("/tmp/bp-enc-cpu.log", "a") as f:
+                        f.write(f"{(time.thread_time() - _tc) * 1e3:.2f} {elapsed * 1e3:.2f}\n")
     finally:  # outside the slot (in _one it is only held until the image's pipeline is sent)
         metrics.observe("encode_seconds", elapsed)
 
@@ -593,3 +627,54 @@ def _record_failure(image: ImageRecord, batch_id: str, error: str, code: Failure
         metrics.image_failed(code, bytes_in)
         return 1
     return 0
+
+
+# ---- experiment: per-step thread CPU in the production worker (BP_EXP=steps)
+if os.environ.get("BP_EXP") == "steps":
+    import atexit
+    import functools
+    _STEPS: dict = {}
+    _STEPS_LOCK = threading.Lock()
+
+    def _timed_step(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            c = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                d = time.thread_time() - c
+                with _STEPS_LOCK:
+                    e = _STEPS.setdefault(name, [0, 0.0])
+                    e[0] += 1
+                    e[1] += d
+        return wrapper
+
+    import worker.download as _dl
+    import schemas.reuse as _ru
+    import worker.encode as _en
+    _polite_download = _timed_step("download", _polite_download)
+    content_hash = _timed_step("content_hash", content_hash)
+    header_pixels = _timed_step("header_pixels", header_pixels)
+    compress = _timed_step("compress", compress)
+    _store = _timed_step("s3 put", _store)
+    _mark_processed = _timed_step("mark_processed", _mark_processed)
+    _host_slot = _timed_step("slot claim", _host_slot)
+    host_slots.Slot.release = _timed_step("slot release", host_slots.Slot.release)
+    _start_attempt = _timed_step("start_attempt", _start_attempt)
+    _one = _timed_step("_one total", _one)
+    dispatch.run = _timed_step("dispatch.run (chunk thread)", dispatch.run)
+    _process_chunk_orig = process_chunk
+
+    def process_chunk(batch_id, chunk, settings):
+        c0 = time.process_time()
+        try:
+            return _timed_step("process_chunk (main)", _process_chunk_orig)(batch_id, chunk, settings)
+        finally:
+            with _STEPS_LOCK:
+                _STEPS.setdefault("process total CPU", [0, 0.0])
+                _STEPS["process total CPU"][0] += 1
+                _STEPS["process total CPU"][1] += time.process_time() - c0
+                import json
+                with open("/tmp/bp-steps.log", "a") as f:
+                    f.write(json.dumps(_STEPS) + "\n")
