@@ -14,10 +14,12 @@ from moto.server import ThreadedMotoServer
 from infra import db, queues, settings as settings_module, storage, stores
 from infra.stores.mongo import MongoStores
 from infra.stores.sqlite import SqliteStores
+from tests import mongomock_indexes
 from tests.live_service import live_real_services, live_service  # noqa: F401  (browser, CLI)
 from tests.servers import HttpServer, RedisServer
 
 REAL_MONGO_URL = os.environ.get("MONGO_URL")
+mongomock_indexes.install()  # the suite's mongomock reads by index, as mongod does
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,8 @@ import time
 import mockupdb
 import mongomock
 from bson import SON
-from mongomock.collection import Collection
-from mongomock.filtering import filter_applies
 
+from tests import mongomock_indexes
 from tests.servers import serve_until_terminated
 
 MAX_WIRE_VERSION = 21  # MongoDB 7.0: what pymongo 4.10 expects of a current server
@@ -36,47 +35,11 @@ FIRST_BATCH = 101  # mongod's first batch when the client names no batchSize
 _OK_FIELDS = {"ok": 1}
 
 
-_SCAN = Collection._iter_documents
-
-
-def _iter_documents(self, filter):
-    """mongomock tests every document of the collection against every query; one naming its
-    `_id`s (equal to one, or `$in` a list) reads just those, as mongod does by its `_id` index,
-    then tests them against the whole filter. The stand-in's cost then does not grow with the
-    collection for the service's writes by id (start, mark, count), which are most of them."""
-    ids = _ids_named(filter)
-    if ids is None:
-        return _SCAN(self, filter)
-    found = []
-    for key in ids:
-        if key in self._store:
-            document = self._store[key]
-            if filter_applies(filter, document):
-                found.append(document)
-    return iter(found)
-
-
-def _ids_named(filter) -> list | None:
-    if not isinstance(filter, dict):
-        return None
-    value = filter.get("_id")
-    if _plain(value):
-        return [value]
-    if isinstance(value, dict) and set(value) == {"$in"} and isinstance(value["$in"], list) \
-            and all(_plain(v) for v in value["$in"]):
-        return list(dict.fromkeys(value["$in"]))
-    return None
-
-
-def _plain(value) -> bool:
-    return isinstance(value, (str, int)) and not isinstance(value, bool)
-
-
 class MongoWire:
     """One mongomock store served over the wire protocol on 127.0.0.1."""
 
     def __init__(self, port: int | None = None):
-        Collection._iter_documents = _iter_documents  # this process's mongomock: see above
+        mongomock_indexes.install()  # reads by index, as mongod does
         self.client = mongomock.MongoClient()
         self._lock = threading.Lock()  # one command at a time
         self._serving = threading.Lock()  # one start or stop at a time
