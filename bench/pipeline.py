@@ -262,8 +262,10 @@ def print_worker_steps(steps: dict[str, float], workers_cpu: float, images: int)
                                                     "hash") if name in steps]
     image, chunk = steps.get("image", 0.0), steps.get("chunk", 0.0)
     rows.append(("  the rest of an image's work", image - sum(v for _, v in rows)))
+    parse = steps.get("parse", 0.0)
     rows.append(("chunk jobs' own threads (slots, dispatch)", chunk))
-    rows.append(("outside the chunks (RQ, forks, parse, clients)", workers_cpu - image - chunk))
+    rows.append(("parse job (the CSV into the store)", parse))
+    rows.append(("the rest (RQ, forks, clients)", workers_cpu - image - chunk - parse))
     for name, seconds in rows:
         print(f"  {name:<50}{seconds:>7.1f}{seconds / images * 1e3:>10.2f}"
               f"{seconds / workers_cpu:>8.1%}")

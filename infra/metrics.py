@@ -75,8 +75,9 @@ PIPELINE = {
     "worker_cpu_seconds_total": ("counter", "CPU seconds of the image pipeline's threads, by "
                                  "step: download, hash, encode (decode, resize, encode), store "
                                  "(S3 puts), record (the store's updates); image (all of an "
-                                 "image's work, those steps included) and chunk (a chunk job's "
-                                 "own thread: reading the chunk, host slots, dispatch).", None),
+                                 "image's work, those steps included), chunk (a chunk job's "
+                                 "own thread: reading the chunk, host slots, dispatch) and parse "
+                                 "(reading a batch's file into the store).", None),
     "webhook_seconds": ("histogram", "Duration of one webhook delivery attempt.",
                         WEBHOOK_BUCKETS),
 }

@@ -43,7 +43,8 @@ def test_the_workers_cpu_is_counted_per_step(client, http_server, work):
     work()
     body = client.get("/metrics").get_data(as_text=True)
     steps = {step: metric(body, "batchpress_worker_cpu_seconds_total", step=step)
-             for step in ("download", "hash", "encode", "store", "record", "image", "chunk")}
+             for step in ("download", "hash", "encode", "store", "record", "image", "chunk",
+                          "parse")}
     assert all(seconds > 0 for seconds in steps.values()), steps
     # An image's steps are parts of its whole.
     assert steps["image"] >= sum(steps[s] for s in ("download", "hash", "encode", "store",

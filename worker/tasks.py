@@ -31,7 +31,8 @@ def parse_batch(batch_id: str) -> dict:
     try:
         body = storage.open_stream(batch.csv_key)
         try:
-            result = parse_into_store(batch_id, body, settings)
+            with metrics.cpu_step("parse"):
+                result = parse_into_store(batch_id, body, settings)
         finally:
             body.close()
     except CsvFileError as error:
