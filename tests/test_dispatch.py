@@ -5,7 +5,7 @@ import threading
 import time
 
 from worker import dispatch
-from worker.dispatch import BACKOFF, BUSY, PAUSED, NotNow
+from worker.dispatch import BACKOFF, BUDGET, BUSY, PAUSED, NotNow
 
 
 def _host(item: str) -> str:
@@ -115,3 +115,22 @@ def test_a_slot_released_wakes_the_dispatcher_for_its_host_s_next_item():
     # The next download began while the first image was still being encoded.
     assert events.index(("start", "h/2")) < events.index(("end", "h/1"))
     assert events.index(("start", "h/3")) < events.index(("end", "h/2"))
+
+
+def test_past_its_deadline_no_item_starts_and_the_rest_is_put_back_to_run_again_at_once():
+    def work(item, held):
+        time.sleep(0.3)
+        return 1
+
+    items = [f"a/{n}" for n in range(6)]
+    out = dispatch.run(items, lambda item, wake: None, work, threads=2, host_of=_host,
+                       deadline=time.monotonic() + 0.45)
+    # Two at a time: started at 0 s and 0.3 s, none after 0.45 s; those in flight finish.
+    assert out.finished == 4
+    assert out.put_back == [(item, BUDGET) for item in items[4:]] and out.wait == 0
+
+
+def test_a_deadline_already_past_still_lets_a_run_finish_something():
+    out = dispatch.run(["a/1", "a/2", "a/3"], lambda item, wake: None, lambda item, held: 1,
+                       threads=1, host_of=_host, deadline=time.monotonic() - 1)
+    assert out.finished >= 1 and out.finished + len(out.put_back) == 3

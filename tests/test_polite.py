@@ -373,6 +373,35 @@ def test_a_retry_backoff_holds_no_thread(client, http_server, work, monkeypatch)
     assert answers[1] - answers[0] >= 1.0
 
 
+def test_a_chunk_of_slow_images_goes_on_in_a_next_job_past_its_budget(client, http_server, work,
+                                                                      monkeypatch):
+    set_env(monkeypatch, IMAGE_CONCURRENCY=2, CHUNK_SIZE=6, CHUNK_BUDGET_S=0.6)
+    sent: list[float] = []
+
+    def slow(handler):  # a host taking 0.4 s an image
+        sent.append(time.time())
+        time.sleep(0.4)
+        return Route(jpeg((90, 90, 0)), headers={"Content-Type": "image/jpeg"})
+    for n in range(6):
+        http_server.routes[f"/slow{n}.jpg"] = slow
+    batch = upload(client, csv_text([[http_server.url(f"/slow{n}.jpg")] for n in range(6)]))
+    batch = batch.get_json()
+    work()  # the first job: two images at a time, none started after 0.6 s
+    first = get(client, batch["id"])
+    # Started at 0 and 0.4 s (0 only, on a machine slow enough to pass 0.6 s meanwhile).
+    assert first["status"] == "processing" and first["images"]["processed"] in (2, 4), first
+    for _ in range(5):
+        if get(client, batch["id"])["status"] != "processing":
+            break
+        _run_scheduled(work)  # queued again at once, for the images not started
+    done = get(client, batch["id"])
+    assert done["status"] == "completed" and done["images"]["processed"] == 6, done
+    assert len(sent) == 6  # each image downloaded once: those put back had not started
+    body = client.get("/metrics").get_data(as_text=True)
+    assert metric(body, "batchpress_image_deferrals_total", reason="chunk_budget") == \
+        6 - first["images"]["processed"]
+
+
 def test_retry_after_seconds_reads_seconds_and_dates():
     now = datetime(2026, 12, 1, 23, 0, tzinfo=timezone.utc)
     assert retry_after_seconds("120", now) == 120

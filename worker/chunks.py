@@ -245,6 +245,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     fresh = [im for im in images if not im.attempts]
     suspects = [im for im in images if im.attempts]
     run = _Run(batch_id, fresh)
+    deadline = time.monotonic() + settings.chunk_budget  # then the rest goes in a next job
     finished = 0
     sent = metrics.batch()  # the images' metrics, a pipeline a second at most
     try:
@@ -256,7 +257,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
                                           slot=slot, full_size=full_size, run=run,
                                           metrics_batch=sent),
                     threads=threads, host_of=_host, stop=watch.should_stop,
-                    name=f"chunk{chunk}")
+                    deadline=deadline, name=f"chunk{chunk}")
                 finished += outcome.finished
                 _put_back(outcome, later)
     except storage.StorageUnavailable:

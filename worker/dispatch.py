@@ -11,6 +11,10 @@ host's download slot already taken (`acquire`). An image that cannot go now rais
 - `PAUSED` (from `acquire`): its host asked everyone to wait (429/503 Retry-After); the image
   and the rest of that host's images are put back at once.
 
+Past the run's `deadline` (the chunk job's time budget) no image starts: those not started are
+put back (`BUDGET`, no wait) once the ones in flight end, and the chunk runs again at once, so
+that a chunk of slow images never reaches its job timeout.
+
 Only the chunk job's thread ever waits: while some of its images are in flight (their answers
 come anyway), or for at most HOLD_S when none is. Past that, and for waits longer than HOLD_S,
 the images left are put back (still pending, no attempt counted) and `Outcome.wait` says when
@@ -28,7 +32,7 @@ from typing import Callable, Generic, Hashable, TypeVar
 T = TypeVar("T")
 S = TypeVar("S")
 
-BUSY, BACKOFF, PAUSED = "host_busy", "retry_backoff", "host_paused"
+BUSY, BACKOFF, PAUSED, BUDGET = "host_busy", "retry_backoff", "host_paused", "chunk_budget"
 POLL_S = 0.1            # how soon a busy host's slots are tried again
 HOLD_S = 2.0            # longest the chunk's thread waits with none of its images in flight
 BUSY_REQUEUE_S = 1.0    # when a chunk put back for a busy host runs again
@@ -66,11 +70,12 @@ class _Entry(Generic[T]):
 def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
         work: Callable[[T, S], int], *, threads: int, host_of: Callable[[T], Hashable],
         stop: Callable[[], bool] = lambda: False, hold_s: float = HOLD_S,
-        name: str = "chunk") -> Outcome[T]:
+        deadline: float | None = None, name: str = "chunk") -> Outcome[T]:
     """`work(item, acquire(item, wake))` for every item on `threads` threads, as described
     above; `work` returns how many items it finished and owns what `acquire` gave it; `wake()`
-    (any thread) says a busy host may have a free slot now. Exceptions other than NotNow
-    propagate (after the items in flight end)."""
+    (any thread) says a busy host may have a free slot now; `deadline` (time.monotonic()): when
+    to stop starting items. Exceptions other than NotNow propagate (after the items in flight
+    end)."""
     queue = [_Entry(item, host_of(item)) for item in items]
     busy_until: dict[Hashable, float] = {}
     paused: dict[Hashable, float] = {}
@@ -84,6 +89,12 @@ def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
             if stop():
                 queue.clear()  # a stopped batch: nothing more starts, nothing is put back
             now = time.monotonic()
+            # The chunk's time is up: the rest runs in its next job (once this one has started
+            # something, so that each job gets on however short the budget).
+            if deadline is not None and now >= deadline and queue and (running or out.finished):
+                for entry in queue:
+                    out._put_back(entry.item, BUDGET, 0.0)
+                queue.clear()
             _start(queue, running, pool, acquire, work, threads, busy_until, paused, out, now,
                    woken)
             if not queue and not running:
