@@ -38,8 +38,6 @@ COUNT_FLUSH_S = 1.0  # how stale a running batch's counters may be
 
 def encode_slots_count() -> int:
     """How many images may be decoded and encoded at once: one per core this process may use."""
-    if os.environ.get("BP_SLOTS"):
-        return int(os.environ["BP_SLOTS"])
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -571,30 +569,10 @@ def _store(key: str, encoded) -> None:
                                cache_control="public, max-age=31536000, immutable")
 
 
-_EXP_CACHE = {}
-
-
 def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None,
             full_size: bool = True):
     """compress() within the pixel budget and in one of the per-core slots; encode_seconds is
     the encoding, not the waits."""
-    if os.environ.get("BP_EXP") == "noencode":
-        import hashlib, pickle
-        path = f"/tmp/bp-exp-cache/{hashlib.md5(data).hexdigest()}"
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                return pickle.load(f)
-        result = compress(data, quality=settings.output_quality,
-                          max_pixels=settings.max_image_pixels,
-                          optimize=settings.output_optimize,
-                          webp_method=settings.webp_method,
-                          keep_original=settings.keep_original_when_smaller,
-                          sizes=sizes, full_size=full_size)
-        os.makedirs("/tmp/bp-exp-cache", exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            pickle.dump(result, f)
-        os.replace(path + ".tmp", path)
-        return result
     elapsed = 0.0
     budget = pixel_budget(settings.max_pixels_in_flight)
     pixels = header_pixels(data, draft_edge(sizes, full_size))  # what the decode will hold
@@ -603,7 +581,6 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
     try:
         with budget.admit(pixels), _encode_slots():
             started = time.perf_counter()
-            _tc = time.thread_time()
             try:
                 return compress(data, quality=settings.output_quality,
                                 max_pixels=settings.max_image_pixels,
@@ -613,9 +590,6 @@ def _encode(data: bytes, settings: Settings, sizes: dict[str, int] | None = None
                                 sizes=sizes, full_size=full_size)
             finally:
                 elapsed = time.perf_counter() - started
-                if os.environ.get("BP_EXP") == "enccpu":
-                    with open("/tmp/bp-enc-cpu.log", "a") as f:
-                        f.write(f"{(time.thread_time() - _tc) * 1e3:.2f} {elapsed * 1e3:.2f}\n")
     finally:  # outside the slot (in _one it is only held until the image's pipeline is sent)
         metrics.observe("encode_seconds", elapsed)
 
@@ -628,54 +602,3 @@ def _record_failure(image: ImageRecord, batch_id: str, error: str, code: Failure
         metrics.image_failed(code, bytes_in)
         return 1
     return 0
-
-
-# ---- experiment: per-step thread CPU in the production worker (BP_EXP=steps)
-if os.environ.get("BP_EXP") == "steps":
-    import atexit
-    import functools
-    _STEPS: dict = {}
-    _STEPS_LOCK = threading.Lock()
-
-    def _timed_step(name, fn):
-        @functools.wraps(fn)
-        def wrapper(*a, **k):
-            c = time.thread_time()
-            try:
-                return fn(*a, **k)
-            finally:
-                d = time.thread_time() - c
-                with _STEPS_LOCK:
-                    e = _STEPS.setdefault(name, [0, 0.0])
-                    e[0] += 1
-                    e[1] += d
-        return wrapper
-
-    import worker.download as _dl
-    import schemas.reuse as _ru
-    import worker.encode as _en
-    _polite_download = _timed_step("download", _polite_download)
-    content_hash = _timed_step("content_hash", content_hash)
-    header_pixels = _timed_step("header_pixels", header_pixels)
-    compress = _timed_step("compress", compress)
-    _store = _timed_step("s3 put", _store)
-    _mark_processed = _timed_step("mark_processed", _mark_processed)
-    _host_slot = _timed_step("slot claim", _host_slot)
-    host_slots.Slot.release = _timed_step("slot release", host_slots.Slot.release)
-    _start_attempt = _timed_step("start_attempt", _start_attempt)
-    _one = _timed_step("_one total", _one)
-    dispatch.run = _timed_step("dispatch.run (chunk thread)", dispatch.run)
-    _process_chunk_orig = process_chunk
-
-    def process_chunk(batch_id, chunk, settings):
-        c0 = time.process_time()
-        try:
-            return _timed_step("process_chunk (main)", _process_chunk_orig)(batch_id, chunk, settings)
-        finally:
-            with _STEPS_LOCK:
-                _STEPS.setdefault("process total CPU", [0, 0.0])
-                _STEPS["process total CPU"][0] += 1
-                _STEPS["process total CPU"][1] += time.process_time() - c0
-                import json
-                with open("/tmp/bp-steps.log", "a") as f:
-                    f.write(json.dumps(_STEPS) + "\n")
