@@ -16,7 +16,7 @@ PROBE = """
 import json
 from PIL import Image
 from worker.image_memory import keep_image_memory
-done = keep_image_memory(60_000_000)
+done = keep_image_memory(60_000_000, 2)
 print(json.dumps({"done": done, "blocks_max": Image.core.get_blocks_max()}))
 """
 
@@ -24,7 +24,7 @@ print(json.dumps({"done": done, "blocks_max": Image.core.get_blocks_max()}))
 def _probe(**env: str) -> dict:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("PILLOW_BLOCKS_MAX", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_",
-                          "MALLOC_TRIM_THRESHOLD_")}
+                          "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")}
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env},
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return json.loads(out.splitlines()[-1])
@@ -36,15 +36,17 @@ def test_pillow_keeps_as_many_freed_blocks_as_the_pixel_budget_can_hold():
     assert probe["blocks_max"] == probe["done"]["pillow_blocks_max"] == 14
 
 
-def test_glibc_serves_image_sized_blocks_from_its_arenas_and_keeps_them():
+def test_glibc_serves_image_sized_blocks_from_one_arena_a_core_and_keeps_them():
     if not os.confstr("CS_GNU_LIBC_VERSION"):
         pytest.skip("not glibc")
     done = _probe()["done"]
     assert done["mmap_threshold"] == 32 * 1024 * 1024
     assert done["trim_threshold"] == 256 * 1024 * 1024
+    assert done["arena_max"] == 2  # the cores the process may use, not glibc's 8 a core
 
 
 def test_what_the_deployment_set_in_the_environment_wins():
     probe = _probe(PILLOW_BLOCKS_MAX="3", GLIBC_TUNABLES="glibc.malloc.trim_threshold=1048576")
     assert probe["blocks_max"] == 3  # Pillow's own variable, read as it is imported
     assert probe["done"] == {}
+    assert "arena_max" not in _probe(MALLOC_ARENA_MAX="4")["done"]

@@ -27,6 +27,7 @@ from rq.cron import CronScheduler
 
 from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
+from worker.chunks import encode_slots_count
 from worker.image_memory import keep_image_memory
 from worker.runner import DEQUEUE_STRATEGY
 
@@ -47,7 +48,7 @@ def preload() -> None:
         importlib.import_module(module)
     stores.load_implementation()
     storage.load_client_models()
-    keep_image_memory(get_settings().max_pixels_in_flight)
+    keep_image_memory(get_settings().max_pixels_in_flight, encode_slots_count())
 
 
 def run_worker(names: list[str]) -> int:
