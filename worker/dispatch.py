@@ -36,6 +36,7 @@ BUSY, BACKOFF, PAUSED, BUDGET = "host_busy", "retry_backoff", "host_paused", "ch
 POLL_S = 0.1            # how soon a busy host's slots are tried again
 HOLD_S = 2.0            # longest the chunk's thread waits with none of its images in flight
 BUSY_REQUEUE_S = 1.0    # when a chunk put back for a busy host runs again
+WAIT_MAX_S = 1.0        # longest wait for an item to end (each ending wakes it sooner)
 
 
 class NotNow(Exception):
@@ -86,14 +87,27 @@ def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
         while queue or running:
             woken.clear()  # before looking: whatever happens from now on wakes the wait below
+            # After the clear: an item ending from now on sets `woken`, one ended before is
+            # collected here, so no ending is missed by the wait.
+            for future in [f for f in running if f.done()]:
+                entry = running.pop(future)
+                try:
+                    out.finished += future.result()
+                except NotNow as later:  # BACKOFF: the thread is free, the image waits here
+                    entry.at, entry.reason = time.monotonic() + later.seconds, later.reason
+                    queue.append(entry)
+            if not queue and not running:
+                break
             if stop():
                 queue.clear()  # a stopped batch: nothing more starts, nothing is put back
             now = time.monotonic()
             # The chunk's time is up: the rest runs in its next job (once this one has started
             # something, so that each job gets on however short the budget).
             if deadline is not None and now >= deadline and queue and (running or out.finished):
-                for entry in queue:
-                    out._put_back(entry.item, BUDGET, 0.0)
+                for entry in queue:  # one in backoff keeps its reason and what is left of it
+                    waiting = entry.at > now
+                    out._put_back(entry.item, entry.reason if waiting else BUDGET,
+                                  entry.at - now if waiting else 0.0)
                 queue.clear()
             _start(queue, running, pool, acquire, work, threads, busy_until, paused, out, now,
                    woken)
@@ -114,16 +128,9 @@ def run(items: list[T], acquire: Callable[[T, Callable[[], None]], S],
                                       max(entry.at - now, BUSY_REQUEUE_S if entry.reason == BUSY
                                           else 0.0))
                     break
-            timeout = min(max(soonest - now, 0.005), POLL_S) if queue and not full else None
+            timeout = min(max(soonest - now, 0.005), POLL_S) if queue and not full else WAIT_MAX_S
             if woken.wait(timeout):
                 busy_until.clear()  # a slot may be free: try the busy hosts again at once
-            for future in [f for f in running if f.done()]:
-                entry = running.pop(future)
-                try:
-                    out.finished += future.result()
-                except NotNow as later:  # BACKOFF: the thread is free, the image waits here
-                    entry.at, entry.reason = time.monotonic() + later.seconds, later.reason
-                    queue.append(entry)
     return out
 
 
