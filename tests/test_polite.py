@@ -388,8 +388,8 @@ def test_a_chunk_of_slow_images_goes_on_in_a_next_job_past_its_budget(client, ht
     batch = batch.get_json()
     work()  # the first job: two images at a time, none started after 0.6 s
     first = get(client, batch["id"])
-    # Started at 0 and 0.4 s (0 only, on a machine slow enough to pass 0.6 s meanwhile).
-    assert first["status"] == "processing" and first["images"]["processed"] in (2, 4), first
+    # Started at 0 and 0.4 s (fewer on a machine slow enough to pass 0.6 s meanwhile).
+    assert first["status"] == "processing" and 2 <= first["images"]["processed"] <= 4, first
     for _ in range(5):
         if get(client, batch["id"])["status"] != "processing":
             break
@@ -398,7 +398,7 @@ def test_a_chunk_of_slow_images_goes_on_in_a_next_job_past_its_budget(client, ht
     assert done["status"] == "completed" and done["images"]["processed"] == 6, done
     assert len(sent) == 6  # each image downloaded once: those put back had not started
     body = client.get("/metrics").get_data(as_text=True)
-    assert metric(body, "batchpress_image_deferrals_total", reason="chunk_budget") == \
+    assert metric(body, "batchpress_image_deferrals_total", reason="chunk_budget") >= \
         6 - first["images"]["processed"]
 
 
