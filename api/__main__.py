@@ -99,7 +99,8 @@ def main() -> None:
     sweeper.start_thread(stop)  # in production the `cron` process runs the sweep (Procfile)
     # Webhooks on a thread of their own: slow receivers never hold batches up.
     start_webhook_worker(with_scheduler=False)
-    keep_image_memory(settings.max_pixels_in_flight, encode_slots_count())
+    keep_image_memory(settings.max_pixels_in_flight,
+                      min(encode_slots_count(), settings.image_concurrency))
     start_image_worker()  # images of a file being read are processed while it is read
     try:
         # The main thread works the batch and image queues until Ctrl-C.

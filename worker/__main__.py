@@ -48,7 +48,9 @@ def preload() -> None:
         importlib.import_module(module)
     stores.load_implementation()
     storage.load_client_models()
-    keep_image_memory(get_settings().max_pixels_in_flight, encode_slots_count())
+    settings = get_settings()
+    keep_image_memory(settings.max_pixels_in_flight,
+                      min(encode_slots_count(), settings.image_concurrency))
 
 
 def run_worker(names: list[str]) -> int:

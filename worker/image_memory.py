@@ -17,8 +17,8 @@ adding up per thread: `make bench`'s work-horses peaked at 240-255 MB instead of
 
 `keep_image_memory` is called once per process, before it forks work-horses (they inherit it).
 What a deployment sets itself wins: `PILLOW_BLOCKS_MAX`, `MALLOC_MMAP_THRESHOLD_`,
-`MALLOC_TRIM_THRESHOLD_`, `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the environment leave the
-matching part alone.
+`MALLOC_TRIM_THRESHOLD_`, `MALLOC_ARENA_MAX`, or `glibc.malloc.` tunables in `GLIBC_TUNABLES`,
+in the environment leave the matching part alone.
 """
 from __future__ import annotations
 
@@ -37,21 +37,23 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 256 * 1024 * 1024
 BYTES_PER_PIXEL = 4  # Pillow stores RGB as RGBX
+MAX_BLOCKS = 1024  # Pillow's cache takes a bounded count (16 GiB of its default blocks)
 
 
 def blocks_to_keep(max_pixels_in_flight: int) -> int:
     """Pillow's block cache holds at most what the pixel budget lets be decoded at once."""
-    return max(1, max_pixels_in_flight * BYTES_PER_PIXEL // Image.core.get_block_size())
+    blocks = max_pixels_in_flight * BYTES_PER_PIXEL // Image.core.get_block_size()
+    return min(MAX_BLOCKS, max(1, blocks))
 
 
 def keep_image_memory(max_pixels_in_flight: int, arenas: int) -> dict[str, int]:
     """Keep freed image memory for the next image, in at most `arenas` glibc arenas (one per
-    core the process may use; see above); returns what was set."""
+    core the process may use, at most one per pool thread: see above); returns what was set."""
     done: dict[str, int] = {}
     if "PILLOW_BLOCKS_MAX" not in os.environ:
         done["pillow_blocks_max"] = blocks_to_keep(max_pixels_in_flight)
         Image.core.set_blocks_max(done["pillow_blocks_max"])
-    if "GLIBC_TUNABLES" not in os.environ:
+    if "glibc.malloc." not in os.environ.get("GLIBC_TUNABLES", ""):
         mallopt = _mallopt()
         wanted = {"MALLOC_MMAP_THRESHOLD_": ("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
                   "MALLOC_TRIM_THRESHOLD_": ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
@@ -70,8 +72,8 @@ def _mallopt():
     try:
         libc = ctypes.CDLL(name)
         libc.gnu_get_libc_version  # only glibc has it
+        mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return None
-    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt
