@@ -310,6 +310,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _chunk_budget_within_the_job_timeout(self) -> "Settings":
+        if self.chunk_budget_s >= self.job_timeout_s:
+            raise ValueError(f"CHUNK_BUDGET_S ({self.chunk_budget_s:g}) must be less than "
+                             f"JOB_TIMEOUT_S ({self.job_timeout_s}): the images a chunk job has "
+                             "started must still finish within its timeout")
+        return self
+
+    @model_validator(mode="after")
     def _all_services_or_none(self) -> "Settings":
         # Half a configuration would quietly send the rest to localhost defaults and real AWS.
         named = {"REDIS_URL": self.redis_url, "MONGO_URL": self.mongo_url,

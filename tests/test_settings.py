@@ -1,6 +1,8 @@
 """Settings: the contract's defaults, and a clear start-up refusal of bad values."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -79,6 +81,13 @@ def test_no_full_size_by_default_needs_default_sizes(tmp_path):
                                      "outputs are its sizes")
     assert Settings(_env_file=None, default_full_size=False,
                     default_sizes="thumb=200").default_full_size is False
+
+
+def test_a_chunk_budget_must_leave_its_started_images_time_within_the_job_timeout():
+    with pytest.raises(ValueError, match="CHUNK_BUDGET_S .900. must be less than JOB_TIMEOUT_S"):
+        Settings(_env_file=None, chunk_budget_s=900, job_timeout_s=900)
+    assert Settings(_env_file=None, job_timeout_s=900).chunk_budget == 450
+    assert Settings(_env_file=None, chunk_budget_s=60).chunk_budget == 60
 
 
 def test_a_service_down_at_start_up_is_named_in_one_line(tmp_path, redis_server, s3_server):
