@@ -26,7 +26,7 @@ import itertools
 import re
 import threading
 
-from mongomock import helpers
+from mongomock import DuplicateKeyError, helpers
 from mongomock.collection import Collection
 from mongomock.filtering import filter_applies
 
@@ -87,9 +87,21 @@ def _ensure_uniques(self, new_data):
     if isinstance(doc_id, dict):
         doc_id = helpers.hashdict(doc_id)
     with _lock:
+        if isinstance(doc_id, datetime.datetime):
+            # mongomock keys the document by the date as given, the document holds it naive
+            # and cut to milliseconds: this collection's reads go back to scans.
+            self._store._read_indexes_off = True
         for index in _indexes(self).values():
             index.file(doc_id, new_data)
-    return _ENSURE_UNIQUES(self, new_data)
+    try:
+        return _ENSURE_UNIQUES(self, new_data)
+    except DuplicateKeyError:
+        # mongomock puts the document back as it was, past this module: it stays a candidate
+        # of every read, whatever its values.
+        with _lock:
+            for index in _indexes(self).values():
+                index.any[doc_id] = None
+        raise
 
 
 def _iter_documents(self, filter):
@@ -121,7 +133,7 @@ def _ids_named(filter) -> list | None:
 
 def _ids_by_index(collection, filter) -> dict | None:
     """The ids filed under the filter's values in the longest index prefix it covers."""
-    if not isinstance(filter, dict):
+    if not isinstance(filter, dict) or getattr(collection._store, "_read_indexes_off", False):
         return None
     wanted = {field: values for field, values in
               ((field, _equal_values(value)) for field, value in filter.items()
@@ -129,7 +141,8 @@ def _ids_by_index(collection, filter) -> dict | None:
     best: tuple[str, ...] = ()
     for spec in collection._store.indexes.values():
         fields = [field for field, _ in spec.get("key", [])]
-        if fields == ["_id"] or spec.get("partialFilterExpression") or spec.get("sparse"):
+        if fields == ["_id"] or spec.get("partialFilterExpression") or spec.get("sparse") \
+                or any("." in field for field in fields):  # a path may cross an array: a scan
             continue
         prefix = tuple(itertools.takewhile(lambda field: field in wanted, fields))
         if len(prefix) > len(best):
