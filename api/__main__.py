@@ -79,7 +79,6 @@ def main() -> None:
     settings = prepare(settings)
 
     from api import create_app
-    from worker.chunks import encode_slots_count
     from worker.image_memory import keep_image_memory
     from worker.runner import (IMAGE_QUEUES, run_worker, start_image_worker,
                                start_webhook_worker)
@@ -99,8 +98,7 @@ def main() -> None:
     sweeper.start_thread(stop)  # in production the `cron` process runs the sweep (Procfile)
     # Webhooks on a thread of their own: slow receivers never hold batches up.
     start_webhook_worker(with_scheduler=False)
-    keep_image_memory(settings.max_pixels_in_flight,
-                      min(encode_slots_count(), settings.image_concurrency))
+    keep_image_memory(settings.max_pixels_in_flight)
     start_image_worker()  # images of a file being read are processed while it is read
     try:
         # The main thread works the batch and image queues until Ctrl-C.

@@ -47,7 +47,6 @@ from PIL import Image  # noqa: E402
 
 from infra.settings import Settings  # noqa: E402
 from worker.encode import compress  # noqa: E402
-from worker.chunks import encode_slots_count  # noqa: E402
 from worker.image_memory import keep_image_memory  # noqa: E402
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
@@ -99,7 +98,7 @@ _worker_options: dict = {}
 def _init_worker(items: list[Item], options: dict, max_pixels_in_flight: int) -> None:
     global _worker_items, _worker_options
     _worker_items, _worker_options = items, options
-    keep_image_memory(max_pixels_in_flight, encode_slots_count())  # as the service's workers do
+    keep_image_memory(max_pixels_in_flight)  # as the service's workers do
 
 
 def _encode_round(indices: list[int]) -> tuple[int, int, int]:

@@ -27,7 +27,6 @@ from rq.cron import CronScheduler
 
 from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
-from worker.chunks import encode_slots_count
 from worker.image_memory import keep_image_memory
 from worker.runner import DEQUEUE_STRATEGY
 
@@ -48,9 +47,7 @@ def preload() -> None:
         importlib.import_module(module)
     stores.load_implementation()
     storage.load_client_models()
-    settings = get_settings()
-    keep_image_memory(settings.max_pixels_in_flight,
-                      min(encode_slots_count(), settings.image_concurrency))
+    keep_image_memory(get_settings().max_pixels_in_flight)
 
 
 def run_worker(names: list[str]) -> int:

@@ -11,9 +11,12 @@ work-horse, forked fresh, faulted in ~45,000 pages (180 MB) before its images re
 
 So: Pillow keeps freed blocks (as many as MAX_PIXELS_IN_FLIGHT can fill), glibc keeps freed
 memory up to TRIM_THRESHOLD and serves blocks up to MMAP_THRESHOLD from its arenas, and the
-threads share one arena per core. A worker's resident size then stays near the peak of its
-images in flight (which MAX_PIXELS_IN_FLIGHT bounds) instead of falling between images or
-adding up per thread: `make bench`'s work-horses peaked at 240-255 MB instead of 380.
+threads share one arena. A worker's resident size then stays near the peak of its images in
+flight (which MAX_PIXELS_IN_FLIGHT bounds) instead of falling between images or adding up per
+thread: `make bench`'s work-horses peaked at ~240 MB instead of ~380. One arena is enough: the
+decoders and encoders allocate a few buffers an image, not a row, and the rest of the threads'
+allocations are made holding the GIL, one thread at a time (interleaved `make bench` runs:
+workers/encode 1.14-1.17 with one arena, 1.18-1.20 with glibc's default).
 
 `keep_image_memory` is called once per process, before it forks work-horses (they inherit it).
 What a deployment sets itself wins: `PILLOW_BLOCKS_MAX`, `MALLOC_MMAP_THRESHOLD_`,
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 256 * 1024 * 1024
+ARENAS = 1
 BYTES_PER_PIXEL = 4  # Pillow stores RGB as RGBX
 MAX_BLOCKS = 1024  # Pillow's cache takes a bounded count (16 GiB of its default blocks)
 
@@ -46,9 +50,9 @@ def blocks_to_keep(max_pixels_in_flight: int) -> int:
     return min(MAX_BLOCKS, max(1, blocks))
 
 
-def keep_image_memory(max_pixels_in_flight: int, arenas: int) -> dict[str, int]:
-    """Keep freed image memory for the next image, in at most `arenas` glibc arenas (one per
-    core the process may use, at most one per pool thread: see above); returns what was set."""
+def keep_image_memory(max_pixels_in_flight: int) -> dict[str, int]:
+    """Keep freed image memory for the next image, in one glibc arena (see above); returns
+    what was set."""
     done: dict[str, int] = {}
     if "PILLOW_BLOCKS_MAX" not in os.environ:
         done["pillow_blocks_max"] = blocks_to_keep(max_pixels_in_flight)
@@ -57,7 +61,7 @@ def keep_image_memory(max_pixels_in_flight: int, arenas: int) -> dict[str, int]:
         mallopt = _mallopt()
         wanted = {"MALLOC_MMAP_THRESHOLD_": ("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
                   "MALLOC_TRIM_THRESHOLD_": ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                  "MALLOC_ARENA_MAX": ("arena_max", _M_ARENA_MAX, max(1, arenas))}
+                  "MALLOC_ARENA_MAX": ("arena_max", _M_ARENA_MAX, ARENAS)}
         for variable, (name, parameter, value) in wanted.items():
             if mallopt is not None and variable not in os.environ \
                     and mallopt(parameter, value) == 1:
