@@ -46,7 +46,7 @@ def _entries(batch: BatchRecord):
         for position, (url, image) in enumerate(row.images_of(images), 1):
             if image is None or image.status != PROCESSED or not image.output_key:
                 continue
-            for size, key in output_objects(image, dict(batch.sizes), not batch.sizes_only):
+            for size, key in output_objects(image, dict(batch.sizes), batch.full_size):
                 extension = key.rsplit(".", 1)[-1]
                 yield names.name(row.serial_no, row.product_name, url, position, extension,
                                  size), key

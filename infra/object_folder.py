@@ -85,7 +85,7 @@ class ObjectFolder:
         leaves the other as it is); ObjectNotFound when there is none."""
         try:
             with open(self.path(source), "rb") as original:
-                self._write(key, lambda out: shutil.copyfileobj(original, out, COPY_BLOCK))
+                self.upload_stream(key, original)
         except FileNotFoundError:
             raise ObjectNotFound(source) from None
 

@@ -119,7 +119,7 @@ def batch_out(batch: "BatchRecord", base_url: str = "") -> BatchOut:
         bytes=ByteCounts(in_=batch.bytes_in or 0, out=batch.bytes_out or 0),
         saving_percent=saving_percent(batch.bytes_in or 0, batch.bytes_out or 0),
         progress=batch.progress, error=batch.error, webhook_url=batch.webhook_url,
-        sizes=dict(batch.sizes), full_size=not batch.sizes_only,
+        sizes=dict(batch.sizes), full_size=batch.full_size,
         links={"self": root, "products": root + "/products",
                "output_csv": root + "/output.csv", "errors_csv": root + "/errors.csv",
                "outputs_zip": root + "/outputs.zip"},

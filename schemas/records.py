@@ -132,6 +132,11 @@ class BatchRecord:
                    sizes=dict(sizes or {}), sizes_only=sizes_only)
 
     @property
+    def full_size(self) -> bool:
+        """Its images get a full-size output (upload option full_size)."""
+        return not self.sizes_only
+
+    @property
     def finished(self) -> bool:
         return self.status.finished
 

@@ -233,7 +233,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     watch = _CancelWatch(batch_id, later)
     batch = stores.batches().get(batch_id, any_owner=True)
     sizes = dict(batch.sizes) if batch is not None else {}
-    full_size = not (batch is not None and batch.sizes_only)
+    full_size = batch.full_size if batch is not None else True
     known = Known.load(batch, images, settings)  # one read for the chunk's URLs
     session = make_session(settings, pool_size=settings.image_concurrency,
                            trusted_origins=settings.image_origin_prefixes)

@@ -60,7 +60,7 @@ class Known:
         fingerprint = output_fingerprint(
             quality=settings.output_quality, optimize=settings.output_optimize,
             webp_method=settings.webp_method, keep_original=settings.keep_original_when_smaller,
-            sizes=sizes, full_size=not (batch is not None and batch.sizes_only))
+            sizes=sizes, full_size=batch.full_size if batch is not None else True)
         if batch is None:
             return cls(None, fingerprint, {}, settings)
         records = stores.sources().find(batch.owner, fingerprint, [im.url for im in images])
