@@ -433,9 +433,10 @@ CSV_WRITE_CHARS = 64 * 1024
 
 
 def _download_dialect(batch: BatchRecord) -> Dialect:
-    """The dialect output.csv and errors.csv are written in: the input's (batch.dialect), or
-    what the query's `delimiter` (comma, semicolon, tab) and `bom` (true, false) ask for."""
-    dialect = batch.dialect
+    """The dialect output.csv and errors.csv are written in: `,` and no BOM, or what the
+    query's `delimiter` (comma, semicolon, tab) and `bom` (true, false) ask for; `input` for
+    either takes the uploaded file's (batch.dialect)."""
+    dialect = Dialect()
     for name, choices in (("delimiter", DELIMITER_NAMES), ("bom", BOM_VALUES)):
         raw = request.args.get(name)
         if raw is None:
@@ -444,7 +445,10 @@ def _download_dialect(batch: BatchRecord) -> Dialect:
             raise ApiError(400, "Invalid parameter",
                            f"{name} must be one of {', '.join(choices)}, got {quoted(raw)}",
                            kind="invalid-parameter", parameter=name)
-        dialect = replace(dialect, **{name: choices[raw.lower()]})
+        value = choices[raw.lower()]
+        if value is None:  # `input`: as the uploaded file was
+            value = getattr(batch.dialect, name)
+        dialect = replace(dialect, **{name: value})
     return dialect
 
 

@@ -88,11 +88,11 @@ LIMIT = query_param("limit", "Items per page.", {"type": "integer", "minimum": 1
                                                  "default": 50})
 CURSOR = query_param("cursor", "`next_cursor` of the previous page.", {"type": "string"})
 DIALECT = [
-    query_param("delimiter", "The CSV's delimiter (any case); default: the uploaded "
-                "file's (`,` `;` or tab).",
+    query_param("delimiter", "The CSV's delimiter (any case); default comma; `input`: the "
+                "uploaded file's (`,` `;` or tab).",
                 {"type": "string", "enum": list(DELIMITER_NAMES)}),
-    query_param("bom", "Whether the CSV starts with a UTF-8 BOM (any case); default: "
-                "whether the uploaded file did.", {"type": "string", "enum": list(BOM_VALUES)}),
+    query_param("bom", "Whether the CSV starts with a UTF-8 BOM (any case); default false; "
+                "`input`: whether the uploaded file did.", {"type": "string", "enum": list(BOM_VALUES)}),
 ]
 
 
@@ -116,8 +116,8 @@ def operation(operation_id: str, summary: str, tag: str, responses: dict, *,
 
 def _paths() -> dict:
     csv_answer = {"description": "The CSV, streamed (`text/csv; charset=utf-8; header=present`), "
-                                 "in the uploaded file's dialect unless `delimiter` or `bom` "
-                                 "say otherwise; CRLF line endings.",
+                                 "with `,` and no BOM unless `delimiter` or `bom` say "
+                                 "otherwise; CRLF line endings.",
                   "content": {"text/csv": {"schema": {"type": "string"}}}}
     batches = "Batches"
     hooks = "Webhooks"

@@ -174,10 +174,11 @@ def watch(ctx: Context, batch_id: str) -> None:
 @click.option("--errors", "-e", "errors", metavar="FILE", help="Also save errors.csv here.")
 @click.option("--images", "-i", "images", metavar="FILE", help="Also save every output image "
               "as one ZIP here.")
-@click.option("--delimiter", type=click.Choice(["comma", "semicolon", "tab"]),
-              help="The CSVs' delimiter (default: the uploaded file's).")
+@click.option("--delimiter", type=click.Choice(["comma", "semicolon", "tab", "input"]),
+              help="The CSVs' delimiter (default: comma; input: the uploaded file's, and its "
+              "BOM unless --bom/--no-bom).")
 @click.option("--bom/--no-bom", default=None,
-              help="Start the CSVs with a UTF-8 BOM, or not (default: as the uploaded file).")
+              help="Start the CSVs with a UTF-8 BOM, or not (default: not).")
 @click.pass_obj
 def download(ctx: Context, batch_id: str, output: str | None, errors: str | None,
              images: str | None, delimiter: str | None, bom: bool | None) -> None:
@@ -188,6 +189,8 @@ def download(ctx: Context, batch_id: str, output: str | None, errors: str | None
     if images:
         wanted.append(("outputs.zip", images))
     dialect = {"delimiter": delimiter, "bom": None if bom is None else str(bom).lower()}
+    if delimiter == "input" and bom is None:  # the file back as it was uploaded
+        dialect["bom"] = "input"
     saved = []
     for name, target in wanted:
         params = ({k: v for k, v in dialect.items() if v is not None}

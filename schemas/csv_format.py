@@ -34,16 +34,19 @@ def normalise_header(name: str) -> str:
 
 
 DELIMITERS = (",", ";", "\t")
-# The names the download endpoints' `delimiter` parameter takes (contract addition, docs/csv.md).
-DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t"}
-BOM_VALUES = {"true": True, "false": False}  # and the `bom` parameter's
+# The names the download endpoints' `delimiter` parameter takes (contract addition, docs/csv.md),
+# and the `bom` parameter's values; INPUT names the uploaded file's own.
+INPUT = "input"
+DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", INPUT: None}
+BOM_VALUES = {"true": True, "false": False, INPUT: None}
 
 
 @dataclass(frozen=True)
 class Dialect:
     """How a CSV file is written: its delimiter and whether it starts with a UTF-8 BOM. The
-    batch keeps its input's, and output.csv and errors.csv are written in it, so a file saved
-    by a `;`-locale Excel comes back as that Excel opens it."""
+    batch keeps its input's; output.csv and errors.csv are written with `,` and no BOM, as the
+    contract shows them, or in the input's (`?delimiter=input&bom=input`: the console's
+    downloads), so a file saved by a `;`-locale Excel comes back as that Excel opens it."""
 
     delimiter: str = ","
     bom: bool = False

@@ -1,5 +1,6 @@
-"""output.csv and errors.csv come back in the input's dialect (delimiter, UTF-8 BOM) unless the
-query's `delimiter` / `bom` say otherwise: what a `;`-locale Excel saved, it opens again."""
+"""output.csv and errors.csv are written with `,` and no BOM, as the contract shows them; the
+query's `delimiter` / `bom` choose another, `input` the uploaded file's (delimiter, UTF-8 BOM):
+what a `;`-locale Excel saved, it opens again."""
 from __future__ import annotations
 
 import csv
@@ -43,9 +44,12 @@ def semicolon_batch(client, http_server, work) -> dict:
     return client.get(f"/api/v1/batches/{response.get_json()['id']}").get_json()
 
 
-def test_a_semicolon_file_with_a_bom_comes_back_with_both(client, semicolon_batch):
+AS_UPLOADED = "?delimiter=input&bom=input"
+
+
+def test_a_semicolon_file_with_a_bom_comes_back_with_both_when_asked(client, semicolon_batch):
     for link in ("output_csv", "errors_csv"):
-        response = client.get(semicolon_batch["links"][link])
+        response = client.get(semicolon_batch["links"][link] + AS_UPLOADED)
         assert response.status_code == 200
         assert response.headers["Content-Type"] == "text/csv; charset=utf-8; header=present"
         body = response.get_data()
@@ -53,18 +57,19 @@ def test_a_semicolon_file_with_a_bom_comes_back_with_both(client, semicolon_batc
         assert body.count(b";") > body.count(b"\r\n")  # every line split by `;`, CRLF ended
         assert body.endswith(b"\r\n") and body.count(b"\n") == body.count(b"\r\n")
         # The same cells as the same file read in the default dialect would give:
-        plain = client.get(semicolon_batch["links"][link] + "?delimiter=comma&bom=false")
+        plain = client.get(semicolon_batch["links"][link])
         assert not plain.get_data().startswith(BOM)
+        assert plain.get_data().split(b"\r\n")[0].count(b",") == 4
         assert cells_of(response, ";") == cells_of(plain, ",")
 
-    output = cells_of(client.get(semicolon_batch["links"]["output_csv"]), ";")
+    output = cells_of(client.get(semicolon_batch["links"]["output_csv"] + AS_UPLOADED), ";")
     assert output[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls",
                          "Notes"]
     assert [row[1] for row in output[1:]] == ["Café", "Shirt; red", "Formula"]
     assert output[1][4] == "a, b"
     assert output[2][3].split(",")[0] == "" and output[2][3].split(",")[1].startswith("http")
 
-    errors = cells_of(client.get(semicolon_batch["links"]["errors_csv"]), ";")
+    errors = cells_of(client.get(semicolon_batch["links"]["errors_csv"] + AS_UPLOADED), ";")
     assert errors[0] == ["Line", "S. No.", "Input Image Url", "Error", "Code"]
     assert [(row[0], row[1], row[4]) for row in errors[1:]] == [
         ("3", "2", "http_status"), ("4", "'=3+4", "invalid_row")]  # the formula made inert
@@ -79,7 +84,7 @@ def test_errors_csv_cells_never_run_as_formulas_whatever_the_delimiter(client, w
     csv.writer(out, delimiter=delimiter).writerows(rows)
     batch = upload(client, out.getvalue()).get_json()
     work()
-    errors = cells_of(client.get(batch["links"]["errors_csv"]), delimiter)
+    errors = cells_of(client.get(batch["links"]["errors_csv"] + AS_UPLOADED), delimiter)
     assert [row[1] for row in errors[1:]] == ["'" + serial for serial in serials]
     assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r"))
                    for row in errors for cell in row)
@@ -95,9 +100,9 @@ def test_a_comma_file_without_a_bom_comes_back_as_before(client, http_server, wo
 
 
 @pytest.mark.parametrize("delimiter,bom", [(",", False), ("\t", True), (";", False)])
-def test_the_query_overrides_the_inputs_dialect(client, semicolon_batch, delimiter, bom):
+def test_the_query_chooses_the_dialect(client, semicolon_batch, delimiter, bom):
     query = f"?delimiter={SEPARATORS[delimiter]}&bom={str(bom).lower()}"
-    expected = cells_of(client.get(semicolon_batch["links"]["output_csv"]), ";")
+    expected = cells_of(client.get(semicolon_batch["links"]["output_csv"]), ",")
     for link in ("output_csv", "errors_csv"):
         response = client.get(semicolon_batch["links"][link] + query)
         assert response.status_code == 200
@@ -107,11 +112,17 @@ def test_the_query_overrides_the_inputs_dialect(client, semicolon_batch, delimit
         assert header.count(delimiter) == 4
         if link == "output_csv":
             assert cells_of(response, delimiter) == expected
-    # one parameter alone keeps the input's other half
-    only_bom = client.get(semicolon_batch["links"]["output_csv"] + "?bom=false").get_data()
-    assert not only_bom.startswith(BOM) and only_bom.split(b"\r\n")[0].count(b";") == 4
+    # one parameter alone keeps the default other half (`,`, no BOM)
+    only_bom = client.get(semicolon_batch["links"]["output_csv"] + "?bom=TRUE").get_data()
+    assert only_bom.startswith(BOM) and only_bom.split(b"\r\n")[0].count(b",") == 4
     only_tab = client.get(semicolon_batch["links"]["output_csv"] + "?delimiter=tab").get_data()
-    assert only_tab.startswith(BOM) and only_tab.split(b"\r\n")[0].count(b"\t") == 4
+    assert not only_tab.startswith(BOM) and only_tab.split(b"\r\n")[0].count(b"\t") == 4
+    # `input` for one takes that half of the uploaded file's (`;`, a BOM)
+    input_delimiter = client.get(semicolon_batch["links"]["output_csv"] + "?delimiter=input")
+    assert not input_delimiter.get_data().startswith(BOM)
+    assert input_delimiter.get_data().split(b"\r\n")[0].count(b";") == 4
+    input_bom = client.get(semicolon_batch["links"]["output_csv"] + "?bom=Input").get_data()
+    assert input_bom.startswith(BOM) and input_bom.split(b"\r\n")[0].count(b",") == 4
 
 
 @pytest.mark.parametrize("query,parameter", [("delimiter=pipe", "delimiter"),

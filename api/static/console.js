@@ -428,8 +428,10 @@ async function startBatch() {
   }));
   $("products-more").addEventListener("click", () => act(() => loadProducts(true)));
   const base = "batches/" + encodeURIComponent(batchId);
-  $("dl-output").addEventListener("click", () => act(() => download(base + "/output.csv", "output.csv")));
-  $("dl-errors").addEventListener("click", () => act(() => download(base + "/errors.csv", "errors.csv")));
+  // Downloads come back as the file was uploaded (a `;`-locale Excel's opens again as it was).
+  const asUploaded = "?delimiter=input&bom=input";
+  $("dl-output").addEventListener("click", () => act(() => download(base + "/output.csv" + asUploaded, "output.csv")));
+  $("dl-errors").addEventListener("click", () => act(() => download(base + "/errors.csv" + asUploaded, "errors.csv")));
   $("dl-zip").addEventListener("click", () => act(() => download(base + "/outputs.zip", "images.zip")));
 }
 
