@@ -179,7 +179,7 @@ def test_every_output_row_has_the_headers_cells_however_short_the_input_row(
             f"3;C;{a};blue;acme;extra\n")  # one cell more than the header: kept
     batch = upload(client, text, sizes="thumb=32").get_json()
     work()
-    rows = read_csv(client.get(batch["links"]["output_csv"]), ";")  # the input's delimiter
+    rows = read_csv(client.get(batch["links"]["output_csv"] + "?delimiter=input"), ";")
     assert rows[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls",
                        "Output Image Urls (thumb)", "Colour", "Brand"]
     assert [len(r) for r in rows] == [7, 7, 7, 7, 8]

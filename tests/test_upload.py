@@ -184,8 +184,8 @@ def test_dialects_parse_to_the_same_rows(client, work, name, raw):
     products = client.get(f"/api/v1/batches/{batch_id}/products").get_json()["items"]
     assert [(p["serial_no"], p["product_name"], p["input_image_urls"]) for p in products] == [
         (1, "Mug", ["http://h/a.jpg"]), (2, "Cup", ["http://h/b.jpg"])]
-    output = client.get(f"/api/v1/batches/{batch_id}/output.csv")
-    # written back in the input's dialect: its delimiter, and a BOM when it had one
+    output = client.get(f"/api/v1/batches/{batch_id}/output.csv?delimiter=input&bom=input")
+    # asked for in the input's dialect: its delimiter, and a BOM when it had one
     assert output.get_data().startswith(b"\xef\xbb\xbf") == raw.startswith("\ufeff")
     delimiter = ";" if "semicolon" in name else "\t" if name == "tab" else ","
     rows = read_csv(output, delimiter)
