@@ -37,11 +37,7 @@ def test_pillow_keeps_as_many_freed_blocks_as_the_pixel_budget_can_hold():
 
 
 def test_glibc_serves_image_sized_blocks_from_one_arena_and_keeps_them():
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")
-    except (ValueError, OSError):
-        glibc = None
-    if not glibc:
+    if not _glibc():
         pytest.skip("not glibc")
     done = _probe()["done"]
     assert done["mmap_threshold"] == 32 * 1024 * 1024
@@ -49,10 +45,77 @@ def test_glibc_serves_image_sized_blocks_from_one_arena_and_keeps_them():
     assert done["arena_max"] == 1  # the threads share it, not glibc's up to 8 a core
 
 
-def test_what_the_deployment_set_in_the_environment_wins():
+def test_what_the_deployment_set_in_the_environment_wins_parameter_by_parameter():
     probe = _probe(PILLOW_BLOCKS_MAX="3", GLIBC_TUNABLES="glibc.malloc.trim_threshold=1048576")
     assert probe["blocks_max"] == 3  # Pillow's own variable, read as it is imported
-    assert probe["done"] == {}
+    assert "pillow_blocks_max" not in probe["done"]
+    assert "trim_threshold" not in probe["done"]
+    if _glibc():
+        assert probe["done"]["mmap_threshold"] == 32 * 1024 * 1024  # the others still set
     assert "arena_max" not in _probe(MALLOC_ARENA_MAX="4")["done"]
-    # Tunables of something else leave glibc's malloc to this module.
-    assert "arena_max" in _probe(GLIBC_TUNABLES="glibc.rtld.optional_static_tls=4096")["done"]
+    # Tunables of something else, or huge pages alone, leave glibc's malloc to this module.
+    if _glibc():
+        assert "arena_max" in _probe(GLIBC_TUNABLES="glibc.rtld.optional_static_tls=4096")["done"]
+        assert "arena_max" in _probe(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")["done"]
+
+
+# Runs itself again on huge pages, then holds 48 MB of pixels (a colour, so each page is
+# written) and reports where they are.
+HUGE_PROBE = """
+import json, os, sys
+print("started", os.getpid(), flush=True)
+from worker.image_memory import keep_image_memory, use_huge_pages
+use_huge_pages()
+done = keep_image_memory(60_000_000)
+from PIL import Image
+image = Image.new("RGB", (4000, 3000), (200, 100, 50))
+huge = [line for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages")]
+print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "done": done,
+                  "tunables": os.environ.get("GLIBC_TUNABLES"),
+                  "huge_kb": int(huge[0].split()[1]) if huge else 0}))
+"""
+
+
+def _huge_probe(**env: str) -> tuple[list[str], dict]:
+    clean = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", HUGE_PROBE, "an-argument"], cwd=ROOT,
+                         env={**clean, **env}, capture_output=True, text=True, timeout=60,
+                         check=True).stdout.splitlines()
+    return [line for line in out if line.startswith("started")], json.loads(out[-1])
+
+
+def _glibc() -> str | None:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        return None
+
+
+def _huge_pages_possible() -> bool:
+    version = (_glibc() or "glibc 0.0").split()[1].split(".")
+    try:
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+    return (int(version[0]), int(version[1])) >= (2, 35) and "[never]" not in thp
+
+
+@pytest.mark.skipif(not _huge_pages_possible(), reason="no glibc >= 2.35 or no transparent "
+                    "huge pages in this kernel")
+def test_a_process_runs_itself_again_once_with_its_image_memory_on_huge_pages():
+    starts, probe = _huge_probe(GLIBC_TUNABLES="glibc.rtld.optional_static_tls=4096")
+    assert len(starts) == 2 and starts[0] == starts[1] == f"started {probe['pid']}"  # exec
+    assert probe["argv"] == ["an-argument"]
+    assert probe["tunables"] == "glibc.rtld.optional_static_tls=4096:glibc.malloc.hugetlb=1"
+    assert probe["huge_kb"] >= 2048  # the pixels are on 2 MiB pages
+    assert probe["done"]["arena_max"] == 1  # and the rest is set as without them
+
+
+@pytest.mark.skipif(not _huge_pages_possible(), reason="no glibc >= 2.35 or no transparent "
+                    "huge pages in this kernel")
+def test_a_deployment_that_turned_huge_pages_off_is_not_run_again():
+    starts, probe = _huge_probe(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
+    assert len(starts) == 1
+    assert probe["tunables"] == "glibc.malloc.hugetlb=0"
+    if "[madvise]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
+        assert probe["huge_kb"] == 0  # only memory glibc asks for gets them

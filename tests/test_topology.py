@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,6 +23,7 @@ import yaml
 from tests.servers import HttpServer, Route
 from tests.test_flow import jpeg
 from tests.topology import ROOT, Topology, procfile
+from worker.image_memory import huge_pages_environment
 
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
 
@@ -179,6 +181,22 @@ def test_a_batch_goes_through_gunicorn_two_forking_workers_and_cron(topo, peers)
     assert_batch_outcome(topo, peers, batch_id, status="completed", rows=5, images=10,
                          processed=10, failed=0)
     assert len(hook_requests(peers, batch_id)) == 1
+
+
+def test_the_workers_run_with_their_image_memory_on_huge_pages_and_cron_without(topo):
+    try:
+        kernel = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        kernel = "[never]"
+    if "[never]" in kernel or not huge_pages_environment({}):
+        pytest.skip("no transparent huge pages here (kernel or glibc)")
+
+    def tunables(process) -> str:
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+        return next((v.decode().split("=", 1)[1] for v in environ
+                     if v.startswith(b"GLIBC_TUNABLES=")), "")
+    assert all(tunables(worker) == "glibc.malloc.hugetlb=1" for worker in topo.workers)
+    assert tunables(topo.cron) == ""
 
 
 def test_the_compose_healthchecks_of_worker_and_cron_tell_a_live_process_from_a_stopped_one(

@@ -18,7 +18,14 @@ import logging
 import sys
 import time
 
-# First: the service's JSON logs and settings warnings, before RQ installs its own handler.
+from worker import image_memory  # isort: skip
+
+# Before anything else: a worker runs again at once with its image memory on huge pages (the
+# cron scheduler decodes no image).
+if __name__ == "__main__" and sys.argv[1:] != ["--cron"]:
+    image_memory.use_huge_pages()
+
+# Then: the service's JSON logs and settings warnings, before RQ installs its own handler.
 from worker import rq_config  # noqa: F401  isort: skip
 
 import redis
@@ -27,7 +34,6 @@ from rq.cron import CronScheduler
 
 from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
-from worker.image_memory import keep_image_memory
 from worker.runner import DEQUEUE_STRATEGY
 
 log = logging.getLogger("worker")
@@ -42,12 +48,12 @@ def preload() -> None:
     implementation (pymongo, imported on first use: ~0.2 s) and boto3's S3 model (~0.08 s).
     Together that was ~10 ms of CPU per image on chunks of 50. No client or connection is kept:
     those must not cross a fork (infra/per_process.py). Freed image memory is kept mapped for
-    the next image (worker/image_memory.py)."""
+    the next image, on huge pages (worker/image_memory.py)."""
     for module in jobs.JOB_MODULES:
         importlib.import_module(module)
     stores.load_implementation()
     storage.load_client_models()
-    keep_image_memory(get_settings().max_pixels_in_flight)
+    image_memory.keep_image_memory(get_settings().max_pixels_in_flight)
 
 
 def run_worker(names: list[str]) -> int:

@@ -18,10 +18,19 @@ decoders and encoders allocate a few buffers an image, not a row, and the rest o
 allocations are made holding the GIL, one thread at a time (interleaved `make bench` runs:
 workers/encode 1.14-1.17 with one arena, 1.18-1.20 with glibc's default).
 
+A forking worker's work-horse still starts with none of that memory: it faulted in ~25,000
+pages (4 KiB each, every one trapped and zeroed on its own) before its images reused any,
+~70 ms of CPU per chunk job. With glibc's malloc asking for transparent huge pages
+(`glibc.malloc.hugetlb=1`) the same memory comes in 2 MiB pages: ~1,200 faults and ~20 ms
+(`bench/fork_memory.py`). glibc reads that tunable only as a process starts, so
+`use_huge_pages` runs the process's own command again (same PID, exec) with it added to
+`GLIBC_TUNABLES`; `python -m worker` does so first thing. Where the kernel has transparent huge
+pages off (`never`), or glibc is too old or not there, nothing is done.
+
 `keep_image_memory` is called once per process, before it forks work-horses (they inherit it).
-What a deployment sets itself wins: `PILLOW_BLOCKS_MAX`, `MALLOC_MMAP_THRESHOLD_`,
-`MALLOC_TRIM_THRESHOLD_`, `MALLOC_ARENA_MAX`, or `glibc.malloc.` tunables in `GLIBC_TUNABLES`,
-in the environment leave the matching part alone.
+What a deployment sets itself wins, parameter by parameter: `PILLOW_BLOCKS_MAX`,
+`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_ARENA_MAX`, or the matching
+`glibc.malloc.` tunable in `GLIBC_TUNABLES` (`glibc.malloc.hugetlb=0` keeps 4 KiB pages).
 """
 from __future__ import annotations
 
@@ -29,6 +38,8 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import sys
+from pathlib import Path
 
 from PIL import Image
 
@@ -42,6 +53,9 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 ARENAS = 1
 BYTES_PER_PIXEL = 4  # Pillow stores RGB as RGBX
 MAX_BLOCKS = 1024  # Pillow's cache takes a bounded count (16 GiB of its default blocks)
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+HUGE_PAGES_GLIBC = (2, 35)  # the first glibc with that tunable
+TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def blocks_to_keep(max_pixels_in_flight: int) -> int:
@@ -57,17 +71,64 @@ def keep_image_memory(max_pixels_in_flight: int) -> dict[str, int]:
     if "PILLOW_BLOCKS_MAX" not in os.environ:
         done["pillow_blocks_max"] = blocks_to_keep(max_pixels_in_flight)
         Image.core.set_blocks_max(done["pillow_blocks_max"])
-    if "glibc.malloc." not in os.environ.get("GLIBC_TUNABLES", ""):
-        mallopt = _mallopt()
-        wanted = {"MALLOC_MMAP_THRESHOLD_": ("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                  "MALLOC_TRIM_THRESHOLD_": ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                  "MALLOC_ARENA_MAX": ("arena_max", _M_ARENA_MAX, ARENAS)}
-        for variable, (name, parameter, value) in wanted.items():
-            if mallopt is not None and variable not in os.environ \
-                    and mallopt(parameter, value) == 1:
-                done[name] = value
+    tunables = _tunables(os.environ.get("GLIBC_TUNABLES", ""))
+    mallopt = _mallopt()
+    wanted = {"MALLOC_MMAP_THRESHOLD_": ("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+              "MALLOC_TRIM_THRESHOLD_": ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+              "MALLOC_ARENA_MAX": ("arena_max", _M_ARENA_MAX, ARENAS)}
+    for variable, (name, parameter, value) in wanted.items():
+        if mallopt is not None and variable not in os.environ and name not in tunables \
+                and mallopt(parameter, value) == 1:
+            done[name] = value
     log.debug("image memory kept between images: %s", done)
     return done
+
+
+def use_huge_pages() -> None:
+    """Run this process's command again, in place, with glibc's malloc on transparent huge
+    pages (see above); returns at once when it already is, or cannot be."""
+    environment = huge_pages_environment(os.environ)
+    if environment is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, environment)
+
+
+def huge_pages_environment(environ) -> dict[str, str] | None:
+    """`environ` with HUGE_PAGES added to GLIBC_TUNABLES; None when it has a `hugetlb` tunable
+    already (the deployment's choice, or this process ran again), or glibc or the kernel would
+    not use it."""
+    current = environ.get("GLIBC_TUNABLES", "")
+    if "hugetlb" in _tunables(current) or not _glibc_has_huge_pages():
+        return None
+    try:
+        if "[never]" in TRANSPARENT_HUGE_PAGES.read_text():
+            return None
+    except OSError:  # not Linux, or no transparent huge pages in this kernel
+        return None
+    return {**environ, "GLIBC_TUNABLES": f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES}
+
+
+def _tunables(value: str) -> dict[str, str]:
+    """glibc's malloc tunables in a GLIBC_TUNABLES value (`glibc.malloc.NAME=VALUE:...`)."""
+    found = {}
+    for item in value.split(":"):
+        name, _, setting = item.partition("=")
+        if name.startswith("glibc.malloc."):
+            found[name.removeprefix("glibc.malloc.")] = setting
+    return found
+
+
+def _glibc_has_huge_pages() -> bool:
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
+    except (ValueError, OSError):
+        return False
+    try:
+        major, minor = version.split()[1].split(".")[:2]
+        return (int(major), int(minor)) >= HUGE_PAGES_GLIBC
+    except (IndexError, ValueError):
+        return False
 
 
 def _mallopt():
