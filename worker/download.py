@@ -44,7 +44,10 @@ from schemas.reuse import validator
 from schemas.quoting import quoted
 from schemas.urls import UrlShapeError, check_fetchable
 
-CHUNK = 64 * 1024
+# Each read is a trip through requests' and urllib3's Python: 256 KiB pieces take a photo in
+# 1-3 of them (64 KiB: 0.81 ms of CPU a download on loopback, 256 KiB: 0.68). The deadline and
+# the byte cap hold whatever the size (the watchdog cuts a read short; at most one piece over).
+CHUNK = 256 * 1024
 
 
 class DownloadError(Exception):
