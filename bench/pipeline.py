@@ -12,6 +12,10 @@
     Also prints the CPU seconds each process used while the batch ran. The last line reads
     `ratio e2e/limit: X` (images/s of (b) over images/s of (a) on all cores).
 
+(a) on all cores runs before (b) and again after it; the limit (b) is compared with is the two
+together (on a shared host the machine's speed drifts over a minute: a warning says when the
+two differ by more than 5 %).
+
 Options:
     --seconds S   run each measurement of (a) for at least S seconds (default 8)
     --e2e-seconds S   size the corpus repetitions so that (b) runs about S seconds (default 30)
@@ -37,7 +41,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +133,21 @@ class Rate:
     @property
     def mp_per_s(self) -> float:
         return self.pixels / self.seconds / 1e6
+
+
+def measure_limit_cpu(items: list[Item], options: dict, processes: int,
+                      seconds: float) -> tuple[Rate, float]:
+    """measure_limit, and the CPU seconds its processes used (whatever else ran meanwhile)."""
+    busy, ours = e2e_module().machine_busy_seconds(), _our_cpu()
+    started = time.perf_counter()
+    rate = measure_limit(items, options, processes, seconds)
+    wall = time.perf_counter() - started
+    cpu = _our_cpu() - ours
+    other = e2e_module().machine_busy_seconds() - busy - cpu
+    if other > 0.05 * wall * processes:
+        print(f"warning: other processes used ~{other:.1f} CPU-s while (a) ran on all cores; "
+              "the limit is understated", file=sys.stderr)
+    return rate, cpu
 
 
 def measure_limit(items: list[Item], options: dict, processes: int, seconds: float) -> Rate:
@@ -240,6 +259,13 @@ def print_cpu(report: dict, limit: Rate, e2e: Rate, cores: int, encode_cpu: floa
         per_image = sum(workers.values()) / e2e.images
         print(f"\nworkers' CPU per image: {per_image * 1e3:.1f} ms; the encode alone in (a): "
               f"{encode_cpu * 1e3:.1f} ms; workers/encode: {per_image / encode_cpu:.2f}")
+        encode_step = (report.get("worker_steps") or {}).get("encode", 0.0) / e2e.images
+        if encode_step > 0:
+            # Both factors below measured in the same processes at the same time: the first
+            # does not move with the machine's speed, the second is where that speed shows.
+            print(f"  = workers' CPU over their own encode step ({encode_step * 1e3:.1f} ms): "
+                  f"{per_image / encode_step:.3f} x their encode step over (a)'s: "
+                  f"{encode_step / encode_cpu:.3f}")
         # The stand-ins (moto, the image server, redis-server) and the API run on other
         # machines in production: the limit the workers had is the CPU those left them.
         stand_ins = sum(v for n, v in report["cpu_s"].items()
@@ -386,19 +412,12 @@ def main(argv: list[str] | None = None) -> None:
         pixels = sum(item.pixels for item in items)
         limit = Rate("limit: given", len(items), pixels, len(items) / args.limit)
         rates = [limit]
+        encode_cpu = cores / limit.images_per_s
     else:
         rates = [measure_limit(items, options, 1, args.seconds / 2)]
-        busy0, ours0 = e2e_module().machine_busy_seconds(), _our_cpu()
-        started = time.perf_counter()
-        limit = measure_limit(items, options, cores, args.seconds)
-        rates.append(limit)
-        wall = time.perf_counter() - started
-        limit_cpu = _our_cpu() - ours0  # the pool's processes: CPU seconds, whatever the load
-        other = e2e_module().machine_busy_seconds() - busy0 - limit_cpu
-        if other > 0.05 * wall * cores:
-            print(f"warning: other processes used ~{other:.1f} CPU-s while (a) ran on all cores; "
-                  "the limit is understated", file=sys.stderr)
-    encode_cpu = limit_cpu / limit.images if not args.limit else cores / limit.images_per_s
+        before, before_cpu = measure_limit_cpu(items, options, cores, args.seconds)
+        rates.append(before)
+        limit, encode_cpu = before, before_cpu / before.images
     e2e = report = None
     if not args.no_e2e:
         e2e, report = measure_end_to_end(items, settings, args.e2e_seconds,
@@ -406,6 +425,23 @@ def main(argv: list[str] | None = None) -> None:
                                          native=args.native, latency_ms=args.latency_ms,
                                          workers=args.workers, store=args.store)
         rates.append(e2e)
+        if not args.limit:
+            # The machine's speed drifts (a shared host): (a) again after (b), and the two
+            # together are the limit (b) is compared with.
+            after, after_cpu = measure_limit_cpu(items, options, cores, args.seconds)
+            # ru_maxrss of the children now counts (b)'s processes too: no peak for this row.
+            after = replace(after, label=f"{after.label}, after (b)", peak_rss_mb=0.0)
+            rates.append(after)
+            limit = Rate(f"limit: {cores} process(es), before and after (b)",
+                         before.images + after.images, before.pixels + after.pixels,
+                         before.seconds + after.seconds, before.bytes_in + after.bytes_in,
+                         before.bytes_out + after.bytes_out, before.peak_rss_mb)
+            encode_cpu = (before_cpu + after_cpu) / limit.images
+            drift = abs(after.images_per_s / before.images_per_s - 1)
+            if drift > 0.05:
+                print(f"warning: the limit moved by {drift:.0%} between before and after (b): "
+                      "the machine's speed changed during the run, and the ratios may be off "
+                      "by about as much", file=sys.stderr)
     print_table(rates)
     if report is not None:
         print_cpu(report, limit, e2e, cores, encode_cpu)
