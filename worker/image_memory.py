@@ -18,11 +18,11 @@ decoders and encoders allocate a few buffers an image, not a row, and the rest o
 allocations are made holding the GIL, one thread at a time (interleaved `make bench` runs:
 workers/encode 1.14-1.17 with one arena, 1.18-1.20 with glibc's default).
 
-A forking worker's work-horse still starts with none of that memory: it faulted in ~25,000
-pages (4 KiB each, every one trapped and zeroed on its own) before its images reused any,
-~70 ms of CPU per chunk job. With glibc's malloc asking for transparent huge pages
-(`glibc.malloc.hugetlb=1`) the same memory comes in 2 MiB pages: ~1,200 faults and ~20 ms
-(`bench/fork_memory.py`). glibc reads that tunable only as a process starts, so
+A forking worker's work-horse still starts with none of that memory: encoding the corpus once,
+it faulted in ~24,600 pages (4 KiB each, every one trapped and zeroed on its own) before its
+images reused any. With glibc's malloc asking for transparent huge pages
+(`glibc.malloc.hugetlb=1`) the same memory comes in 2 MiB pages: ~4,100 faults, and 5-51 ms
+less CPU per fresh work-horse (`bench/fork_memory.py`, on a machine whose speed drifts). glibc reads that tunable only as a process starts, so
 `use_huge_pages` runs the process's own command again (same PID, exec) with it added to
 `GLIBC_TUNABLES`; `python -m worker` does so first thing. Where the kernel has transparent huge
 pages off (`never`), or glibc is too old or not there, nothing is done.
