@@ -93,7 +93,8 @@ class ProductRow(BaseModel):
     @classmethod
     def _serial(cls, value):
         text = str(value).strip()
-        if not re.fullmatch(r"[0-9]+", text):  # ASCII digits: str.isdigit() takes '²' and '١'
+        # ASCII digits (str.isdigit() takes '²' and '١'), not all zeros
+        if not re.fullmatch(r"[0-9]*[1-9][0-9]*", text):
             raise ValueError(f"S. No. must be a positive whole number, got {quoted(text)}")
         if len(text.lstrip("0")) > len(str(MAX_SERIAL)):
             raise ValueError(f"S. No. is too large (at most {MAX_SERIAL})")
