@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from schemas.booleans import BOOLEANS
 from schemas.quoting import quoted, quoted_list
 
 SERIAL, NAME, URLS = "serial_no", "product_name", "input_image_urls"
@@ -38,7 +39,7 @@ DELIMITERS = (",", ";", "\t")
 # and the `bom` parameter's values; INPUT names the uploaded file's own.
 INPUT = "input"
 DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", INPUT: None}
-BOM_VALUES = {"true": True, "false": False, INPUT: None}
+BOM_VALUES = {**BOOLEANS, INPUT: None}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from schemas.booleans import BOOLEANS
 from schemas.quoting import quoted
 
 MIN_EDGE = 16
@@ -36,16 +37,15 @@ def parse_sizes(text: str | None) -> dict[str, int]:
     return sizes
 
 
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def parse_full_size(text: str | None, default: bool, sizes: dict[str, int]) -> bool:
-    """The `full_size` upload option: true or false (also 1/0, yes/no), `default` when not
+    """The `full_size` upload option: true or false (also 1/0, yes/no, on/off), `default` when not
     given; false needs at least one size. Raises ValueError naming what is wrong."""
     if text is None:
         value = default
     else:
-        value = _BOOLEANS.get(text.strip().lower())
+        value = BOOLEANS.get(text.strip().lower())
         if value is None:
             raise ValueError(f"must be true or false, got {quoted(text)}")
     if not value and not sizes:

@@ -58,7 +58,7 @@ def test_openapi_document_is_valid_and_built_from_the_models(client):
         op = document["paths"][f"/api/v1/batches/{{batch_id}}/{download}"]["get"]
         enums = {p["name"]: p["schema"].get("enum") for p in op["parameters"]}
         assert enums["delimiter"] == ["comma", "semicolon", "tab", "input"], download
-        assert enums["bom"] == ["true", "false", "input"] and "400" in op["responses"], download
+        assert enums["bom"] == ["true", "1", "yes", "on", "false", "0", "no", "off", "input"] and "400" in op["responses"], download
     assert set(document["webhooks"]) == {"batch.completed", "batch.completed_with_errors",
                                          "batch.failed", "batch.cancelled"}
 

@@ -115,6 +115,11 @@ def test_the_query_chooses_the_dialect(client, semicolon_batch, delimiter, bom):
     # one parameter alone keeps the default other half (`,`, no BOM)
     only_bom = client.get(semicolon_batch["links"]["output_csv"] + "?bom=TRUE").get_data()
     assert only_bom.startswith(BOM) and only_bom.split(b"\r\n")[0].count(b",") == 4
+    # the words full_size= takes too
+    for word, wanted in (("yes", True), ("1", True), ("on", True), ("no", False), ("0", False),
+                         ("off", False)):
+        body = client.get(semicolon_batch["links"]["output_csv"] + f"?bom={word}").get_data()
+        assert body.startswith(BOM) == wanted, word
     only_tab = client.get(semicolon_batch["links"]["output_csv"] + "?delimiter=tab").get_data()
     assert not only_tab.startswith(BOM) and only_tab.split(b"\r\n")[0].count(b"\t") == 4
     # `input` for one takes that half of the uploaded file's (`;`, a BOM)
@@ -128,7 +133,7 @@ def test_the_query_chooses_the_dialect(client, semicolon_batch, delimiter, bom):
 @pytest.mark.parametrize("query,parameter", [("delimiter=pipe", "delimiter"),
                                              ("delimiter=", "delimiter"),
                                              ("delimiter=%3B", "delimiter"),
-                                             ("bom=yes", "bom"),
+                                             ("bom=maybe", "bom"),
                                              ("delimiter=tab&bom=2", "bom")])
 def test_a_bad_dialect_parameter_is_a_problem_naming_it(client, semicolon_batch, query,
                                                         parameter):
