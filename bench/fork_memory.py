@@ -11,6 +11,9 @@ so that a machine whose speed drifts affects both alike; the table gives medians
 
     python bench/fork_memory.py [--rounds 6]
 
+Meaningful where the kernel's transparent huge pages are in `madvise` mode (the table's title
+says which): the service asks for them only there.
+
 Prints a table and the ratio of each setting's excess to the 4 KiB pages' one.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.tables import aligned  # noqa: E402
+from worker.image_memory import EXECUTED, TRANSPARENT_HUGE_PAGES  # noqa: E402
 
 SETTINGS = {"4 KiB pages": "glibc.malloc.hugetlb=0", "huge pages": None}
 
@@ -63,12 +67,15 @@ def child() -> None:
                                - faults})
         os.write(write, json.dumps(passes).encode())
         os._exit(0)
-    os.wait()
+    os.close(write)  # so that a child that died leaves the read below at its end, not waiting
+    _, status = os.wait()
+    if status != 0:
+        raise SystemExit(f"the work-horse failed (wait status {status})")
     print(os.read(read, 100_000).decode())
 
 
 def run(tunables: str | None) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", EXECUTED)}
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
     out = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True,
@@ -100,8 +107,13 @@ def main() -> None:
                      f"{statistics.median(r[0]['faults'] for r in rounds):,.0f}",
                      f"{statistics.median(r[1]['faults'] for r in rounds):,.0f}",
                      f"{excess / base:.2f}" if base > 0 else "-"])
+    try:
+        mode = TRANSPARENT_HUGE_PAGES.read_text().strip()
+    except OSError:
+        mode = "unknown"
     print(f"a fresh work-horse encoding the corpus twice, medians of {args.rounds} rounds "
-          "(settings alternating):")
+          f"(settings alternating; the kernel's transparent huge pages: {mode}; only `madvise` "
+          "makes the two rows differ):")
     print(aligned(rows))
 
 

@@ -105,15 +105,16 @@ def _init_worker(items: list[Item], options: dict, max_pixels_in_flight: int) ->
     keep_image_memory(max_pixels_in_flight)  # as the service's workers do
 
 
-def _encode_round(indices: list[int]) -> tuple[int, int, int]:
-    """Encode the given corpus items; (images, pixels, bytes out)."""
+def _encode_round(indices: list[int]) -> tuple[int, int, int, float]:
+    """Encode the given corpus items; (images, pixels, bytes out, CPU seconds of the encodes)."""
     images = pixels = out = 0
+    started = time.process_time()
     for index in indices:
         item = _worker_items[index]
         out += len(compress(item.data, **_worker_options).data)
         images += 1
         pixels += item.pixels
-    return images, pixels, out
+    return images, pixels, out, time.process_time() - started
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Rate:
     bytes_in: int = 0
     bytes_out: int = 0
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0  # the encodes' CPU seconds, where measured
 
     @property
     def images_per_s(self) -> float:
@@ -137,17 +139,17 @@ class Rate:
 
 def measure_limit_cpu(items: list[Item], options: dict, processes: int,
                       seconds: float) -> tuple[Rate, float]:
-    """measure_limit, and the CPU seconds its processes used (whatever else ran meanwhile)."""
+    """measure_limit, and the CPU seconds of its timed encodes (whatever else ran meanwhile;
+    not the warm-up round, the pool's start or its dispatch)."""
     busy, ours = e2e_module().machine_busy_seconds(), _our_cpu()
     started = time.perf_counter()
     rate = measure_limit(items, options, processes, seconds)
     wall = time.perf_counter() - started
-    cpu = _our_cpu() - ours
-    other = e2e_module().machine_busy_seconds() - busy - cpu
+    other = e2e_module().machine_busy_seconds() - busy - (_our_cpu() - ours)
     if other > 0.05 * wall * processes:
         print(f"warning: other processes used ~{other:.1f} CPU-s while (a) ran on all cores; "
               "the limit is understated", file=sys.stderr)
-    return rate, cpu
+    return rate, rate.cpu_s
 
 
 def measure_limit(items: list[Item], options: dict, processes: int, seconds: float) -> Rate:
@@ -161,17 +163,19 @@ def measure_limit(items: list[Item], options: dict, processes: int, seconds: flo
                              initargs=(items, options, Settings().max_pixels_in_flight)) as pool:
         list(pool.map(_encode_round, [[i] for i in order]))  # warm-up: imports, first calls
         images = pixels = out = rounds = 0
+        cpu = 0.0
         started = time.perf_counter()
         while True:
-            for n, p, o in pool.map(_encode_round, [[i] for i in order]):
-                images, pixels, out = images + n, pixels + p, out + o
+            for n, p, o, c in pool.map(_encode_round, [[i] for i in order]):
+                images, pixels, out, cpu = images + n, pixels + p, out + o, cpu + c
             rounds += 1
             elapsed = time.perf_counter() - started
             if elapsed >= seconds:
                 break
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     bytes_in = rounds * sum(item.data.__len__() for item in items)
-    return Rate(f"limit: {processes} process(es)", images, pixels, elapsed, bytes_in, out, peak)
+    return Rate(f"limit: {processes} process(es)", images, pixels, elapsed, bytes_in, out, peak,
+                cpu)
 
 
 # --------------------------------------------------------------------------- (b) end to end

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from worker.image_memory import EXECUTED
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
@@ -21,11 +23,16 @@ print(json.dumps({"done": done, "blocks_max": Image.core.get_blocks_max()}))
 """
 
 
+def _clean_environment() -> dict[str, str]:
+    """This environment without the settings the module leaves to a deployment."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("PILLOW_BLOCKS_MAX", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_",
+                         "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", EXECUTED)}
+
+
 def _probe(**env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("PILLOW_BLOCKS_MAX", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_",
-                          "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env},
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT,
+                         env={**_clean_environment(), **env},
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -77,10 +84,9 @@ print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "done": done,
 
 
 def _huge_probe(**env: str) -> tuple[list[str], dict]:
-    clean = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-c", HUGE_PROBE, "an-argument"], cwd=ROOT,
-                         env={**clean, **env}, capture_output=True, text=True, timeout=60,
-                         check=True).stdout.splitlines()
+                         env={**_clean_environment(), **env}, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.splitlines()
     return [line for line in out if line.startswith("started")], json.loads(out[-1])
 
 
@@ -92,16 +98,19 @@ def _glibc() -> str | None:
 
 
 def _huge_pages_possible() -> bool:
+    """glibc 2.35 or later, and the kernel's transparent huge pages in `madvise` mode."""
     version = (_glibc() or "glibc 0.0").split()[1].split(".")
     try:
         thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         return False
-    return (int(version[0]), int(version[1])) >= (2, 35) and "[never]" not in thp
+    return (int(version[0]), int(version[1])) >= (2, 35) and "[madvise]" in thp
 
 
-@pytest.mark.skipif(not _huge_pages_possible(), reason="no glibc >= 2.35 or no transparent "
-                    "huge pages in this kernel")
+NO_HUGE_PAGES = "needs glibc >= 2.35 and transparent huge pages in madvise mode"
+
+
+@pytest.mark.skipif(not _huge_pages_possible(), reason=NO_HUGE_PAGES)
 def test_a_process_runs_itself_again_once_with_its_image_memory_on_huge_pages():
     starts, probe = _huge_probe(GLIBC_TUNABLES="glibc.rtld.optional_static_tls=4096")
     assert len(starts) == 2 and starts[0] == starts[1] == f"started {probe['pid']}"  # exec
@@ -111,11 +120,18 @@ def test_a_process_runs_itself_again_once_with_its_image_memory_on_huge_pages():
     assert probe["done"]["arena_max"] == 1  # and the rest is set as without them
 
 
-@pytest.mark.skipif(not _huge_pages_possible(), reason="no glibc >= 2.35 or no transparent "
-                    "huge pages in this kernel")
+@pytest.mark.skipif(not _huge_pages_possible(), reason=NO_HUGE_PAGES)
 def test_a_deployment_that_turned_huge_pages_off_is_not_run_again():
     starts, probe = _huge_probe(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
     assert len(starts) == 1
     assert probe["tunables"] == "glibc.malloc.hugetlb=0"
-    if "[madvise]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
-        assert probe["huge_kb"] == 0  # only memory glibc asks for gets them
+    assert probe["huge_kb"] == 0  # in madvise mode only memory glibc asks for gets them
+
+
+@pytest.mark.skipif(not _huge_pages_possible(), reason=NO_HUGE_PAGES)
+def test_a_process_run_again_once_is_never_run_again():
+    # As in secure-execution mode (setuid, file capabilities), where glibc drops the tunable:
+    # the process must go on without huge pages, not exec itself forever.
+    starts, probe = _huge_probe(**{EXECUTED: "1"})
+    assert len(starts) == 1
+    assert probe["tunables"] is None

@@ -24,8 +24,9 @@ images reused any. With glibc's malloc asking for transparent huge pages
 (`glibc.malloc.hugetlb=1`) the same memory comes in 2 MiB pages: ~4,100 faults, and 5-51 ms
 less CPU per fresh work-horse (`bench/fork_memory.py`, on a machine whose speed drifts). glibc reads that tunable only as a process starts, so
 `use_huge_pages` runs the process's own command again (same PID, exec) with it added to
-`GLIBC_TUNABLES`; `python -m worker` does so first thing. Where the kernel has transparent huge
-pages off (`never`), or glibc is too old or not there, nothing is done.
+`GLIBC_TUNABLES`; `python -m worker` does so first thing. Only where the kernel's transparent
+huge pages are in `madvise` mode (with `always` the kernel gives them unasked, with `never` not at
+all) and glibc is 2.35 or later; and once.
 
 `keep_image_memory` is called once per process, before it forks work-horses (they inherit it).
 What a deployment sets itself wins, parameter by parameter: `PILLOW_BLOCKS_MAX`,
@@ -56,6 +57,7 @@ MAX_BLOCKS = 1024  # Pillow's cache takes a bounded count (16 GiB of its default
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 HUGE_PAGES_GLIBC = (2, 35)  # the first glibc with that tunable
 TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+EXECUTED = "BATCHPRESS_HUGE_PAGES_EXEC"  # set in the environment of the process run again
 
 
 def blocks_to_keep(max_pixels_in_flight: int) -> int:
@@ -88,25 +90,33 @@ def use_huge_pages() -> None:
     """Run this process's command again, in place, with glibc's malloc on transparent huge
     pages (see above); returns at once when it already is, or cannot be."""
     environment = huge_pages_environment(os.environ)
-    if environment is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    if environment is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
         os.execve(sys.executable, sys.orig_argv, environment)
+    except OSError as error:  # no usable sys.executable (an embedded interpreter), E2BIG
+        log.warning("could not run again with huge pages (%s); going on without", error)
 
 
 def huge_pages_environment(environ) -> dict[str, str] | None:
-    """`environ` with HUGE_PAGES added to GLIBC_TUNABLES; None when it has a `hugetlb` tunable
-    already (the deployment's choice, or this process ran again), or glibc or the kernel would
-    not use it."""
+    """`environ` with HUGE_PAGES added to GLIBC_TUNABLES, and EXECUTED set; None when it has a
+    `hugetlb` tunable already (the deployment's choice), when this process was run again once
+    already (glibc drops tunables in secure-execution mode: a setuid or file-capability binary
+    would otherwise run again forever), or when glibc would not use it: before 2.35, or unless
+    the kernel's transparent huge pages are in `madvise` mode (glibc's tunable only madvises;
+    `always` gives them without it, `never` not at all)."""
     current = environ.get("GLIBC_TUNABLES", "")
-    if "hugetlb" in _tunables(current) or not _glibc_has_huge_pages():
+    if "hugetlb" in _tunables(current) or EXECUTED in environ or not _glibc_has_huge_pages():
         return None
     try:
-        if "[never]" in TRANSPARENT_HUGE_PAGES.read_text():
+        if "[madvise]" not in TRANSPARENT_HUGE_PAGES.read_text():
             return None
     except OSError:  # not Linux, or no transparent huge pages in this kernel
         return None
-    return {**environ, "GLIBC_TUNABLES": f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES}
+    return {**environ, EXECUTED: "1",
+            "GLIBC_TUNABLES": f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES}
 
 
 def _tunables(value: str) -> dict[str, str]:
