@@ -20,9 +20,9 @@ import time
 
 from worker import image_memory  # isort: skip
 
-# Before anything else: a worker runs again at once with its image memory on huge pages (the
-# cron scheduler decodes no image).
-if __name__ == "__main__" and sys.argv[1:] != ["--cron"]:
+# Before anything else: a worker of the image queue (every worker unless given its queues) runs
+# again at once with its image memory on huge pages; cron and the other queues decode no image.
+if __name__ == "__main__" and (not sys.argv[1:] or "images" in sys.argv[1:]):
     image_memory.use_huge_pages()
 
 # Then: the service's JSON logs and settings warnings, before RQ installs its own handler.

@@ -22,11 +22,12 @@ A forking worker's work-horse still starts with none of that memory: encoding th
 it faulted in ~24,600 pages (4 KiB each, every one trapped and zeroed on its own) before its
 images reused any. With glibc's malloc asking for transparent huge pages
 (`glibc.malloc.hugetlb=1`) the same memory comes in 2 MiB pages: ~4,100 faults, and 5-51 ms
-less CPU per fresh work-horse (`bench/fork_memory.py`, on a machine whose speed drifts). glibc reads that tunable only as a process starts, so
-`use_huge_pages` runs the process's own command again (same PID, exec) with it added to
-`GLIBC_TUNABLES`; `python -m worker` does so first thing. Only where the kernel's transparent
-huge pages are in `madvise` mode (with `always` the kernel gives them unasked, with `never` not at
-all) and glibc is 2.35 or later; and once.
+less CPU per fresh work-horse (`bench/fork_memory.py`, on a machine whose speed drifts). glibc
+reads that tunable only as a process starts, so `use_huge_pages` runs the process's own command
+again (same PID, exec) with it added to `GLIBC_TUNABLES`; `python -m worker` does so first thing
+when it works the image queue. Only where the kernel's transparent huge pages are in `madvise`
+mode (with `always` the kernel gives them unasked, with `never` not at all) and glibc is 2.35
+or later; and once.
 
 `keep_image_memory` is called once per process, before it forks work-horses (they inherit it).
 What a deployment sets itself wins, parameter by parameter: `PILLOW_BLOCKS_MAX`,
