@@ -274,10 +274,12 @@ def worker_steps(redis_client) -> dict[str, float]:
     """The workers' CPU seconds per step, from the service's own counter
     (`batchpress_worker_cpu_seconds_total{step}`, kept in Redis: infra/metrics.py)."""
     from infra import metrics
-    prefix = "worker_cpu_seconds_total|step="
-    return {field.decode().removeprefix(prefix): float(value)
-            for field, value in redis_client.hgetall(metrics.REDIS_KEY).items()
-            if field.decode().startswith(prefix)}
+    steps = {}
+    for field, value in redis_client.hgetall(metrics.REDIS_KEY).items():
+        name, labels = metrics.parse_field(field.decode())
+        if name == "worker_cpu_seconds_total":
+            steps[labels["step"]] = float(value)
+    return steps
 
 
 def wait_workers_idle(topology, timeout: float = 30.0) -> None:

@@ -137,10 +137,10 @@ class Rate:
         return self.pixels / self.seconds / 1e6
 
 
-def measure_limit_cpu(items: list[Item], options: dict, processes: int,
-                      seconds: float) -> tuple[Rate, float]:
-    """measure_limit, and the CPU seconds of its timed encodes (whatever else ran meanwhile;
-    not the warm-up round, the pool's start or its dispatch)."""
+def measure_limit_alone(items: list[Item], options: dict, processes: int,
+                        seconds: float) -> Rate:
+    """measure_limit (its `cpu_s`: the timed encodes' own CPU, whatever else ran), with a
+    warning when other processes took a share of the cores meanwhile (its images/s drops)."""
     busy, ours = e2e_module().machine_busy_seconds(), _our_cpu()
     started = time.perf_counter()
     rate = measure_limit(items, options, processes, seconds)
@@ -149,7 +149,7 @@ def measure_limit_cpu(items: list[Item], options: dict, processes: int,
     if other > 0.05 * wall * processes:
         print(f"warning: other processes used ~{other:.1f} CPU-s while (a) ran on all cores; "
               "the limit is understated", file=sys.stderr)
-    return rate, rate.cpu_s
+    return rate
 
 
 def measure_limit(items: list[Item], options: dict, processes: int, seconds: float) -> Rate:
@@ -416,12 +416,10 @@ def main(argv: list[str] | None = None) -> None:
         pixels = sum(item.pixels for item in items)
         limit = Rate("limit: given", len(items), pixels, len(items) / args.limit)
         rates = [limit]
-        encode_cpu = cores / limit.images_per_s
     else:
         rates = [measure_limit(items, options, 1, args.seconds / 2)]
-        before, before_cpu = measure_limit_cpu(items, options, cores, args.seconds)
+        limit = before = measure_limit_alone(items, options, cores, args.seconds)
         rates.append(before)
-        limit, encode_cpu = before, before_cpu / before.images
     e2e = report = None
     if not args.no_e2e:
         e2e, report = measure_end_to_end(items, settings, args.e2e_seconds,
@@ -432,20 +430,22 @@ def main(argv: list[str] | None = None) -> None:
         if not args.limit:
             # The machine's speed drifts (a shared host): (a) again after (b), and the two
             # together are the limit (b) is compared with.
-            after, after_cpu = measure_limit_cpu(items, options, cores, args.seconds)
+            after = measure_limit_alone(items, options, cores, args.seconds)
             # ru_maxrss of the children now counts (b)'s processes too: no peak for this row.
             after = replace(after, label=f"{after.label}, after (b)", peak_rss_mb=0.0)
             rates.append(after)
             limit = Rate(f"limit: {cores} process(es), before and after (b)",
                          before.images + after.images, before.pixels + after.pixels,
                          before.seconds + after.seconds, before.bytes_in + after.bytes_in,
-                         before.bytes_out + after.bytes_out, before.peak_rss_mb)
-            encode_cpu = (before_cpu + after_cpu) / limit.images
+                         before.bytes_out + after.bytes_out, before.peak_rss_mb,
+                         before.cpu_s + after.cpu_s)
             drift = abs(after.images_per_s / before.images_per_s - 1)
             if drift > 0.05:
                 print(f"warning: the limit moved by {drift:.0%} between before and after (b): "
                       "the machine's speed changed during the run, and the ratios may be off "
                       "by about as much", file=sys.stderr)
+    # The encode's CPU per image, as (a) measured it (a given limit: a core per image at its rate).
+    encode_cpu = limit.cpu_s / limit.images if limit.cpu_s else cores / limit.images_per_s
     print_table(rates)
     if report is not None:
         print_cpu(report, limit, e2e, cores, encode_cpu)

@@ -297,7 +297,8 @@ def http_request(method: str, endpoint: str | None, status: int, seconds: float)
 
 # --- scrape-time collectors ---------------------------------------------------------------------
 
-def _parse_field(field: str) -> tuple[str, dict[str, str]]:
+def parse_field(field: str) -> tuple[str, dict[str, str]]:
+    """A Redis field of REDIS_KEY (`name|label=value,...`): the name and its labels."""
     name, _, raw = field.partition("|")
     labels = {}
     for part in raw.split(",") if raw else ():
@@ -319,7 +320,7 @@ class PipelineCollector(Collector):
         values: dict[str, list[tuple[dict[str, str], float]]] = {}
         for field, value in raw.items():
             field = field.decode() if isinstance(field, bytes) else field
-            name, labels = _parse_field(field)
+            name, labels = parse_field(field)
             values.setdefault(name, []).append((labels, float(value)))
         for name, (kind, help_text, buckets) in PIPELINE.items():
             full = f"{NAMESPACE}_{name}"
