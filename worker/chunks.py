@@ -222,7 +222,11 @@ def _deferrals(images: list[ImageRecord]) -> dict[str, int]:
 def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     """Process the chunk's pending images; returns how many this run finished. Images a server
     asked to wait for are left pending and the chunk is queued again for after the wait."""
-    started = time.thread_time()
+    with metrics.cpu_step("chunk"):  # this thread's: the pool's threads count their own steps
+        return _process_chunk(batch_id, chunk, settings)
+
+
+def _process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     images = stores.products().pending_images(batch_id, chunk)
     if not images:
         return 0
@@ -231,10 +235,9 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
         image.attempts = max(0, (image.attempts or 0) - deferred[image.id])
     later = _Later()
     watch = _CancelWatch(batch_id, later)
-    batch = stores.batches().get(batch_id, any_owner=True)
-    sizes = dict(batch.sizes) if batch is not None else {}
-    full_size = batch.full_size if batch is not None else True
-    known = Known.load(batch, images, settings)  # one read for the chunk's URLs
+    known = Known.load(stores.batches().get(batch_id, any_owner=True), images,
+                       settings)  # one read for the chunk's URLs
+    sizes, full_size = known.sizes, known.full_size
     session = make_session(settings, pool_size=settings.image_concurrency,
                            trusted_origins=settings.image_origin_prefixes)
     # Images started before by a run that died (worker killed: OOM, decoder crash) go last and
@@ -266,8 +269,6 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
             run.release(fresh)
     finally:
         session.close()
-        with metrics.deferred(sent):
-            metrics.inc("worker_cpu_seconds_total", time.thread_time() - started, step="chunk")
         sent.flush()
         known.flush()
     if later.seconds is not None:

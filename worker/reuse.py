@@ -48,8 +48,10 @@ class Known:
     """What is remembered of one chunk's URLs for its batch's owner and output settings."""
 
     def __init__(self, owner: str | None, fingerprint: str, records: dict[str, SourceRecord],
-                 settings: Settings):
+                 settings: Settings, sizes: dict[str, int] | None = None,
+                 full_size: bool = True):
         self.owner, self.fingerprint, self.settings = owner, fingerprint, settings
+        self.sizes, self.full_size = sizes or {}, full_size  # the outputs the batch asks for
         self._records = records
         self._written: Batch[SourceRecord] = Batch(stores.sources().remember)
 
@@ -57,14 +59,15 @@ class Known:
     def load(cls, batch: BatchRecord | None, images: list[ImageRecord],
              settings: Settings) -> "Known":
         sizes = dict(batch.sizes) if batch is not None else {}
+        full_size = batch.full_size if batch is not None else True
         fingerprint = output_fingerprint(
             quality=settings.output_quality, optimize=settings.output_optimize,
             webp_method=settings.webp_method, keep_original=settings.keep_original_when_smaller,
-            sizes=sizes, full_size=batch.full_size if batch is not None else True)
+            sizes=sizes, full_size=full_size)
         if batch is None:
-            return cls(None, fingerprint, {}, settings)
+            return cls(None, fingerprint, {}, settings, sizes, full_size)
         records = stores.sources().find(batch.owner, fingerprint, [im.url for im in images])
-        return cls(batch.owner, fingerprint, records, settings)
+        return cls(batch.owner, fingerprint, records, settings, sizes, full_size)
 
     def previous(self, url: str) -> SourceRecord | None:
         """The record of `url` worth asking about: none for a URL never processed (or whose
