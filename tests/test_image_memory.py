@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.image_memory import EXECUTED
+from worker.image_memory import EXECUTED, huge_pages_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,12 +99,7 @@ def _glibc() -> str | None:
 
 def _huge_pages_possible() -> bool:
     """glibc 2.35 or later, and the kernel's transparent huge pages in `madvise` mode."""
-    version = (_glibc() or "glibc 0.0").split()[1].split(".")
-    try:
-        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return False
-    return (int(version[0]), int(version[1])) >= (2, 35) and "[madvise]" in thp
+    return huge_pages_environment({}) is not None
 
 
 NO_HUGE_PAGES = "needs glibc >= 2.35 and transparent huge pages in madvise mode"

@@ -22,6 +22,7 @@ from worker import image_memory  # isort: skip
 
 # Before anything else: a worker of the image queue (every worker unless given its queues) runs
 # again at once with its image memory on huge pages; cron and the other queues decode no image.
+# ("images" is infra.queues.IMAGES: importing it would load redis and RQ before the exec.)
 if __name__ == "__main__" and (not sys.argv[1:] or "images" in sys.argv[1:]):
     image_memory.use_huge_pages()
 

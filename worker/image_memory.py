@@ -37,7 +37,6 @@ What a deployment sets itself wins, parameter by parameter: `PILLOW_BLOCKS_MAX`,
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -144,9 +143,9 @@ def _glibc_has_huge_pages() -> bool:
 
 def _mallopt():
     """glibc's mallopt, or None where the C library is another (musl, macOS)."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        # The C library this process already has loaded (find_library would run ldconfig).
+        libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # only glibc has it
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
