@@ -83,9 +83,7 @@ def _indexes(collection) -> dict:
 
 
 def _ensure_uniques(self, new_data):
-    doc_id = new_data["_id"]
-    if isinstance(doc_id, dict):
-        doc_id = helpers.hashdict(doc_id)
+    doc_id = _key(new_data["_id"])
     with _lock:
         if isinstance(doc_id, datetime.datetime):
             # mongomock keys the document by the date as given, the document holds it naive
@@ -119,16 +117,15 @@ def _iter_documents(self, filter):
     return iter(found)
 
 
+def _key(doc_id):
+    """The key mongomock's store files a document under."""
+    return helpers.hashdict(doc_id) if isinstance(doc_id, dict) else doc_id
+
+
 def _ids_named(filter) -> list | None:
     if not isinstance(filter, dict) or "_id" not in filter:
         return None
-    value = filter.get("_id")
-    if _plain(value):
-        return [value]
-    if isinstance(value, dict) and set(value) == {"$in"} and isinstance(value["$in"], list) \
-            and all(_plain(v) for v in value["$in"]):
-        return list(dict.fromkeys(value["$in"]))
-    return None
+    return _equal_values(filter["_id"])
 
 
 def _ids_by_index(collection, filter) -> dict | None:
@@ -160,9 +157,7 @@ def _ids_by_index(collection, filter) -> dict | None:
         if index is None:  # built once, from every document there; filed on writes from now on
             index = indexes[best] = _Index(best)
             for document in list(collection._store.documents):
-                doc_id = document["_id"]
-                index.file(helpers.hashdict(doc_id) if isinstance(doc_id, dict) else doc_id,
-                           document)
+                index.file(_key(document["_id"]), document)
         return index.ids(itertools.product(*(wanted[field] for field in best)))
 
 
