@@ -37,17 +37,16 @@ def parse_sizes(text: str | None) -> dict[str, int]:
     return sizes
 
 
-
-
 def parse_full_size(text: str | None, default: bool, sizes: dict[str, int]) -> bool:
-    """The `full_size` upload option: true or false (also 1/0, yes/no, on/off), `default` when not
-    given; false needs at least one size. Raises ValueError naming what is wrong."""
+    """The `full_size` upload option: true or false (also 1/0, yes/no, on/off: BOOLEANS),
+    `default` when not given; false needs at least one size. Raises ValueError naming what is wrong."""
     if text is None:
         value = default
     else:
         value = BOOLEANS.get(text.strip().lower())
         if value is None:
-            raise ValueError(f"must be true or false, got {quoted(text)}")
+            raise ValueError("must be true or false (also 1/0, yes/no, on/off), got "
+                             f"{quoted(text)}")
     if not value and not sizes:
         raise ValueError("false needs at least one size (e.g. sizes=thumb=200,large=1200): "
                          "without a full-size output, an image's outputs are its sizes")

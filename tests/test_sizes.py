@@ -36,8 +36,9 @@ def test_full_size_reads_true_or_false_and_needs_a_size_to_be_false():
     assert parse_full_size("1", False, {}) is True and parse_full_size("no", True, {"t": 9}) is False
     assert parse_full_size("ON", False, {}) is True and parse_full_size("off", True, {"t": 9}) is False
     assert parse_full_size(None, False, {"t": 100}) is False
-    with pytest.raises(ValueError, match="true or false"):
+    with pytest.raises(ValueError, match="true or false") as refused:
         parse_full_size("maybe", True, {"t": 100})
+    assert "on/off" in str(refused.value)  # it names every word it takes
     with pytest.raises(ValueError, match="at least one size"):
         parse_full_size("false", True, {})
 
