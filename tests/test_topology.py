@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -77,13 +78,17 @@ def peers():
 
 
 def serve(peers, count: int, delay: float = 0.0, prefix: str = "img") -> list[str]:
+    # URLs of their own: a later test's server may get an earlier one's port, and the same
+    # URL with the same bytes would then be a re-import (reused outputs), as in production.
+    tag = uuid.uuid4().hex[:8]
     urls = []
     for n in range(count):
         body = jpeg(48, 32, color=(n * 7 % 256, 90, 160))
+        path = f"/{prefix}{n}-{tag}.jpg"
         # Sent in 4 parts with `delay` after each: every download takes about 4 x delay.
-        peers.routes[f"/{prefix}{n}.jpg"] = Route(body, chunk=max(1, len(body) // 4 + 1),
-                                                  delay_per_chunk=delay)
-        urls.append(peers.url(f"/{prefix}{n}.jpg"))
+        peers.routes[path] = Route(body, chunk=max(1, len(body) // 4 + 1),
+                                   delay_per_chunk=delay)
+        urls.append(peers.url(path))
     return urls
 
 
