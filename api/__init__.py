@@ -19,7 +19,8 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     app.json.sort_keys = False
 
     from api import (archive, auth, batches, console, control, cors, dashboard, errors,
-                     event_tokens, files, health, openapi, rate_limits, request_hooks, webhooks)
+                     event_tokens, files, health, openapi, query_params, rate_limits,
+                     request_hooks, webhooks)
     from infra import logging_setup
     logging_setup.configure(settings)
     for warning in startup_warnings(settings):
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, *, prepare_stores: bool = True)
     auth.register(app, settings)
     event_tokens.register(app)
     rate_limits.register(app, settings)
+    query_params.register(app)
     dashboard.register(app, settings)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(batches.bp)

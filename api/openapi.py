@@ -67,7 +67,7 @@ UNAUTHORIZED = problem("No or an unknown API key (only when API keys are configu
 NOT_FOUND = problem("No such resource for this API key (another owner's ids answer 404 too).")
 UNAVAILABLE = problem("A dependency (Redis, MongoDB, S3) is not reachable; nothing was changed.",
                       RETRY_AFTER)
-BAD_PARAMETER = problem("A query parameter is malformed.")
+BAD_PARAMETER = problem("A query parameter is malformed, or given more than once (`parameter` names it).")
 CONFLICT = problem("The batch is not in a state that allows this.")
 
 

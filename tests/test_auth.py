@@ -34,6 +34,8 @@ def test_keys_are_required_on_every_api_call(env, monkeypatch):
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     # An unknown route under /api/v1 does not tell whether it exists either.
     assert client.get("/api/v1/nothing-here").status_code == 401
+    # Nor whether its query would have been refused.
+    assert client.get("/api/v1/batches?limit=1&limit=2").status_code == 401
     assert client.post("/api/v1/batches", data=CSV, content_type="text/csv").status_code == 401
     assert client.get("/api/v1/batches", headers=bearer("ak_0123456789abcdef")).status_code == 200
     # Outside /api/v1 nothing needs a key.

@@ -37,3 +37,5 @@ def test_list_filters_status_and_created_range(client, http_server):
     problem(client.get("/api/v1/batches?status=bogus"), 400)
     problem(client.get("/api/v1/batches?created_after=yesterday"), 400)
     problem(client.get("/api/v1/batches?created_before=2026-11-20T12:00:00"), 400)
+    repeated = problem(client.get("/api/v1/batches?status=queued&limit=1&limit=2"), 400)
+    assert repeated["parameter"] == "limit" and "'limit' given more than once" in repeated["detail"]

@@ -134,7 +134,10 @@ def test_the_query_chooses_the_dialect(client, semicolon_batch, delimiter, bom):
                                              ("delimiter=", "delimiter"),
                                              ("delimiter=%3B", "delimiter"),
                                              ("bom=maybe", "bom"),
-                                             ("delimiter=tab&bom=2", "bom")])
+                                             ("delimiter=tab&bom=2", "bom"),
+                                             # not the first of two answers: neither
+                                             ("bom=yes&bom=no", "bom"),
+                                             ("delimiter=tab&delimiter=tab", "delimiter")])
 def test_a_bad_dialect_parameter_is_a_problem_naming_it(client, semicolon_batch, query,
                                                         parameter):
     for link in ("output_csv", "errors_csv"):
