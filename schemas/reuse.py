@@ -37,6 +37,22 @@ def source_id(owner: str | None, fingerprint: str, url: str) -> str:
     return hashlib.sha256(json.dumps([owner, fingerprint, url]).encode("utf-8")).hexdigest()
 
 
+class SourceLookup:
+    """What a store looks up for a chunk's URLs: their ids for one owner and fingerprint, and
+    which records found are theirs (an id is a hash: its URL and fingerprint are checked)."""
+
+    def __init__(self, owner: str | None, fingerprint: str, urls):
+        self.fingerprint = fingerprint
+        self._wanted = {source_id(owner, fingerprint, url): url for url in set(urls)}
+        self.ids = list(self._wanted)
+
+    def found(self, records) -> dict:
+        """url -> record, of the `records` (SourceRecord) that are what was looked for."""
+        return {record.url: record for record in records
+                if self._wanted.get(record.id) == record.url
+                and record.fingerprint == self.fingerprint}
+
+
 def content_hash(data: bytes) -> str:
     """The SHA-256 of an image's bytes, hex."""
     return hashlib.sha256(data).hexdigest()

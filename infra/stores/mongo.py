@@ -21,7 +21,7 @@ from schemas.records import (ACCEPTED, ACTIVE, FAILED, PENDING, PROCESSED, RETRY
                              IdempotencyRecord, ImageOutcome, ImageRecord, ImagesAdded,
                              ProductRecord, SourceRecord, SubscriptionRecord, aware,
                              field_names, idempotency_id, image_id)
-from schemas.reuse import source_id
+from schemas.reuse import SourceLookup
 from schemas.timestamps import now
 
 _ACTIVE = [s.value for s in ACTIVE]
@@ -495,15 +495,11 @@ class MongoSourceStore(SourceStore):
     """By `_id` (schemas.reuse.source_id), the index every MongoDB has."""
 
     def find(self, owner, fingerprint, urls):
-        wanted = {source_id(owner, fingerprint, url): url for url in set(urls)}
-        if not wanted:
+        lookup = SourceLookup(owner, fingerprint, urls)
+        if not lookup.ids:
             return {}
-        found = {}
-        for doc in db.sources().find({"_id": {"$in": list(wanted)}}):
-            record = from_doc(SourceRecord, doc)
-            if wanted.get(record.id) == record.url and record.fingerprint == fingerprint:
-                found[record.url] = record
-        return found
+        return lookup.found(from_doc(SourceRecord, doc)
+                            for doc in db.sources().find({"_id": {"$in": lookup.ids}}))
 
     def remember(self, records):
         if records:  # in order: of two with one id, the later wins

@@ -26,7 +26,7 @@ from schemas.records import (ACCEPTED, ACTIVE, FAILED, PENDING, PROCESSED, RETRY
                              IdempotencyRecord, ImageOutcome, ImageRecord, ImagesAdded,
                              ProductRecord, SourceRecord, SubscriptionRecord, idempotency_id,
                              image_id)
-from schemas.reuse import source_id
+from schemas.reuse import SourceLookup
 from schemas.timestamps import now
 
 BUSY_TIMEOUT_MS = 30_000
@@ -733,15 +733,12 @@ class SqliteSourceStore(SourceStore):
         self.db = database
 
     def find(self, owner, fingerprint, urls):
-        wanted = {source_id(owner, fingerprint, url): url for url in set(urls)}
-        ids = list(wanted)
+        lookup = SourceLookup(owner, fingerprint, urls)
         found: dict[str, SourceRecord] = {}
-        for start in range(0, len(ids), IN_CHUNK):
-            part = ids[start:start + IN_CHUNK]
-            for row in self.db.all(f"{SOURCES.select} WHERE id IN ({_placeholders(part)})", part):
-                record = SOURCES.decode(row)
-                if wanted.get(record.id) == record.url and record.fingerprint == fingerprint:
-                    found[record.url] = record
+        for start in range(0, len(lookup.ids), IN_CHUNK):
+            part = lookup.ids[start:start + IN_CHUNK]
+            found.update(lookup.found(SOURCES.decode(row) for row in self.db.all(
+                f"{SOURCES.select} WHERE id IN ({_placeholders(part)})", part)))
         return found
 
     def remember(self, records):
