@@ -136,10 +136,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
+# Line breaks and other control characters a client can put in a logged value (a request path
+# with %0a or %00): in a text log they would start a line of the client's making.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as an escape (`\\n`, `\\x00`), on one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line a record (a traceback follows on its own lines): what the record holds has its
+    control characters escaped, as the JSON format's encoding does."""
+
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(batch_id)s "
                          "%(job_id)s]: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
 
 def make_handler(fmt: str = "json", stream=None) -> logging.Handler:

@@ -197,7 +197,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`."""
     log_format: str = "json"
-    """`json` (one object a line) or `text`."""
+    """`json` (one object a line) or `text` (one line a record, control characters escaped)."""
     admin_key_name: str = "admin"
     """The API key of this name also opens `/rq` (user `admin`, the key as password)."""
     ready_timeout_s: float = Field(2.0, gt=0, le=30)

@@ -177,3 +177,21 @@ def test_log_level_and_format_settings(env, monkeypatch):
             if getattr(handler, "_batchpress", False):
                 root.removeHandler(handler)
         root.setLevel(saved[0])
+
+
+def test_a_request_path_cannot_start_a_line_of_its_own_in_the_text_log(client):
+    from infra import logging_setup
+    stream = io.StringIO()
+    handler = logging_setup.make_handler("text", stream)
+    access = logging.getLogger("batchpress.access")
+    old_level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        response = client.get("/api/v1/batches/x%0aFORGED%20LINE%20200%00%E2%80%A8end")
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(old_level)
+    assert response.status_code == 404
+    [line] = stream.getvalue().splitlines()  # str.splitlines also splits at U+2028
+    assert line.endswith(r"GET /api/v1/batches/x\nFORGED LINE 200\x00\u2028end 404")
