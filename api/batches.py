@@ -490,8 +490,8 @@ def output_csv(batch_id: str):
         if batch.finished:
             raise ApiError(409, "No output", f"the batch ended {batch.status.value} before its "
                            f"file was read: {batch.error or 'no rows'}", kind="no-output")
-        raise ApiError(409, "Not ready", "the batch's file has not been read yet; try again "
-                       "when its status is no longer queued", kind="not-ready")
+        raise ApiError(409, "Not ready", "the batch's file is still being read; try again "
+                       "when the batch's rows.done_reading is true", kind="not-ready")
     columns = map_columns(batch.header)
 
     sizes = list(batch.sizes)

@@ -33,9 +33,20 @@ def emit_json(value) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def reading(batch: dict) -> bool:
+    """The batch's file is still being read: its totals, and so its progress, still grow."""
+    return batch["status"] not in FINISHED and not batch["rows"].get("done_reading", True)
+
+
+def progress_text(batch: dict) -> str:
+    """`42 %`, or `reading file` while a percentage of a growing total would mislead (it
+    reaches 100 % whenever the workers catch up with the reading)."""
+    return "reading file" if reading(batch) else f"{round(batch['progress'] * 100)} %"
+
+
 def summary(batch: dict) -> str:
     rows, images = batch["rows"], batch["images"]
-    line = (f"{batch['id']}  {batch['status']}  {round(batch['progress'] * 100)} %  "
+    line = (f"{batch['id']}  {batch['status']}  {progress_text(batch)}  "
             f"rows {rows['valid']}/{rows['total']} valid  "
             f"images {images['processed']}/{images['total']} done, {images['failed']} failed")
     if images.get("reused"):  # a re-import: copied from an earlier batch, not encoded again
@@ -65,8 +76,12 @@ def watch_batch(ctx: Context, batch: dict) -> dict:
     with Progress(TextColumn("{task.fields[status]:<22}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(),
                   console=err, disable=not show_bar, transient=False) as bar:
-        task = bar.add_task("batch", total=batch["images"]["total"] or None,
-                            status=batch["status"])
+        def shown(batch: dict) -> dict:  # no total (a moving bar) while the file is read
+            images = batch["images"]
+            return dict(total=None if reading(batch) else images["total"] or None,
+                        status=batch["status"] + (" (reading file)" if reading(batch) else ""))
+
+        task = bar.add_task("batch", **shown(batch))
         for event in ctx.client.events(batch["id"]):
             if event.name == "error":
                 raise ClientError(decode(event).get("detail", "the events stream failed"))
@@ -74,8 +89,7 @@ def watch_batch(ctx: Context, batch: dict) -> dict:
                 continue
             final = decode(event)
             images = final["images"]
-            bar.update(task, total=images["total"] or None,
-                       completed=images["processed"] + images["failed"], status=final["status"])
+            bar.update(task, completed=images["processed"] + images["failed"], **shown(final))
     return final
 
 
@@ -142,7 +156,7 @@ def list_batches(ctx: Context, status_: str | None, limit: int) -> None:
         return
     columns = ("id", "created", "file", "status", "progress", "images")
     rows = [(b["id"], b["created_at"], b.get("filename") or "", b["status"],
-             f"{round(b['progress'] * 100)} %",
+             progress_text(b),
              f"{b['images']['processed']}/{b['images']['total']}"
              + (f" ({b['images']['failed']} failed)" if b["images"]["failed"] else ""))
             for b in page["items"]]

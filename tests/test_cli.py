@@ -16,9 +16,9 @@ from tests.live_service import KEYS, ROOT
 from tests.servers import Route
 
 
-def batchpress(live_service, cwd, *args, key: str | None = KEYS["alice"]):
+def batchpress(live_service, cwd, *args, key: str | None = KEYS["alice"], url: str | None = None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPRESS_")}
-    env.update(BATCHPRESS_URL=live_service.base, PYTHONPATH=str(ROOT))
+    env.update(BATCHPRESS_URL=url or live_service.base, PYTHONPATH=str(ROOT))
     if key:
         env["BATCHPRESS_API_KEY"] = key
     return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, env=env,
@@ -177,3 +177,27 @@ def test_upload_wait_and_download_against_the_real_services(live_real_services, 
     assert saved.returncode == 0, saved.stderr
     with zipfile.ZipFile(tmp_path / "pots.zip") as archive:
         assert archive.namelist() == ["1 Pot/pot.jpg"]
+
+
+def test_a_file_still_being_read_is_said_so_not_shown_as_100_percent(live_service, http_server,
+                                                                      tmp_path):
+    # The totals grow while the file is read, and the share done reaches 1.0 whenever the
+    # workers catch up: the batch as the API answers it then, from a real batch's answer,
+    # served to the command by a server standing in for the service.
+    http_server.routes["/tea.jpg"] = Route(images.jpeg((30, 20)))
+    done = batchpress(live_service, tmp_path, "--json", "upload", "--wait",
+                      str(write_csv(tmp_path, "tea.csv", f"1,Tea,{http_server.url('/tea.jpg')}")))
+    batch = json.loads(done.stdout)
+    batch.update(status="processing", progress=1.0, finished_at=None)
+    batch["rows"]["done_reading"] = False
+    answer = {"Content-Type": "application/json"}
+    http_server.routes[f"/api/v1/batches/{batch['id']}"] = Route(json.dumps(batch).encode(),
+                                                                 headers=answer)
+    http_server.routes["/api/v1/batches"] = Route(
+        json.dumps({"items": [batch], "next_cursor": None}).encode(), headers=answer)
+    status = batchpress(live_service, tmp_path, "status", batch["id"], url=http_server.base)
+    listed = batchpress(live_service, tmp_path, "list", url=http_server.base)
+    assert status.returncode == 0, status.stderr
+    assert f"{batch['id']}  processing  reading file  rows 1/1 valid" in status.stdout
+    assert "100 %" not in status.stdout
+    assert "reading file" in listed.stdout and "100 %" not in listed.stdout

@@ -117,6 +117,27 @@ def test_upload_watch_and_download_from_the_console(page, live_service, http_ser
         shot.convert("RGB").quantize(64).save(target, optimize=True)
 
 
+def test_a_file_still_being_read_shows_a_moving_bar_not_100_percent(page, live_service,
+                                                                   http_server):
+    # A file still being read: its totals grow, and the share done reaches 1.0 whenever the
+    # workers catch up. The batch as the API answers it then, from a real batch's answer.
+    http_server.routes["/cup.jpg"] = Route(jpeg(40, 30))
+    text = f"S. No.,Product Name,Input Image Urls\n1,Cup,{http_server.url('/cup.jpg')}\n"
+    batch_id = live_service.upload(text)["id"]
+    live_service.wait_finished(batch_id)
+    url = f"{live_service.base}/api/v1/batches/{batch_id}"
+    batch = requests.get(url, headers=live_service.headers(), timeout=10).json()
+    batch.update(status="processing", progress=1.0, finished_at=None)
+    batch["rows"]["done_reading"] = False
+    page.route(url, lambda route: route.fulfill(json=batch))
+    page.route(url + "/events*", lambda route: route.abort())
+    sign_in(page)
+    page.goto(f"/batches/{batch_id}")
+    expect(page.locator("#progress-label")).to_have_text("reading file")
+    assert page.locator("#progress").get_attribute("value") is None  # indeterminate
+    expect(page.locator("#status")).to_have_text("processing")
+
+
 def test_a_re_import_shows_how_many_images_were_reused(page, live_service, http_server):
     from tests.servers import ConditionalRoute
     http_server.routes["/again.jpg"] = ConditionalRoute(jpeg(60, 40))

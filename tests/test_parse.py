@@ -106,6 +106,8 @@ def test_images_are_processed_while_the_file_is_still_being_read(wire_app, http_
     assert during["images"]["total"] == 2 * during["rows"]["valid"]
     assert 0 < during["images"]["processed"] <= during["images"]["total"]
     assert csv.status_code == 409  # not until the whole file is read
+    assert "still being read" in csv.get_json()["detail"]
+    assert "rows.done_reading" in csv.get_json()["detail"]  # what to watch for
 
     work_images()
     done = wire_app.get(f"/api/v1/batches/{batch_id}").get_json()

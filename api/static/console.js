@@ -75,6 +75,22 @@ function bytes(n) {
 
 function percent(fraction) { return Math.floor(fraction * 100) + " %"; }
 
+// While the file is still being read the totals grow, and a share of them reaches 100 % each
+// time the workers catch up: the bar moves without a value and says so instead.
+function reading(batch) {
+  return !FINISHED.includes(batch.status) && batch.rows.done_reading === false;
+}
+
+function showProgress(bar, label, batch) {
+  if (reading(batch)) {
+    bar.removeAttribute("value");  // an indeterminate <progress>
+    label.textContent = "reading file";
+  } else {
+    bar.value = batch.progress;
+    label.textContent = percent(batch.progress);
+  }
+}
+
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
 
 function statusLabel(status) { return status.replace(/_/g, " "); }
@@ -155,15 +171,20 @@ function signOut() {
 let listCursor = null;
 let listTimer = null;
 
+function progressCell(batch) {
+  const bar = el("progress", {max: 1, "aria-label": "Progress of " + (batch.filename || batch.id)});
+  const label = el("span", {});
+  showProgress(bar, label, batch);
+  return el("td", {}, bar, " ", label);
+}
+
 function batchRow(batch) {
   return el("tr", {"data-batch-id": batch.id},
     el("td", {text: when(batch.created_at)}),
     el("td", {}, el("a", {href: "/batches/" + encodeURIComponent(batch.id),
                            text: batch.filename || batch.id})),
     el("td", {}, el("span", {class: "status s-" + batch.status, text: statusLabel(batch.status)})),
-    el("td", {}, el("progress", {max: 1, value: batch.progress,
-                                 "aria-label": "Progress of " + (batch.filename || batch.id)}),
-       " " + percent(batch.progress)),
+    progressCell(batch),
     el("td", {text: batch.images.processed + " / " + batch.images.total +
                     (batch.images.failed ? " (" + batch.images.failed + " failed)" : "")}));
 }
@@ -251,8 +272,7 @@ function showBatch(batch) {
   const status = $("status");
   status.textContent = statusLabel(batch.status);
   status.className = "status s-" + batch.status;
-  $("progress").value = batch.progress;
-  $("progress-label").textContent = percent(batch.progress);
+  showProgress($("progress"), $("progress-label"), batch);
   $("rows").textContent = batch.rows.total + " (" + batch.rows.valid + " valid, " + batch.rows.invalid + " rejected)";
   $("images").textContent = batch.images.processed + " / " + batch.images.total + " done" +
     (batch.images.failed ? ", " + batch.images.failed + " failed" : "") +
