@@ -105,7 +105,7 @@ def main() -> None:
         # Scheduled jobs move from a thread of this process, so a SIGTERM to its PID stops all
         # of it (RQ's forked scheduler would outlive it).
         run_worker(burst=False, in_process_scheduler=True, scheduler_locks=not settings.embedded,
-                   names=IMAGE_QUEUES)
+                   names=IMAGE_QUEUES, service=True)
     finally:
         stop.set()
         server.shutdown()

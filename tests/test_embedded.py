@@ -248,3 +248,48 @@ def test_the_embedded_default_reuses_a_re_imported_image_from_its_own_files(http
         assert kept.status_code == 200 and Image.open(io.BytesIO(kept.content)).size == (50, 40)
     finally:
         service.stop()
+
+
+def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(http_server, tmp_path):
+    import signal
+    import threading
+    answer = threading.Event()
+
+    def hanging(_handler):  # a server that does not answer until the test lets it
+        answer.wait(30)
+        return Route(jpeg(40, 30))
+    http_server.routes["/hang.jpg"] = hanging
+    home, log = tmp_path / "home", tmp_path / "run.log"
+    first = Service(home, log, DOWNLOAD_TIMEOUT_S="25")
+    try:
+        created = requests.post(first.base + "/api/v1/batches", timeout=10, files={
+            "file": ("p.csv", "S. No.,Product Name,Input Image Urls\n"
+                              f"1,Lamp,{http_server.url('/hang.jpg')}\n")}).json()
+        first.wait(created["id"], lambda b: http_server.requests)  # its download is in flight
+        first.process.send_signal(signal.SIGINT)
+        wait_for_text(log, "Stopping: the images in flight finish first")
+        assert first.process.poll() is None  # the download in flight is waited for
+        time.sleep(1.2)  # a second Ctrl-C, not the first one delivered twice
+        first.process.send_signal(signal.SIGINT)
+        assert first.process.wait(timeout=5) == 128 + signal.SIGINT
+    finally:
+        answer.set()
+        if first.process.poll() is None:
+            first.stop()
+    text = log.read_text()
+    assert "Stopped at once; unfinished work resumes at the next start" in text
+    assert "Traceback" not in text and "Exception ignored" not in text, text
+
+    second = Service(home, log)  # the image in flight is fetched again
+    try:
+        batch = second.wait(created["id"], finished)
+        assert batch["status"] == "completed" and batch["images"]["processed"] == 1, batch
+    finally:
+        second.stop()
+
+
+def wait_for_text(log: Path, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)

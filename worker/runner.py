@@ -3,11 +3,14 @@
 Production workers are `python -m worker` (worker/__main__.py): forking, one per process."""
 from __future__ import annotations
 
+import os
 import threading
+from datetime import timedelta
 
 from rq import SimpleWorker, Worker
 from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
 
 from infra import queues
 from infra.settings import get_settings
@@ -23,9 +26,11 @@ WEBHOOK_QUEUES = (queues.WEBHOOKS,)
 DEQUEUE_STRATEGY = "round_robin"
 
 
-def make_worker(simple: bool = True, names: tuple[str, ...] = QUEUE_ORDER) -> Worker:
-    """A worker on `names` (SimpleWorker: no fork, so in-memory stores are shared)."""
-    worker_class = SimpleWorker if simple else Worker
+def make_worker(simple: bool = True, names: tuple[str, ...] = QUEUE_ORDER,
+                service: bool = False) -> Worker:
+    """A worker on `names` (SimpleWorker: no fork, so in-memory stores are shared; `service`:
+    `make run`'s main worker)."""
+    worker_class = _ServiceWorker if service else SimpleWorker if simple else Worker
     return worker_class([queues.get_queue(name) for name in names],
                         connection=queues.get_redis(),
                         job_monitoring_interval=get_settings().job_heartbeat_s)
@@ -39,6 +44,26 @@ class _ThreadWorker(SimpleWorker):
 
     def _install_signal_handlers(self):
         pass
+
+
+class _ServiceWorker(SimpleWorker):
+    """`make run`'s main worker. A first Ctrl-C (or SIGTERM) stops it after the work in hand,
+    as RQ does, and says so: the process ends once the images in flight are done, which for one
+    on a server that does not answer is DOWNLOAD_TIMEOUT_S. A second one ends the process at
+    once, where RQ would raise SystemExit into the interpreter's exit (it waits for those
+    images' threads): what was not finished is picked up at the next start."""
+
+    def request_stop(self, signum, frame):
+        print("Stopping: the images in flight finish first (at most "
+              f"DOWNLOAD_TIMEOUT_S={get_settings().download_timeout_s:g} s); Ctrl-C again stops "
+              "at once, and they are fetched again at the next start", flush=True)
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum, frame):
+        if now() - self._shutdown_requested_date < timedelta(seconds=1):
+            return  # one Ctrl-C delivered twice (RQ's rule too)
+        print("Stopped at once; unfinished work resumes at the next start", flush=True)
+        os._exit(128 + signum)
 
 
 def start_webhook_worker(*, with_scheduler: bool,
@@ -93,11 +118,13 @@ def start_scheduler_thread(stop: threading.Event, interval: float = 1.0, *,
 
 
 def run_worker(*, burst: bool = False, in_process_scheduler: bool = False,
-               scheduler_locks: bool = False, names: tuple[str, ...] = QUEUE_ORDER) -> bool:
+               scheduler_locks: bool = False, names: tuple[str, ...] = QUEUE_ORDER,
+               service: bool = False) -> bool:
     """Work the queues `names` in this thread until stopped (or, with burst, until they are
     empty). `in_process_scheduler`: move scheduled jobs from a thread of this process (taking
-    RQ's scheduler locks with `scheduler_locks`) instead of RQ's forked scheduler."""
-    worker = make_worker(simple=True, names=names)
+    RQ's scheduler locks with `scheduler_locks`) instead of RQ's forked scheduler. `service`:
+    the main thread of `make run` (_ServiceWorker's stops)."""
+    worker = make_worker(simple=True, names=names, service=service)
     if not in_process_scheduler:
         return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
     stop = threading.Event()
