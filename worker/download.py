@@ -159,9 +159,12 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: Wa
                          min(read_timeout_s, remaining)),
             )
         except InvalidIPAddress:
-            where = "redirected to a host that" if hop else "the host"
+            # The host, not the address: where a name resolves inside the network is not the
+            # uploader's to learn.
+            where = f"redirected to {quoted(host)}, which" if hop else f"the host {quoted(host)}"
             raise RefusedURL(f"refused: {where} resolves to a loopback, private, link-local or "
-                             "reserved address", FailureCode.REFUSED_ADDRESS) from None
+                             "reserved address (an operator can allow an origin with "
+                             "TRUSTED_IMAGE_ORIGINS)", FailureCode.REFUSED_ADDRESS) from None
         except requests.RequestException as error:
             raise _failure(error, watch, host, timeout) from None
         with response:
@@ -183,7 +186,7 @@ def _download(session: requests.Session, url: str, settings: Settings, watch: Wa
                     retry_after=retry_after_seconds(response.headers.get("Retry-After")))
             declared = response.headers.get("Content-Length", "").strip()
             if declared.isdigit() and int(declared) > limit:
-                raise DownloadError(f"image is {int(declared)} bytes, over the {limit}-byte limit",
+                raise DownloadError(f"image is {int(declared):,} bytes, over the {limit:,}-byte limit",
                                     FailureCode.TOO_LARGE)
             return Fetched(_read_capped(response, limit, watch, host, timeout), url, etag,
                            last_modified)
@@ -199,7 +202,7 @@ def _read_capped(response: requests.Response, limit: int, watch: Watch, host: st
         for piece in response.iter_content(CHUNK):
             size += len(piece)
             if size > limit:
-                raise DownloadError(f"image is over the {limit}-byte limit", FailureCode.TOO_LARGE)
+                raise DownloadError(f"image is over the {limit:,}-byte limit", FailureCode.TOO_LARGE)
             chunks.append(piece)
             if watch.expired or time.monotonic() > watch.deadline:
                 raise DownloadError(f"download took longer than {timeout:g} s", FailureCode.DOWNLOAD_TIMEOUT)
