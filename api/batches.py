@@ -318,8 +318,9 @@ def _limit() -> int:
     raw = request.args.get("limit", str(DEFAULT_LIMIT))
     # ASCII digits only: str.isdigit() is true for '²', which int() then refuses
     if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "Invalid parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}",
-                       kind="invalid-parameter", parameter="limit")
+        raise ApiError(400, "Invalid parameter", f"limit must be a whole number from 1 to "
+                       f"{MAX_LIMIT}, got {quoted(raw)}", kind="invalid-parameter",
+                       parameter="limit")
     return int(raw)
 
 
@@ -347,7 +348,8 @@ def list_batches():
     status = request.args.get("status")
     if status and status not in {s.value for s in BatchStatus}:
         raise ApiError(400, "Invalid parameter",
-                       f"status must be one of {', '.join(s.value for s in BatchStatus)}",
+                       f"status must be one of {', '.join(s.value for s in BatchStatus)}, "
+                       f"got {quoted(status)}",
                        kind="invalid-parameter", parameter="status")
     cursor = request.args.get("cursor") or None
     after = _check_list_cursor(cursor) if cursor else None

@@ -133,7 +133,7 @@ def row_error(error: ValidationError) -> str:
         elif item["type"] == "too_long" and field == "Input Image Urls":
             message = f"holds more than {MAX_URLS} URLs"
         elif item["type"] == "string_too_long":
-            message = f"is longer than {MAX_NAME} characters"
+            message = f"is longer than {MAX_NAME} characters: {quoted(item['input'])}"
         elif item["type"] == "less_than_equal" and field == "S. No.":
             message = f"S. No. is too large (at most {MAX_SERIAL})"
         if message.startswith(field + " "):  # "S. No. must be …" needs no "S. No.: " before it

@@ -34,7 +34,10 @@ def test_list_filters_status_and_created_range(client, http_server):
     assert [i["id"] for i in page["items"]] == [ids[3], ids[2]]
     rest = client.get(f"/api/v1/batches?status=queued&limit=2&cursor={page['next_cursor']}").get_json()
     assert [i["id"] for i in rest["items"]] == [ids[0]] and rest["next_cursor"] is None
-    problem(client.get("/api/v1/batches?status=bogus"), 400)
+    assert problem(client.get("/api/v1/batches?status=bogus"), 400)["detail"].endswith(
+        "got 'bogus'")
+    assert problem(client.get("/api/v1/batches?limit=abc"), 400)["detail"] == \
+        "limit must be a whole number from 1 to 500, got 'abc'"
     problem(client.get("/api/v1/batches?created_after=yesterday"), 400)
     problem(client.get("/api/v1/batches?created_before=2026-11-20T12:00:00"), 400)
     repeated = problem(client.get("/api/v1/batches?status=queued&limit=1&limit=2"), 400)

@@ -267,7 +267,8 @@ def test_a_part_that_is_not_a_url_rejects_the_row_and_slots_stay_aligned(
     ("000", "Mug", GOOD, "S. No. must be a positive whole number, got '000'"),
     ("99999999999999999999", "Mug", GOOD, "S. No. is too large (at most 9223372036854775807)"),
     ("1", "   ", GOOD, "Product Name: must not be empty"),
-    ("1", "n" * 301, GOOD, "Product Name: is longer than 300 characters"),
+    ("1", "n" * 301, GOOD, "Product Name: is longer than 300 characters: '"
+     + "n" * 60 + "'… (301 characters)"),
     ("1", "Mug", "", "Input Image Urls: must hold at least one URL"),
     ("1", "Mug", ",".join(f"http://h/{i}.jpg" for i in range(51)),
      "Input Image Urls: holds more than 50 URLs"),
