@@ -277,7 +277,7 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(http_serve
         if first.process.poll() is None:
             first.stop()
     text = log.read_text()
-    assert "Stopped at once; unfinished work resumes at the next start" in text
+    assert "Stopped at once: unfinished work is taken up again at the next start" in text
     assert "Traceback" not in text and "Exception ignored" not in text, text
 
     second = Service(home, log)  # the image in flight is fetched again
@@ -286,6 +286,46 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(http_serve
         assert batch["status"] == "completed" and batch["images"]["processed"] == 1, batch
     finally:
         second.stop()
+
+
+def test_ctrl_c_lets_the_image_in_flight_finish_and_starts_no_other(http_server, tmp_path):
+    import signal
+    import threading
+    answer = threading.Event()
+
+    def held(_handler):  # answers once the test has asked the service to stop
+        answer.wait(30)
+        return Route(jpeg(40, 30))
+    http_server.routes["/first.jpg"] = held
+    http_server.routes["/second.jpg"] = Route(jpeg(30, 20))
+    home, log = tmp_path / "home", tmp_path / "run.log"
+    settings = {"IMAGE_CONCURRENCY": "1", "PER_HOST_CONCURRENCY": "1"}
+    first = Service(home, log, **settings)
+    try:
+        created = requests.post(first.base + "/api/v1/batches", timeout=10, files={
+            "file": ("p.csv", "S. No.,Product Name,Input Image Urls\n"
+                              f"1,Lamp,{http_server.url('/first.jpg')}\n"
+                              f"2,Vase,{http_server.url('/second.jpg')}\n")}).json()
+        first.wait(created["id"], lambda b: http_server.requests)  # the first is in flight
+        first.process.send_signal(signal.SIGINT)
+        wait_for_text(log, "Stopping: the images in flight finish first")
+        answer.set()
+        assert first.process.wait(timeout=20) == 0  # once the image in flight is done
+    finally:
+        answer.set()
+        if first.process.poll() is None:
+            first.stop()
+    assert [r["path"] for r in http_server.requests] == ["/first.jpg"]  # no new one started
+
+    second = Service(home, log, **settings)
+    try:
+        batch = second.wait(created["id"], finished)
+        assert batch["status"] == "completed", batch
+        assert batch["images"] == {"total": 2, "processed": 2, "failed": 0, "reused": 0}
+    finally:
+        second.stop()
+    assert [r["path"] for r in http_server.requests] == ["/first.jpg", "/second.jpg"]
+    assert "Traceback" not in log.read_text()
 
 
 def wait_for_text(log: Path, text: str, timeout: float = 10) -> None:

@@ -73,8 +73,15 @@ def output_key(batch_id: str, digest: str, url: str, extension: str,
             f".{extension}")
 
 
+# Set when the process is asked to stop (`make run`'s first Ctrl-C, worker/runner.py): chunk
+# jobs start no more images; the ones in flight finish and the chunk is queued again.
+STOPPING = threading.Event()
+STOP_REQUEUE_S = 1.0  # when a chunk left at a stop runs again (on another worker, or later)
+
+
 class _CancelWatch:
-    """Reads the batch status at most once a second, shared by the pool's threads."""
+    """Reads the batch status at most once a second, shared by the pool's threads; says stop
+    too when the process is stopping (STOPPING)."""
 
     def __init__(self, batch_id: str, later: _Later | None = None):
         self.batch_id = batch_id
@@ -84,6 +91,9 @@ class _CancelWatch:
         self._stop = False
 
     def should_stop(self) -> bool:
+        if STOPPING.is_set():
+            self.later.add(STOP_REQUEUE_S)  # what is left runs again, in a job of its own
+            return True
         with self._lock:
             if not self._stop and time.monotonic() - self._checked > CANCEL_CHECK_S:
                 self._checked = time.monotonic()
@@ -227,6 +237,11 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 
 def _process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
+    if STOPPING.is_set():  # taken just as the process stops: left for the next run
+        current = get_current_job()
+        jobs.enqueue_chunk_later(batch_id, chunk, STOP_REQUEUE_S,
+                                 current_job_id=current.id if current else None)
+        return 0
     images = stores.products().pending_images(batch_id, chunk)
     if not images:
         return 0

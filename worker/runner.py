@@ -47,23 +47,33 @@ class _ThreadWorker(SimpleWorker):
 
 
 class _ServiceWorker(SimpleWorker):
-    """`make run`'s main worker. A first Ctrl-C (or SIGTERM) stops it after the work in hand,
-    as RQ does, and says so: the process ends once the images in flight are done, which for one
-    on a server that does not answer is DOWNLOAD_TIMEOUT_S. A second one ends the process at
-    once, where RQ would raise SystemExit into the interpreter's exit (it waits for those
-    images' threads): what was not finished is picked up at the next start."""
+    """`make run`'s main worker. A first Ctrl-C (or SIGTERM) stops the work of the process:
+    chunk jobs start no more images (worker.chunks.STOPPING: what is left is queued again) and
+    the process ends once the images in flight are done, which for one on a server that does
+    not answer is DOWNLOAD_TIMEOUT_S (a parse job reads on to the end of its file). A second one
+    ends the process at once, where RQ would raise SystemExit into the interpreter's exit (it
+    waits for those images' threads); `before_exit` (the scheduler's locks) runs first."""
+
+    before_exit = staticmethod(lambda: None)
 
     def request_stop(self, signum, frame):
+        from worker import chunks
+        chunks.STOPPING.set()
         print("Stopping: the images in flight finish first (at most "
-              f"DOWNLOAD_TIMEOUT_S={get_settings().download_timeout_s:g} s); Ctrl-C again stops "
-              "at once, and they are fetched again at the next start", flush=True)
+              f"DOWNLOAD_TIMEOUT_S={get_settings().download_timeout_s:g} s) and no new one "
+              "starts; a second Ctrl-C or SIGTERM stops at once", flush=True)
         super().request_stop(signum, frame)
 
     def request_force_stop(self, signum, frame):
         if now() - self._shutdown_requested_date < timedelta(seconds=1):
             return  # one Ctrl-C delivered twice (RQ's rule too)
-        print("Stopped at once; unfinished work resumes at the next start", flush=True)
-        os._exit(128 + signum)
+        print("Stopped at once: unfinished work is taken up again at the next start (on real "
+              "services, by the stall sweeper)", flush=True)
+        try:  # what RQ's own exit would have done: other workers and schedulers go on at once
+            self.before_exit()
+            self.register_death()
+        finally:
+            os._exit(128 + signum)
 
 
 def start_webhook_worker(*, with_scheduler: bool,
@@ -128,7 +138,12 @@ def run_worker(*, burst: bool = False, in_process_scheduler: bool = False,
     if not in_process_scheduler:
         return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
     stop = threading.Event()
-    start_scheduler_thread(stop, locked=scheduler_locks)
+    scheduler = start_scheduler_thread(stop, locked=scheduler_locks)
+
+    def stop_scheduler() -> None:  # it gives its locks back as it ends
+        stop.set()
+        scheduler.join(timeout=2)
+    worker.before_exit = stop_scheduler
     try:
         return worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
     finally:
