@@ -133,22 +133,25 @@ class JsonFormatter(logging.Formatter):
             body["exception"] = redact(self.formatException(record.exc_info))
         if record.stack_info:
             body["stack"] = redact(self.formatStack(record.stack_info))
-        return json.dumps(body, ensure_ascii=False, default=str)
+        return json.dumps(body, ensure_ascii=False, default=str).translate(_JSON_LINE_BREAKS)
 
 
 # Line breaks and other control characters a client can put in a logged value (a request path
-# with %0a or %00): in a text log they would start a line of the client's making.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# with %0a or %00): in a text log they would start a line of the client's making. A backslash is
+# escaped too, so that a `\n` the client typed is not read as one of these escapes.
+_CONTROL = re.compile(r"[\\\x00-\x1f\x7f\x85\u2028\u2029]")
+# JSON's encoding escapes \x00-\x1f; these other line breaks and DEL it leaves as they are.
+_JSON_LINE_BREAKS = {0x7f: "\\u007f", 0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def escape_controls(text: str) -> str:
-    """`text` with each control character written as an escape (`\\n`, `\\x00`), on one line."""
+    """`text` on one line: each control character (and backslash) written as an escape."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class TextFormatter(logging.Formatter):
-    """One line a record (a traceback follows on its own lines): what the record holds has its
-    control characters escaped, as the JSON format's encoding does."""
+    """One line a record, then a traceback's lines, indented: every line that starts in the
+    first column is a record's, as no value can break a line (escape_controls)."""
 
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(batch_id)s "
@@ -156,6 +159,17 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    """A traceback's lines, each escaped, all but its first (`Traceback …`) indented."""
+    return "\n    ".join(escape_controls(line) for line in text.split("\n"))
 
 
 def make_handler(fmt: str = "json", stream=None) -> logging.Handler:

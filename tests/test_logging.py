@@ -195,3 +195,31 @@ def test_a_request_path_cannot_start_a_line_of_its_own_in_the_text_log(client):
     assert response.status_code == 404
     [line] = stream.getvalue().splitlines()  # str.splitlines also splits at U+2028
     assert line.endswith(r"GET /api/v1/batches/x\nFORGED LINE 200\x00\u2028end 404")
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_no_value_or_exception_message_breaks_a_line_of_the_log(fmt):
+    from infra import logging_setup
+    stream = io.StringIO()
+    handler = logging_setup.make_handler(fmt, stream)
+    log = logging.getLogger("batchpress.test.lines")
+    log.addHandler(handler)
+    log.propagate = False
+    forged = "2026-12-05 10:00:00,000 INFO batchpress.access [x y z]: GET / 200"
+    try:
+        try:
+            raise ValueError(f"bad cell\n{forged}\u2028{forged}")
+        except ValueError:
+            log.exception("cell %s", f"a\r\n{forged}\x85{forged}")
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    lines = stream.getvalue().splitlines()  # also splits at U+2028, U+0085 and \r
+    if fmt == "json":
+        [line] = lines
+        assert json.loads(line)["exception"].endswith(f"bad cell\n{forged}\u2028{forged}")
+    else:  # the record's line, then the traceback's, each but its first indented
+        assert lines[0].endswith(r"cell a\r\n" + forged + r"\x85" + forged)
+        assert lines[1] == "Traceback (most recent call last):"
+        assert all(line.startswith("    ") for line in lines[2:]), lines
+        assert lines[-1] == rf"    {forged}\u2028{forged}"
