@@ -19,6 +19,7 @@ from werkzeug.utils import secure_filename
 from api.auth import owner
 from api import app_settings
 from api.errors import ApiError, not_found
+from api.query_params import one_value
 from api.upload import (FIRST_BLOCK, CSV_TYPES, CappedHashingReader, UploadTooLarge,
                         check_first_block, read_first_block)
 from infra import jobs, metrics, storage, stores
@@ -158,15 +159,7 @@ def _option(name: str) -> str | None:
             raise ValueError("sent as a file part; send it as a plain form field "
                              f"(curl -F '{name}=…', not -F '{name}=@file')")
         values += request.form.getlist(name)
-    return _once(values)
-
-
-def _once(values: list):
-    """The one value of an upload field, None when absent; ValueError when given more than
-    once (the one rule for every upload field: `_option`, the file)."""
-    if len(values) > 1:
-        raise ValueError(f"given more than once ({len(values)} values); send it once")
-    return values[0] if values else None
+    return one_value(values)
 
 
 def _sizes(settings) -> dict[str, int]:
@@ -239,7 +232,7 @@ def _incoming_file():
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         try:
-            upload = _once(request.files.getlist("file"))
+            upload = one_value(request.files.getlist("file"))
         except ValueError as error:  # one batch per upload: which file was meant is a guess
             raise ApiError(400, "Invalid file", f"file: {error}", kind="invalid-file",
                            field="file") from None

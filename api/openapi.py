@@ -67,7 +67,9 @@ UNAUTHORIZED = problem("No or an unknown API key (only when API keys are configu
 NOT_FOUND = problem("No such resource for this API key (another owner's ids answer 404 too).")
 UNAVAILABLE = problem("A dependency (Redis, MongoDB, S3) is not reachable; nothing was changed.",
                       RETRY_AFTER)
-BAD_PARAMETER = problem("A query parameter is malformed, or given more than once (`parameter` names it).")
+BAD_PARAMETER = problem("A query parameter is malformed, or given more than once (`parameter` "
+                        "names it).")
+REPEATED_PARAMETER = problem("A query parameter is given more than once (`parameter` names it).")
 CONFLICT = problem("The batch is not in a state that allows this.")
 
 
@@ -123,7 +125,7 @@ def _paths() -> dict:
     hooks = "Webhooks"
     ops = "Operations"
     statuses = [s.value for s in BatchStatus]
-    return {
+    paths = {
         "/api/v1/batches": {
             "post": operation(
                 "uploadBatch", "Upload a CSV of products", batches,
@@ -183,7 +185,7 @@ def _paths() -> dict:
         "/api/v1/batches/{batch_id}/output.csv": {
             "get": operation("getOutputCsv", "The output CSV", batches,
                              {"200": csv_answer, "400": BAD_PARAMETER, "404": NOT_FOUND,
-                              "409": problem("The file has not been read yet.")},
+                              "409": problem("The file is still being read (`rows.done_reading`).")},
                              params=[BATCH_ID, *DIALECT],
                              description="Every input row in order, with `Output Image Urls` "
                                          "(then one column per size) inserted after `Input "
@@ -339,6 +341,10 @@ def _paths() -> dict:
                                    {"200": {"description": "HTML.",
                                             "content": {"text/html": {}}}}, secured=False)},
     }
+    for path, methods in paths.items():  # api/query_params.py: every read of the API
+        if path.startswith("/api/") and "get" in methods:
+            methods["get"]["responses"].setdefault("400", REPEATED_PARAMETER)
+    return paths
 
 
 def _webhooks() -> dict:

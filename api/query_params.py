@@ -14,10 +14,21 @@ def register(app: Flask) -> None:
 
     @app.before_request
     def _one_value_each():
-        if request.method not in ("GET", "HEAD") or not request.path.startswith("/api/"):
+        # A path no route serves answers its 404, whatever its query.
+        if request.method not in ("GET", "HEAD") or not request.path.startswith("/api/") \
+                or request.url_rule is None:
             return
         for name, values in request.args.lists():
-            if len(values) > 1:
-                raise ApiError(400, "Invalid parameter",
-                               f"{quoted(name)} given more than once ({len(values)} values); "
-                               "send it once", kind="invalid-parameter", parameter=name)
+            try:
+                one_value(values)
+            except ValueError as error:
+                raise ApiError(400, "Invalid parameter", f"{quoted(name)} {error}",
+                               kind="invalid-parameter", parameter=name) from None
+
+
+def one_value(values: list):
+    """The one value of a parameter or field, None when absent; ValueError when given more
+    than once (the rule for queries here and for upload fields, api/batches.py)."""
+    if len(values) > 1:
+        raise ValueError(f"given more than once ({len(values)} values); send it once")
+    return values[0] if values else None

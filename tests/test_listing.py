@@ -42,3 +42,7 @@ def test_list_filters_status_and_created_range(client, http_server):
     problem(client.get("/api/v1/batches?created_before=2026-11-20T12:00:00"), 400)
     repeated = problem(client.get("/api/v1/batches?status=queued&limit=1&limit=2"), 400)
     assert repeated["parameter"] == "limit" and "'limit' given more than once" in repeated["detail"]
+
+
+def test_a_repeated_parameter_on_a_path_no_route_serves_is_still_a_404(client):
+    problem(client.get("/api/v1/nothing-here?limit=1&limit=2"), 404)
