@@ -136,6 +136,14 @@ def test_a_file_still_being_read_shows_a_moving_bar_not_100_percent(page, live_s
     expect(page.locator("#progress-label")).to_have_text("reading file")
     assert page.locator("#progress").get_attribute("value") is None  # indeterminate
     expect(page.locator("#status")).to_have_text("processing")
+    # and so does its row in the list of batches (the first page: limit=20; the sign-in's
+    # check of the key, limit=1, is left to the service)
+    page.route(f"{live_service.base}/api/v1/batches?limit=20*",
+               lambda route: route.fulfill(json={"items": [batch], "next_cursor": None}))
+    page.goto("/")
+    row = page.locator(f'#batches tr[data-batch-id="{batch_id}"]')
+    expect(row).to_contain_text("reading file")
+    assert row.locator("progress").get_attribute("value") is None
 
 
 def test_a_re_import_shows_how_many_images_were_reused(page, live_service, http_server):
