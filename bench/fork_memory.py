@@ -3,7 +3,8 @@
 A forking worker runs every chunk job in a new process (worker/__main__.py): its image memory
 is new, so its first images fault their buffers in page by page. Each round here starts a
 process the way `python -m worker` does (worker.image_memory: Pillow's block cache, glibc's
-thresholds and one arena; and, for the huge-page rows, `use_huge_pages`), which forks a child
+thresholds and one arena; and, for the huge-page rows, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,
+which the service leaves to the deployment), which forks a child
 like a work-horse; the child encodes the corpus twice with the service's encoder settings on
 one thread per core. Per pass: CPU ms and page faults. The first pass's excess over the second
 is what each chunk job pays for its fresh memory. The two settings alternate, round by round,
@@ -12,7 +13,7 @@ so that a machine whose speed drifts affects both alike; the table gives medians
     python bench/fork_memory.py [--rounds 6]
 
 Meaningful where the kernel's transparent huge pages are in `madvise` mode (the table's title
-says which): the service asks for them only there.
+says which) and glibc is 2.35 or later: only there does the tunable change anything.
 
 Prints a table and the ratio of each setting's excess to the 4 KiB pages' one.
 """
@@ -32,9 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.tables import aligned  # noqa: E402
-from worker.image_memory import EXECUTED, TRANSPARENT_HUGE_PAGES  # noqa: E402
-
-SETTINGS = {"4 KiB pages": "glibc.malloc.hugetlb=0", "huge pages": None}
+TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+SETTINGS = {"4 KiB pages": None, "huge pages": "glibc.malloc.hugetlb=1"}
 
 
 def child() -> None:
@@ -45,9 +45,8 @@ def child() -> None:
     from infra.settings import Settings
     from worker.chunks import encode_slots_count
     from worker.encode import compress
-    from worker.image_memory import keep_image_memory, use_huge_pages
+    from worker.image_memory import keep_image_memory
 
-    use_huge_pages()
     settings = Settings()
     keep_image_memory(settings.max_pixels_in_flight)
     items, options = load_corpus(), encoder_options(settings)
@@ -75,7 +74,7 @@ def child() -> None:
 
 
 def run(tunables: str | None) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", EXECUTED)}
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
     out = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True,

@@ -51,7 +51,7 @@ from PIL import Image  # noqa: E402
 
 from infra.settings import Settings  # noqa: E402
 from worker.encode import compress  # noqa: E402
-from worker.image_memory import keep_image_memory, use_huge_pages  # noqa: E402
+from worker.image_memory import keep_image_memory  # noqa: E402
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
 
@@ -456,5 +456,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    use_huge_pages()  # as `python -m worker` does: (a)'s processes are the service's encoder
     main()

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from worker.image_memory import EXECUTED, huge_pages_environment
-
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
@@ -27,7 +25,7 @@ def _clean_environment() -> dict[str, str]:
     """This environment without the settings the module leaves to a deployment."""
     return {k: v for k, v in os.environ.items()
             if k not in ("PILLOW_BLOCKS_MAX", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_",
-                         "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", EXECUTED)}
+                         "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")}
 
 
 def _probe(**env: str) -> dict:
@@ -66,67 +64,8 @@ def test_what_the_deployment_set_in_the_environment_wins_parameter_by_parameter(
         assert "arena_max" in _probe(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")["done"]
 
 
-# Runs itself again on huge pages, then holds 48 MB of pixels (a colour, so each page is
-# written) and reports where they are.
-HUGE_PROBE = """
-import json, os, sys
-print("started", os.getpid(), flush=True)
-from worker.image_memory import keep_image_memory, use_huge_pages
-use_huge_pages()
-done = keep_image_memory(60_000_000)
-from PIL import Image
-image = Image.new("RGB", (4000, 3000), (200, 100, 50))
-huge = [line for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages")]
-print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "done": done,
-                  "tunables": os.environ.get("GLIBC_TUNABLES"),
-                  "huge_kb": int(huge[0].split()[1]) if huge else 0}))
-"""
-
-
-def _huge_probe(**env: str) -> tuple[list[str], dict]:
-    out = subprocess.run([sys.executable, "-c", HUGE_PROBE, "an-argument"], cwd=ROOT,
-                         env={**_clean_environment(), **env}, capture_output=True, text=True,
-                         timeout=60, check=True).stdout.splitlines()
-    return [line for line in out if line.startswith("started")], json.loads(out[-1])
-
-
 def _glibc() -> str | None:
     try:
         return os.confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError):
         return None
-
-
-def _huge_pages_possible() -> bool:
-    """glibc 2.35 or later, and the kernel's transparent huge pages in `madvise` mode."""
-    return huge_pages_environment({}) is not None
-
-
-NO_HUGE_PAGES = "needs glibc >= 2.35 and transparent huge pages in madvise mode"
-
-
-@pytest.mark.skipif(not _huge_pages_possible(), reason=NO_HUGE_PAGES)
-def test_a_process_runs_itself_again_once_with_its_image_memory_on_huge_pages():
-    starts, probe = _huge_probe(GLIBC_TUNABLES="glibc.rtld.optional_static_tls=4096")
-    assert len(starts) == 2 and starts[0] == starts[1] == f"started {probe['pid']}"  # exec
-    assert probe["argv"] == ["an-argument"]
-    assert probe["tunables"] == "glibc.rtld.optional_static_tls=4096:glibc.malloc.hugetlb=1"
-    assert probe["huge_kb"] >= 2048  # the pixels are on 2 MiB pages
-    assert probe["done"]["arena_max"] == 1  # and the rest is set as without them
-
-
-@pytest.mark.skipif(not _huge_pages_possible(), reason=NO_HUGE_PAGES)
-def test_a_deployment_that_turned_huge_pages_off_is_not_run_again():
-    starts, probe = _huge_probe(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
-    assert len(starts) == 1
-    assert probe["tunables"] == "glibc.malloc.hugetlb=0"
-    assert probe["huge_kb"] == 0  # in madvise mode only memory glibc asks for gets them
-
-
-@pytest.mark.skipif(not _huge_pages_possible(), reason=NO_HUGE_PAGES)
-def test_a_process_run_again_once_is_never_run_again():
-    # As in secure-execution mode (setuid, file capabilities), where glibc drops the tunable:
-    # the process must go on without huge pages, not exec itself forever.
-    starts, probe = _huge_probe(**{EXECUTED: "1"})
-    assert len(starts) == 1
-    assert probe["tunables"] is None

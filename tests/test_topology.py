@@ -24,7 +24,6 @@ import yaml
 from tests.servers import HttpServer, Route
 from tests.test_flow import jpeg
 from tests.topology import ROOT, Topology, procfile
-from worker.image_memory import huge_pages_environment
 
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
 
@@ -186,18 +185,6 @@ def test_a_batch_goes_through_gunicorn_two_forking_workers_and_cron(topo, peers)
     assert_batch_outcome(topo, peers, batch_id, status="completed", rows=5, images=10,
                          processed=10, failed=0)
     assert len(hook_requests(peers, batch_id)) == 1
-
-
-def test_the_workers_run_with_their_image_memory_on_huge_pages_and_cron_without(topo):
-    if not huge_pages_environment({}):
-        pytest.skip("needs glibc >= 2.35 and transparent huge pages in madvise mode")
-
-    def tunables(process) -> str:
-        environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
-        return next((v.decode().split("=", 1)[1] for v in environ
-                     if v.startswith(b"GLIBC_TUNABLES=")), "")
-    assert all(tunables(worker) == "glibc.malloc.hugetlb=1" for worker in topo.workers)
-    assert tunables(topo.cron) == ""
 
 
 def test_the_compose_healthchecks_of_worker_and_cron_tell_a_live_process_from_a_stopped_one(

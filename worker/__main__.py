@@ -18,15 +18,7 @@ import logging
 import sys
 import time
 
-from worker import image_memory  # isort: skip
-
-# Before anything else: a worker of the image queue (every worker unless given its queues) runs
-# again at once with its image memory on huge pages; cron and the other queues decode no image.
-# ("images" is infra.queues.IMAGES: importing it would load redis and RQ before the exec.)
-if __name__ == "__main__" and (not sys.argv[1:] or "images" in sys.argv[1:]):
-    image_memory.use_huge_pages()
-
-# Then: the service's JSON logs and settings warnings, before RQ installs its own handler.
+# First: the service's JSON logs and settings warnings, before RQ installs its own handler.
 from worker import rq_config  # noqa: F401  isort: skip
 
 import redis
@@ -35,6 +27,7 @@ from rq.cron import CronScheduler
 
 from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
+from worker import image_memory
 from worker.runner import DEQUEUE_STRATEGY
 
 log = logging.getLogger("worker")
@@ -49,7 +42,7 @@ def preload() -> None:
     implementation (pymongo, imported on first use: ~0.2 s) and boto3's S3 model (~0.08 s).
     Together that was ~10 ms of CPU per image on chunks of 50. No client or connection is kept:
     those must not cross a fork (infra/per_process.py). Freed image memory is kept mapped for
-    the next image, on huge pages (worker/image_memory.py)."""
+    the next image (worker/image_memory.py)."""
     for module in jobs.JOB_MODULES:
         importlib.import_module(module)
     stores.load_implementation()

@@ -19,28 +19,23 @@ allocations are made holding the GIL, one thread at a time (interleaved `make be
 workers/encode 1.14-1.17 with one arena, 1.18-1.20 with glibc's default).
 
 A forking worker's work-horse still starts with none of that memory: encoding the corpus once,
-it faulted in ~24,600 pages (4 KiB each, every one trapped and zeroed on its own) before its
-images reused any. With glibc's malloc asking for transparent huge pages
-(`glibc.malloc.hugetlb=1`) the same memory comes in 2 MiB pages: ~4,100 faults, and 5-51 ms
-less CPU per fresh work-horse (`bench/fork_memory.py`, on a machine whose speed drifts). glibc
-reads that tunable only as a process starts, so `use_huge_pages` runs the process's own command
-again (same PID, exec) with it added to `GLIBC_TUNABLES`; `python -m worker` does so first thing
-when it works the image queue. Only where the kernel's transparent huge pages are in `madvise`
-mode (with `always` the kernel gives them unasked, with `never` not at all) and glibc is 2.35
-or later; and once.
+it faults in ~24,700 pages (4 KiB each) before its images reuse any. glibc can ask for that
+memory in 2 MiB transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, read as a
+process starts; glibc 2.35+, the kernel's THP in `madvise` mode): ~4,200 faults, but each
+zeroes 2 MiB at once. Measured with `bench/fork_memory.py`, what a fresh work-horse pays for its
+memory went down on one machine (72 -> 66 ms) and up on another of the same kind (55 -> 142
+ms), so the service leaves it off; a deployment that measures a gain on its hosts sets it.
 
 `keep_image_memory` is called once per process, before it forks work-horses (they inherit it).
 What a deployment sets itself wins, parameter by parameter: `PILLOW_BLOCKS_MAX`,
 `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_ARENA_MAX`, or the matching
-`glibc.malloc.` tunable in `GLIBC_TUNABLES` (`glibc.malloc.hugetlb=0` keeps 4 KiB pages).
+`glibc.malloc.` tunable in `GLIBC_TUNABLES`.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
-import sys
-from pathlib import Path
 
 from PIL import Image
 
@@ -54,10 +49,6 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 ARENAS = 1
 BYTES_PER_PIXEL = 4  # Pillow stores RGB as RGBX
 MAX_BLOCKS = 1024  # Pillow's cache takes a bounded count (16 GiB of its default blocks)
-HUGE_PAGES = "glibc.malloc.hugetlb=1"
-HUGE_PAGES_GLIBC = (2, 35)  # the first glibc with that tunable
-TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-EXECUTED = "BATCHPRESS_HUGE_PAGES_EXEC"  # set in the environment of the process run again
 
 
 def blocks_to_keep(max_pixels_in_flight: int) -> int:
@@ -86,39 +77,6 @@ def keep_image_memory(max_pixels_in_flight: int) -> dict[str, int]:
     return done
 
 
-def use_huge_pages() -> None:
-    """Run this process's command again, in place, with glibc's malloc on transparent huge
-    pages (see above); returns at once when it already is, or cannot be."""
-    environment = huge_pages_environment(os.environ)
-    if environment is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, sys.orig_argv, environment)
-    except OSError as error:  # no usable sys.executable (an embedded interpreter), E2BIG
-        log.warning("could not run again with huge pages (%s); going on without", error)
-
-
-def huge_pages_environment(environ) -> dict[str, str] | None:
-    """`environ` with HUGE_PAGES added to GLIBC_TUNABLES, and EXECUTED set; None when it has a
-    `hugetlb` tunable already (the deployment's choice), when this process was run again once
-    already (glibc drops tunables in secure-execution mode: a setuid or file-capability binary
-    would otherwise run again forever), or when glibc would not use it: before 2.35, or unless
-    the kernel's transparent huge pages are in `madvise` mode (glibc's tunable only madvises;
-    `always` gives them without it, `never` not at all)."""
-    current = environ.get("GLIBC_TUNABLES", "")
-    if "hugetlb" in _tunables(current) or EXECUTED in environ or not _glibc_has_huge_pages():
-        return None
-    try:
-        if "[madvise]" not in TRANSPARENT_HUGE_PAGES.read_text():
-            return None
-    except OSError:  # not Linux, or no transparent huge pages in this kernel
-        return None
-    return {**environ, EXECUTED: "1",
-            "GLIBC_TUNABLES": f"{current}:{HUGE_PAGES}" if current else HUGE_PAGES}
-
-
 def _tunables(value: str) -> dict[str, str]:
     """glibc's malloc tunables in a GLIBC_TUNABLES value (`glibc.malloc.NAME=VALUE:...`)."""
     found = {}
@@ -127,18 +85,6 @@ def _tunables(value: str) -> dict[str, str]:
         if name.startswith("glibc.malloc."):
             found[name.removeprefix("glibc.malloc.")] = setting
     return found
-
-
-def _glibc_has_huge_pages() -> bool:
-    try:
-        version = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
-    except (ValueError, OSError):
-        return False
-    try:
-        major, minor = version.split()[1].split(".")[:2]
-        return (int(major), int(minor)) >= HUGE_PAGES_GLIBC
-    except (IndexError, ValueError):
-        return False
 
 
 def _mallopt():
