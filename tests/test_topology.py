@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -292,6 +293,30 @@ def test_sigterm_to_a_worker_mid_chunk_stops_it_cleanly(topo, peers):
     topo.replace(victim)
     assert_batch_outcome(topo, peers, batch_id, status="completed", rows=8, images=8,
                          processed=8, failed=0)
+
+
+def test_a_deploy_stopping_every_worker_waits_only_for_the_images_in_flight(topo, peers):
+    urls = serve(peers, 8, delay=0.5)  # two seconds an image: four a chunk on two threads
+    batch_id = upload(topo, [[u] for u in urls], peers)
+    wait_for(lambda: running_chunk_worker(topo), 60, "a chunk job to start", topo)
+    stopped = list(topo.workers)
+    for worker in stopped:  # a deploy: SIGTERM to every worker at once
+        worker.signal(signal.SIGTERM)
+    for worker in stopped:
+        worker.popen.wait(timeout=30)
+        assert worker.popen.returncode == 0, worker.tail()
+    fetched = [r["path"] for r in peers.requests if r["path"].endswith(".jpg")]
+    # The chunk jobs (CHUNK_SIZE 4, IMAGE_CONCURRENCY 2 here: the first four URLs are one chunk)
+    # started no new image once told: of each chunk, at most the two in flight were fetched.
+    per_chunk = Counter(int(re.match(r"/img(\d+)-", path).group(1)) // 4 for path in fetched)
+    assert fetched and max(per_chunk.values()) <= 2, fetched
+    assert get_batch(topo, batch_id)["status"] == "processing"
+    for worker in stopped:
+        topo.replace(worker)  # the new version starts
+    assert_batch_outcome(topo, peers, batch_id, status="completed", rows=8, images=8,
+                         processed=8, failed=0)
+    fetched = [r["path"] for r in peers.requests if r["path"].endswith(".jpg")]
+    assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == len(urls)  # once each
 
 
 def test_redis_restarted_mid_batch(topo, peers):

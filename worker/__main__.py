@@ -4,7 +4,8 @@
 - A forking RQ worker (each job in a fresh work-horse process, so a crash or an OOM kill takes
   one job down, never the worker) with RQ's scheduler (retries and webhook backoff wait in it),
   on the given queues or, by default, every queue (`infra.queues.QUEUE_ORDER`), taken in turn.
-  SIGTERM: the job in hand is finished, then the worker exits; a second SIGTERM cuts it off.
+  SIGTERM: the job in hand is finished, then the worker exits (a chunk job starts no new image
+  then: the ones in flight finish and the rest is queued again); a second SIGTERM cuts it off.
 - `--cron`: RQ's cron scheduler with `worker/cron_config.py` (the stall sweeper and overdue
   webhook recovery). One per deployment; a second one only adds harmless sweeps.
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import signal
 import sys
 import time
 
@@ -27,7 +30,7 @@ from rq.cron import CronScheduler
 
 from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
-from worker import image_memory
+from worker import chunks, image_memory
 from worker.runner import DEQUEUE_STRATEGY
 
 log = logging.getLogger("worker")
@@ -50,11 +53,41 @@ def preload() -> None:
     image_memory.keep_image_memory(get_settings().max_pixels_in_flight)
 
 
+# What the worker sends its work-horse when asked to stop (SIGTERM, Ctrl-C): the chunk job in
+# it starts no new image, lets the ones in flight finish and queues the rest again, so a deploy
+# waits seconds, not a whole chunk. Its default action is to end the process, so the handler is
+# installed before any fork: a work-horse has it from its first instruction.
+STOP_HORSE = signal.SIGUSR1
+
+
+class StoppingWorker(Worker):
+    """RQ's forking worker, whose warm stop also tells the work-horse (STOP_HORSE)."""
+
+    def handle_warm_shutdown_request(self):
+        super().handle_warm_shutdown_request()
+        if self.horse_pid:
+            try:
+                os.kill(self.horse_pid, STOP_HORSE)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+
+
+_worker_pid = 0  # the worker's own; its work-horses have others
+
+
+def _stop_taking_images(signum, frame) -> None:
+    if os.getpid() != _worker_pid:  # in a work-horse: the worker itself runs no job
+        chunks.STOPPING.set()
+
+
 def run_worker(names: list[str]) -> int:
     settings = get_settings()
     preload()
+    global _worker_pid
+    _worker_pid = os.getpid()
+    signal.signal(STOP_HORSE, _stop_taking_images)
     while True:
-        worker = Worker([queues.get_queue(name) for name in names],
+        worker = StoppingWorker([queues.get_queue(name) for name in names],
                         connection=queues.get_redis(),
                         job_monitoring_interval=settings.job_heartbeat_s,
                         maintenance_interval=settings.rq_maintenance_interval_s)
