@@ -79,6 +79,22 @@ class Route:
         self.delay_per_chunk, self.chunk = delay_per_chunk, chunk
 
 
+class HeldRoute:
+    """A route that answers `route` only once `release()` is called (or `timeout` passed): a
+    download held in flight for as long as a test needs."""
+
+    def __init__(self, route: Route, timeout: float = 30.0):
+        self.route, self.timeout = route, timeout
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __call__(self, handler) -> Route:
+        self._released.wait(self.timeout)
+        return self.route
+
+
 class ConditionalRoute:
     """An image as a CDN serves it, for HttpServer.routes: with an `ETag` (from its bytes) and a
     `Last-Modified`, answering `304 Not Modified` to a matching `If-None-Match` (or, without

@@ -7,13 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import tomllib
 import zipfile
 
 from tests import image_factory as images
 from tests.live_service import KEYS, ROOT
-from tests.servers import Route
+from tests.servers import HeldRoute, Route
 
 
 def batchpress(live_service, cwd, *args, key: str | None = KEYS["alice"], url: str | None = None):
@@ -85,11 +84,7 @@ def test_exit_status_tells_how_the_batch_ended(live_service, http_server, tmp_pa
     failed = write_csv(tmp_path, "failed.csv", f"1,Mug,{http_server.url('/never.jpg')}")
     assert batchpress(live_service, tmp_path, "upload", str(failed), "--wait").returncode == 4
 
-    release = threading.Event()
-
-    def slow(_handler):
-        release.wait(20)
-        return Route(images.jpeg((20, 20)))
+    slow = HeldRoute(Route(images.jpeg((20, 20))), timeout=20)
     http_server.routes["/slow.jpg"] = slow
     try:
         running = live_service.upload(f"S. No.,Product Name,Input Image Urls\n"
@@ -97,7 +92,7 @@ def test_exit_status_tells_how_the_batch_ended(live_service, http_server, tmp_pa
         cancelled = batchpress(live_service, tmp_path, "cancel", running["id"])
         assert cancelled.returncode == 0 and " cancelled " in cancelled.stdout
     finally:
-        release.set()
+        slow.release()
     assert batchpress(live_service, tmp_path, "watch", running["id"]).returncode == 5
     assert batchpress(live_service, tmp_path, "status", running["id"]).returncode == 5
 

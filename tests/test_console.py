@@ -7,7 +7,6 @@ import csv
 import io
 import os
 import shutil
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests import image_factory as images
 from tests.live_service import KEYS, ROOT
-from tests.servers import Route
+from tests.servers import HeldRoute, Route
 from tests.test_flow import jpeg
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -202,11 +201,7 @@ def test_upload_from_the_console_with_sizes_only(page, live_service, http_server
 
 
 def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_server):
-    release = threading.Event()
-
-    def slow(_handler):  # holds the download until the test has cancelled the batch
-        release.wait(20)
-        return Route(jpeg(30, 30))
+    slow = HeldRoute(Route(jpeg(30, 30)), timeout=20)  # until the test has cancelled the batch
     http_server.routes["/slow.jpg"] = slow
     http_server.routes["/ok.jpg"] = Route(jpeg(40, 30))
     http_server.routes["/hook"] = Route(b"ok")
@@ -219,7 +214,7 @@ def test_cancel_retry_and_redeliver_from_the_console(page, live_service, http_se
         expect(page.locator("#status")).to_have_text("cancelled")
         expect(page.get_by_role("button", name="Retry failed images")).to_be_disabled()
     finally:
-        release.set()
+        slow.release()
 
     flaky = http_server.url("/flaky.jpg")  # 404 until the route is added below
     batch = live_service.upload(f"S. No.,Product Name,Input Image Urls\n"

@@ -17,7 +17,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from tests.helpers import metric
-from tests.servers import DripServer, Route, free_port
+from tests.servers import DripServer, HeldRoute, Route, free_port
 from tests.test_flow import jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,12 +252,7 @@ def test_the_embedded_default_reuses_a_re_imported_image_from_its_own_files(http
 
 def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(http_server, tmp_path):
     import signal
-    import threading
-    answer = threading.Event()
-
-    def hanging(_handler):  # a server that does not answer until the test lets it
-        answer.wait(30)
-        return Route(jpeg(40, 30))
+    hanging = HeldRoute(Route(jpeg(40, 30)))  # a server that does not answer until let
     http_server.routes["/hang.jpg"] = hanging
     home, log = tmp_path / "home", tmp_path / "run.log"
     first = Service(home, log, DOWNLOAD_TIMEOUT_S="25")
@@ -273,7 +268,7 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(http_serve
         first.process.send_signal(signal.SIGINT)
         assert first.process.wait(timeout=5) == 128 + signal.SIGINT
     finally:
-        answer.set()
+        hanging.release()
         if first.process.poll() is None:
             first.stop()
     text = log.read_text()
@@ -290,12 +285,7 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(http_serve
 
 def test_ctrl_c_lets_the_image_in_flight_finish_and_starts_no_other(http_server, tmp_path):
     import signal
-    import threading
-    answer = threading.Event()
-
-    def held(_handler):  # answers once the test has asked the service to stop
-        answer.wait(30)
-        return Route(jpeg(40, 30))
+    held = HeldRoute(Route(jpeg(40, 30)))  # answers once the test has asked for the stop
     http_server.routes["/first.jpg"] = held
     http_server.routes["/second.jpg"] = Route(jpeg(30, 20))
     home, log = tmp_path / "home", tmp_path / "run.log"
@@ -309,10 +299,10 @@ def test_ctrl_c_lets_the_image_in_flight_finish_and_starts_no_other(http_server,
         first.wait(created["id"], lambda b: http_server.requests)  # the first is in flight
         first.process.send_signal(signal.SIGINT)
         wait_for_text(log, "Stopping: the images in flight finish first")
-        answer.set()
+        held.release()
         assert first.process.wait(timeout=20) == 0  # once the image in flight is done
     finally:
-        answer.set()
+        held.release()
         if first.process.poll() is None:
             first.stop()
     assert [r["path"] for r in http_server.requests] == ["/first.jpg"]  # no new one started

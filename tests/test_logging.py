@@ -7,6 +7,7 @@ import logging
 import re
 import socket
 import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -135,22 +136,33 @@ def test_a_request_id_holding_a_key_is_neither_echoed_nor_logged(keyed_app, json
     assert key not in json.dumps(json_logs())
 
 
-@pytest.mark.parametrize("fmt", ["json", "text"])
-def test_every_field_of_a_log_line_is_redacted(fmt):
+@contextmanager
+def _logged(fmt: str, name: str):
+    """A logger of its own, through the service's handler in `fmt`; yields (logger, stream)."""
     from infra import logging_setup
     stream = io.StringIO()
     handler = logging_setup.make_handler(fmt, stream)
-    log = logging.getLogger("batchpress.test.fields")
+    log = logging.getLogger(name)
     log.addHandler(handler)
     log.propagate = False
-    logging_setup.set_secret_literals(["ek_0123456789secret"])
     try:
-        log.warning("plain", extra={"request_id": "ek_0123456789secret",
-                                    "batch_id": "https://u:pw@h.example/?token=zz",
-                                    "job_id": "whsec_QUJDRA==", "note": "Bearer ek_0123456789"})
+        yield log, stream
     finally:
         log.removeHandler(handler)
         log.propagate = True
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_every_field_of_a_log_line_is_redacted(fmt):
+    from infra import logging_setup
+    logging_setup.set_secret_literals(["ek_0123456789secret"])
+    try:
+        with _logged(fmt, "batchpress.test.fields") as (log, stream):
+            log.warning("plain", extra={"request_id": "ek_0123456789secret",
+                                        "batch_id": "https://u:pw@h.example/?token=zz",
+                                        "job_id": "whsec_QUJDRA==",
+                                        "note": "Bearer ek_0123456789"})
+    finally:
         logging_setup.set_secret_literals([])
     text = stream.getvalue()
     for secret in ("ek_0123456789", "pw@", "token=zz", "QUJDRA"):
@@ -199,21 +211,12 @@ def test_a_request_path_cannot_start_a_line_of_its_own_in_the_text_log(client):
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_no_value_or_exception_message_breaks_a_line_of_the_log(fmt):
-    from infra import logging_setup
-    stream = io.StringIO()
-    handler = logging_setup.make_handler(fmt, stream)
-    log = logging.getLogger("batchpress.test.lines")
-    log.addHandler(handler)
-    log.propagate = False
     forged = "2026-12-05 10:00:00,000 INFO batchpress.access [x y z]: GET / 200"
-    try:
+    with _logged(fmt, "batchpress.test.lines") as (log, stream):
         try:
             raise ValueError(f"bad cell\n{forged}\u2028{forged}")
         except ValueError:
             log.exception("cell %s", f"a\r\n{forged}\x85{forged}")
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
     lines = stream.getvalue().splitlines()  # also splits at U+2028, U+0085 and \r
     if fmt == "json":
         [line] = lines
