@@ -86,20 +86,27 @@ def enqueue_chunks(batch_id: str, chunk_numbers, *, skip_existing: bool = False)
         queue.enqueue_many(jobs[start:start + 500])
 
 
-def enqueue_chunk_later(batch_id: str, chunk: int, seconds: float, *,
+def enqueue_chunk_later(batch_id: str, chunk: int, seconds: float | None, *,
                         current_job_id: str | None = None) -> None:
-    """Run a chunk job again in `seconds` (RQ's scheduler), for images a server asked to wait;
-    under an id other than the running job's."""
+    """Run a chunk job again in `seconds` (RQ's scheduler), for images a server asked to wait,
+    or at once with None (on the queue, for whichever worker is free: the one stopping takes
+    no more); under an id other than the running job's."""
     first, second = later_job_ids(batch_id, chunk)
     job_id = second if current_job_id == first else first
     settings = get_settings()
-    at = datetime.now(timezone.utc) + timedelta(seconds=max(seconds, 0.0))
-    if at.microsecond:  # RQ keeps whole seconds, cutting the rest: never run before the wait
-        at = at.replace(microsecond=0) + timedelta(seconds=1)
-    queues.get_queue(queues.IMAGES).enqueue_at(
-        at, PROCESS_CHUNK, batch_id, chunk, job_id=job_id,
-        job_timeout=settings.job_timeout_s, result_ttl=600, failure_ttl=7 * 86400,
-        retry=_retry())
+    queue = queues.get_queue(queues.IMAGES)
+    options = dict(job_id=job_id, job_timeout=settings.job_timeout_s, result_ttl=600,
+                   failure_ttl=7 * 86400, retry=_retry())
+    if seconds is None:
+        queue.enqueue(PROCESS_CHUNK, batch_id, chunk, **options)
+    else:
+        at = datetime.now(timezone.utc) + timedelta(seconds=max(seconds, 0.0))
+        if at.microsecond:  # RQ keeps whole seconds, cutting the rest: never run before the wait
+            at = at.replace(microsecond=0) + timedelta(seconds=1)
+        queue.enqueue_at(at, PROCESS_CHUNK, batch_id, chunk, **options)
+    # The id's earlier run may still be kept (result_ttl), and saving over its key keeps that
+    # key's expiry: the job could vanish before it runs. A queued job never expires.
+    queue.connection.persist(Job.key_for(job_id))
 
 
 def enqueue_announce(batch_id: str) -> None:

@@ -422,3 +422,21 @@ def test_the_parse_failure_callback_leaves_a_parsed_batch_alone(client, work):
     assert db.batches().find_one({"_id": parsed})["status"] == "processing"
     lost_batch = db.batches().find_one({"_id": lost})
     assert lost_batch["status"] == "failed" and lost_batch["error"] == tasks.PARSE_CRASHED
+
+
+@pytest.mark.parametrize("seconds", [5.0, None])
+def test_a_chunk_queued_again_under_an_id_kept_from_its_last_run_does_not_expire(env, seconds):
+    from rq.job import Job
+    from rq.registry import ScheduledJobRegistry
+    conn = queues.get_redis()
+    first, _ = jobs.later_job_ids("bat_x", 3)
+    # Its run of a while ago, finished and kept for result_ttl: the key expires soon.
+    jobs.enqueue_chunk_later("bat_x", 3, seconds)
+    conn.expire(Job.key_for(first), 2)
+    jobs.enqueue_chunk_later("bat_x", 3, seconds)  # from the chunk's first job: the same id
+    assert conn.ttl(Job.key_for(first)) == -1  # waits for as long as it needs, then runs
+    queue = queues.get_queue(queues.IMAGES)
+    if seconds is None:
+        assert first in queue.job_ids
+    else:
+        assert first in ScheduledJobRegistry(queue=queue).get_job_ids()

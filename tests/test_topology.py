@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import psutil
 import pytest
@@ -287,7 +286,7 @@ def test_sigterm_to_a_worker_mid_chunk_stops_it_cleanly(topo, peers):
     urls = serve(peers, 8, delay=0.25)  # a second an image: the chunk is still running
     batch_id = upload(topo, [[u] for u in urls], peers)
     victim = wait_for(lambda: running_chunk_worker(topo), 60, "a chunk job to start", topo)
-    victim.signal(signal.SIGTERM)  # a deploy: finish the job in hand, then exit
+    victim.signal(signal.SIGTERM)  # a deploy: the images in flight finish, then it exits
     victim.popen.wait(timeout=30)
     assert victim.popen.returncode == 0, victim.tail()
     topo.replace(victim)
@@ -298,7 +297,8 @@ def test_sigterm_to_a_worker_mid_chunk_stops_it_cleanly(topo, peers):
 def test_a_deploy_stopping_every_worker_waits_only_for_the_images_in_flight(topo, peers):
     urls = serve(peers, 8, delay=0.5)  # two seconds an image: four a chunk on two threads
     batch_id = upload(topo, [[u] for u in urls], peers)
-    wait_for(lambda: running_chunk_worker(topo), 60, "a chunk job to start", topo)
+    wait_for(lambda: any(r["path"].endswith(".jpg") for r in peers.requests), 60,
+             "a first download", topo)  # a chunk job is in the middle of its images
     stopped = list(topo.workers)
     for worker in stopped:  # a deploy: SIGTERM to every worker at once
         worker.signal(signal.SIGTERM)

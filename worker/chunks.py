@@ -73,10 +73,10 @@ def output_key(batch_id: str, digest: str, url: str, extension: str,
             f".{extension}")
 
 
-# Set when the process is asked to stop (`make run`'s first Ctrl-C, worker/runner.py): chunk
-# jobs start no more images; the ones in flight finish and the chunk is queued again.
+# Set when the process is asked to stop (a work-horse told by its worker, worker/__main__.py;
+# `make run`'s first Ctrl-C, worker/runner.py): chunk jobs start no more images; the ones in
+# flight finish and the chunk is queued again at once, for the workers that go on.
 STOPPING = threading.Event()
-STOP_REQUEUE_S = 1.0  # when a chunk left at a stop runs again (on another worker, or later)
 
 
 class _CancelWatch:
@@ -92,7 +92,7 @@ class _CancelWatch:
 
     def should_stop(self) -> bool:
         if STOPPING.is_set():
-            self.later.add(STOP_REQUEUE_S)  # what is left runs again, in a job of its own
+            self.later.now()  # what is left runs again, in a job of its own
             return True
         with self._lock:
             if not self._stop and time.monotonic() - self._checked > CANCEL_CHECK_S:
@@ -102,15 +102,24 @@ class _CancelWatch:
 
 
 class _Later:
-    """The shortest wait a server asked for among the images put back (shared by the threads)."""
+    """When the chunk runs again for the images put back (shared by the threads): after the
+    shortest wait a server asked for, or at once (`now`: the process is stopping)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.seconds: float | None = None
+        self.at_once = False
 
     def add(self, seconds: float) -> None:
         with self._lock:
             self.seconds = seconds if self.seconds is None else min(self.seconds, seconds)
+
+    def now(self) -> None:
+        self.at_once = True
+
+    @property
+    def due(self) -> bool:
+        return self.at_once or self.seconds is not None
 
 
 class _Run:
@@ -237,9 +246,9 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 
 def _process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
-    if STOPPING.is_set():  # taken just as the process stops: left for the next run
+    if STOPPING.is_set():  # taken just as the process stops: for the workers that go on
         current = get_current_job()
-        jobs.enqueue_chunk_later(batch_id, chunk, STOP_REQUEUE_S,
+        jobs.enqueue_chunk_later(batch_id, chunk, None,
                                  current_job_id=current.id if current else None)
         return 0
     images = stores.products().pending_images(batch_id, chunk)
@@ -286,9 +295,9 @@ def _process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
         session.close()
         sent.flush()
         known.flush()
-    if later.seconds is not None:
+    if later.due:
         current = get_current_job()
-        jobs.enqueue_chunk_later(batch_id, chunk, later.seconds,
+        jobs.enqueue_chunk_later(batch_id, chunk, None if later.at_once else later.seconds,
                                  current_job_id=current.id if current else None)
     return finished
 

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 from rq import SimpleWorker, Worker
+from rq.exceptions import StopRequested
 from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
@@ -38,12 +39,21 @@ def make_worker(simple: bool = True, names: tuple[str, ...] = QUEUE_ORDER,
 
 class _ThreadWorker(SimpleWorker):
     """A SimpleWorker that runs in a thread other than the main one: signal handlers can only
-    be installed by the main thread, and job timeouts use a timer instead of SIGALRM."""
+    be installed by the main thread, and job timeouts use a timer instead of SIGALRM. Once the
+    process is stopping (worker.chunks.STOPPING, set by `make run`'s main worker) it runs no
+    more jobs: the one it took is put back on its queue, first, and it ends."""
 
     death_penalty_class = TimerDeathPenalty
 
     def _install_signal_handlers(self):
         pass
+
+    def execute_job(self, job, queue):
+        from worker import chunks
+        if chunks.STOPPING.is_set():
+            queue.enqueue_job(job, at_front=True)
+            raise StopRequested()
+        return super().execute_job(job, queue)
 
 
 class _ServiceWorker(SimpleWorker):
