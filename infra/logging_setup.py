@@ -157,6 +157,14 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(batch_id)s "
                          "%(job_id)s]: %(message)s")
 
+    def format(self, record: logging.LogRecord) -> str:
+        # Not a traceback another handler formatted and cached on the record: this one's own.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_controls(super().formatMessage(record))
 

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -216,13 +217,30 @@ def test_no_value_or_exception_message_breaks_a_line_of_the_log(fmt):
         try:
             raise ValueError(f"bad cell\n{forged}\u2028{forged}")
         except ValueError:
-            log.exception("cell %s", f"a\r\n{forged}\x85{forged}")
+            log.exception("cell %s", f"a\r\n{forged}\x85{forged}\x7f \\n")
     lines = stream.getvalue().splitlines()  # also splits at U+2028, U+0085 and \r
     if fmt == "json":
         [line] = lines
+        assert "\x7f" not in line and "\u2028" not in line and "\x85" not in line
         assert json.loads(line)["exception"].endswith(f"bad cell\n{forged}\u2028{forged}")
+        assert json.loads(line)["message"].endswith(f"{forged}\x85{forged}\x7f \\n")
     else:  # the record's line, then the traceback's, each but its first indented
-        assert lines[0].endswith(r"cell a\r\n" + forged + r"\x85" + forged)
+        # a backslash the client typed is one too: not read as a line break
+        assert lines[0].endswith(r"cell a\r\n" + forged + r"\x85" + forged + r"\x7f \\n")
         assert lines[1] == "Traceback (most recent call last):"
         assert all(line.startswith("    ") for line in lines[2:]), lines
         assert lines[-1] == rf"    {forged}\u2028{forged}"
+
+
+def test_a_traceback_another_handler_formatted_first_is_still_indented_in_the_text_log():
+    from infra import logging_setup
+    try:
+        raise ValueError("first line\nsecond line")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None,
+                                   sys.exc_info())
+    record.request_id = record.batch_id = record.job_id = None  # as ContextFilter sets them
+    logging.Formatter().format(record)  # caches the plain traceback on the record
+    lines = logging_setup.TextFormatter().format(record).splitlines()
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-2:] == ["    ValueError: first line", "    second line"]
