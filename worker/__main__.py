@@ -30,8 +30,9 @@ from rq.cron import CronScheduler
 
 from infra import jobs, queues, storage, stores
 from infra.settings import get_settings
-from worker import chunks, image_memory
+from worker import image_memory
 from worker.runner import DEQUEUE_STRATEGY
+from worker.stopping import STOPPING
 
 log = logging.getLogger("worker")
 
@@ -77,7 +78,7 @@ _worker_pid = 0  # the worker's own; its work-horses have others
 
 def _stop_taking_images(signum, frame) -> None:
     if os.getpid() != _worker_pid:  # in a work-horse: the worker itself runs no job
-        chunks.STOPPING.set()
+        STOPPING.set()
 
 
 def run_worker(names: list[str]) -> int:

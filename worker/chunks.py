@@ -29,6 +29,7 @@ from worker.download import DownloadError, Fetched, Validators, fetch, make_sess
 from worker.encode import ImageError, compress, draft_edge, header_pixels
 from worker.pixel_budget import PixelBudget
 from worker.reuse import Known, Outputs, copy_outputs, unchanged
+from worker.stopping import STOPPING
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,9 @@ def output_key(batch_id: str, digest: str, url: str, extension: str,
             f".{extension}")
 
 
-# Set when the process is asked to stop (a work-horse told by its worker, worker/__main__.py;
-# `make run`'s first Ctrl-C, worker/runner.py): chunk jobs start no more images; the ones in
-# flight finish and the chunk is queued again at once, for the workers that go on.
-STOPPING = threading.Event()
-
-
 class _CancelWatch:
     """Reads the batch status at most once a second, shared by the pool's threads; says stop
-    too when the process is stopping (STOPPING)."""
+    too when the process is stopping (worker/stopping.py)."""
 
     def __init__(self, batch_id: str, later: _Later | None = None):
         self.batch_id = batch_id
@@ -92,7 +87,6 @@ class _CancelWatch:
 
     def should_stop(self) -> bool:
         if STOPPING.is_set():
-            self.later.now()  # what is left runs again, in a job of its own
             return True
         with self._lock:
             if not self._stop and time.monotonic() - self._checked > CANCEL_CHECK_S:
@@ -102,24 +96,15 @@ class _CancelWatch:
 
 
 class _Later:
-    """When the chunk runs again for the images put back (shared by the threads): after the
-    shortest wait a server asked for, or at once (`now`: the process is stopping)."""
+    """The shortest wait a server asked for among the images put back (shared by the threads)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.seconds: float | None = None
-        self.at_once = False
 
     def add(self, seconds: float) -> None:
         with self._lock:
             self.seconds = seconds if self.seconds is None else min(self.seconds, seconds)
-
-    def now(self) -> None:
-        self.at_once = True
-
-    @property
-    def due(self) -> bool:
-        return self.at_once or self.seconds is not None
 
 
 class _Run:
@@ -247,9 +232,7 @@ def process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
 
 def _process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
     if STOPPING.is_set():  # taken just as the process stops: for the workers that go on
-        current = get_current_job()
-        jobs.enqueue_chunk_later(batch_id, chunk, None,
-                                 current_job_id=current.id if current else None)
+        _run_again(batch_id, chunk, None)
         return 0
     images = stores.products().pending_images(batch_id, chunk)
     if not images:
@@ -295,11 +278,19 @@ def _process_chunk(batch_id: str, chunk: int, settings: Settings) -> int:
         session.close()
         sent.flush()
         known.flush()
-    if later.due:
-        current = get_current_job()
-        jobs.enqueue_chunk_later(batch_id, chunk, None if later.at_once else later.seconds,
-                                 current_job_id=current.id if current else None)
+    if STOPPING.is_set() and finished < len(images):  # the rest: for the workers that go on
+        _run_again(batch_id, chunk, None)
+    elif later.seconds is not None:
+        _run_again(batch_id, chunk, later.seconds)
     return finished
+
+
+def _run_again(batch_id: str, chunk: int, seconds: float | None) -> None:
+    """The chunk queued again: after `seconds`, or at once (None), under an id other than this
+    job's."""
+    current = get_current_job()
+    jobs.enqueue_chunk_later(batch_id, chunk, seconds,
+                             current_job_id=current.id if current else None)
 
 
 def _one(image: ImageRecord, batch_id: str, session, settings: Settings, watch: _CancelWatch,

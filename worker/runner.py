@@ -15,6 +15,7 @@ from rq.utils import now
 
 from infra import queues
 from infra.settings import get_settings
+from worker.stopping import STOPPING
 
 QUEUE_ORDER = queues.QUEUE_ORDER
 # The image work, without webhooks: a worker that also sent webhooks could be held by slow
@@ -40,7 +41,7 @@ def make_worker(simple: bool = True, names: tuple[str, ...] = QUEUE_ORDER,
 class _ThreadWorker(SimpleWorker):
     """A SimpleWorker that runs in a thread other than the main one: signal handlers can only
     be installed by the main thread, and job timeouts use a timer instead of SIGALRM. Once the
-    process is stopping (worker.chunks.STOPPING, set by `make run`'s main worker) it runs no
+    process is stopping (worker/stopping.py, set by `make run`'s main worker) it runs no
     more jobs: the one it took is put back on its queue, first, and it ends."""
 
     death_penalty_class = TimerDeathPenalty
@@ -49,8 +50,7 @@ class _ThreadWorker(SimpleWorker):
         pass
 
     def execute_job(self, job, queue):
-        from worker import chunks
-        if chunks.STOPPING.is_set():
+        if STOPPING.is_set():
             queue.enqueue_job(job, at_front=True)
             raise StopRequested()
         return super().execute_job(job, queue)
@@ -58,7 +58,7 @@ class _ThreadWorker(SimpleWorker):
 
 class _ServiceWorker(SimpleWorker):
     """`make run`'s main worker. A first Ctrl-C (or SIGTERM) stops the work of the process:
-    chunk jobs start no more images (worker.chunks.STOPPING: what is left is queued again) and
+    chunk jobs start no more images (worker/stopping.py: what is left is queued again) and
     the process ends once the images in flight are done, which for one on a server that does
     not answer is DOWNLOAD_TIMEOUT_S (a parse job reads on to the end of its file). A second one
     ends the process at once, where RQ would raise SystemExit into the interpreter's exit (it
@@ -67,8 +67,7 @@ class _ServiceWorker(SimpleWorker):
     before_exit = staticmethod(lambda: None)
 
     def request_stop(self, signum, frame):
-        from worker import chunks
-        chunks.STOPPING.set()
+        STOPPING.set()
         print("Stopping: the images in flight finish first (at most "
               f"DOWNLOAD_TIMEOUT_S={get_settings().download_timeout_s:g} s) and no new one "
               "starts; a second Ctrl-C or SIGTERM stops at once", flush=True)
